@@ -1,0 +1,9 @@
+"""``python -m fsguard``: the same as the ``fsguard`` command."""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+from fsguard.cli import main  # noqa: E402
+
+raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""The application: settings, database, metrics and the pipeline, and what happens to one call.
+
+``App.handle`` is the life of a call inside fsguard, top to bottom:
+
+    connect (channel data) -> pipeline decides and instructs FreeSWITCH -> decision written down
+    -> follow the call to its end -> end written down -> exit and close
+
+Whatever fails, the socket is closed and FreeSWITCH has had an instruction (``resume`` is sent
+with ``connect``, so even a socket closed without one hands the call back to the dialplan).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import gevent
+import structlog
+
+from fsguard import records
+from fsguard.call import Call
+from fsguard.config import Settings
+from fsguard.db import Database, DatabaseError
+from fsguard.esl import CallGone, ESLError, OutboundSession, ProtocolError
+from fsguard.metrics import Metrics
+from fsguard.pipeline import CallEnd, Decision, Pipeline
+
+log = structlog.get_logger("fsguard")
+
+
+class ShuttingDown(Exception):
+    """Raised into a call's greenlet when the drain time is over."""
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+class App:
+    def __init__(self, settings: Settings, db: Database | None = None, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.db = db or Database(settings.database)
+        self.metrics = metrics or Metrics()
+        self.pipeline = Pipeline.from_settings(self)
+        #: calls still being decided / calls routed and followed to their end
+        self.deciding: set[gevent.Greenlet] = set()
+        self.held: set[gevent.Greenlet] = set()
+
+    def reload(self, settings: Settings) -> None:
+        """Take a new policy (SIGHUP). Calls in progress finish with the pipeline they started with."""
+        self.settings = settings
+        self.pipeline = Pipeline.from_settings(self)
+
+    def session_for(self, sock: Any) -> OutboundSession:
+        esl = self.settings.esl
+        return OutboundSession(sock, command_timeout=esl.command_timeout, max_frame_bytes=esl.max_frame_bytes,
+                               event_format=esl.event_format, log=log)
+
+    def handle(self, session: OutboundSession) -> None:
+        """Everything fsguard does with one channel. Never raises."""
+        me = gevent.getcurrent()
+        started_at = datetime.now(timezone.utc)
+        structlog.contextvars.clear_contextvars()
+        call: Call | None = None
+        decision: Decision | None = None
+        end: CallEnd | None = None
+        self.deciding.add(me)
+        self.metrics.active_calls.inc()
+        try:
+            session.start()
+            call = self._call(session)
+            decision = self.pipeline.decide(call)
+            self.metrics.decision_seconds.observe((decision.decision_ms or 0) / 1000)
+            self._write(records.record_decision, self.db, call, decision, self.settings.node.id, started_at)
+            self.deciding.discard(me)
+            if decision.outcome != "abandoned" or not session.hangup_complete:
+                self.held.add(me)
+                session.wait_for_end(self.settings.esl.max_call_seconds)
+            end = self._end(session)
+            self._write(records.record_end, self.db, call.uuid, end)
+            for stage in self.pipeline.stages:
+                try:
+                    stage.after_call(call, end)
+                except Exception as exc:  # noqa: BLE001
+                    session.log.error("stage.after_call_failed", stage=stage.name, error=str(exc), exc_info=True)
+        except ShuttingDown:
+            self._shutdown(session, call, decision)
+        except ProtocolError as exc:
+            log.warning("esl.protocol_error", error=str(exc))
+            self.metrics.esl_errors.labels(kind="ProtocolError").inc()
+        except (CallGone, ESLError) as exc:
+            log.info("esl.session_ended", error=str(exc), phase="held" if decision else "deciding")
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the server down
+            log.error("call.failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+        finally:
+            self.deciding.discard(me)
+            self.held.discard(me)
+            self.metrics.active_calls.dec()
+            session.close()
+            self._canonical_line(call, decision, end)
+
+    def _call(self, session: OutboundSession) -> Call:
+        node = self.settings.node
+        call = Call(session, default_region=node.default_region, outbound_contexts=node.outbound_contexts)
+        structlog.contextvars.bind_contextvars(uuid=call.uuid, ani=call.ani or call.presented_number, dnis=call.dnis)
+        call.log = session.log = log
+        return call
+
+    def _end(self, session: OutboundSession) -> CallEnd:
+        event = session.hangup_complete or session.hangup_event or {}
+        return CallEnd(hangup_cause=session.hangup_cause, duration=_int(event.get("variable_duration")),
+                       billsec=_int(event.get("variable_billsec")),
+                       answered=session.answered or bool(_int(event.get("variable_billsec"))))
+
+    def _write(self, fn: Any, *args: Any) -> None:
+        """Write down, but never let a database problem touch the call: log it and go on."""
+        try:
+            fn(*args)
+        except DatabaseError as exc:
+            self.metrics.db_errors.inc()
+            log.error("db.write_failed", what=fn.__name__, error=str(exc).splitlines()[0])
+
+    def _shutdown(self, session: OutboundSession, call: Call | None, decision: Decision | None) -> None:
+        """The drain time is over: a call still being decided takes the fail-open route."""
+        if decision is None and not session.hungup and not session.eof:
+            try:
+                session.send_apps([tuple(self.settings.policy.fail_open_route.split(" ", 1))])  # type: ignore[list-item]
+                log.warning("call.released_at_shutdown", action=self.settings.policy.fail_open_route)
+                self.metrics.over_capacity.labels(reason="shutdown").inc()
+            except (ESLError, OSError) as exc:
+                log.error("call.shutdown_route_failed", error=str(exc))
+
+    def refuse(self, session: OutboundSession, reason: str) -> None:
+        """Over capacity or shutting down: connect, give the fail-open route at once, close."""
+        route = self.settings.policy.fail_open_route
+        try:
+            session.start()
+            structlog.contextvars.bind_contextvars(uuid=session.uuid)
+            app, _, arg = route.partition(" ")
+            session.send_apps([(app, arg)])
+            log.warning("call.refused", reason=reason, action=route)
+        except (ESLError, OSError) as exc:
+            log.error("call.refuse_failed", reason=reason, error=str(exc))
+        finally:
+            self.metrics.over_capacity.labels(reason=reason).inc()
+            self.metrics.calls.labels(direction="unknown", outcome=reason).inc()
+            session.close()
+            structlog.contextvars.clear_contextvars()
+
+    def _canonical_line(self, call: Call | None, decision: Decision | None, end: CallEnd | None) -> None:
+        """One line per call with the whole outcome: what an operator greps for."""
+        if call is None:
+            structlog.contextvars.clear_contextvars()
+            return
+        outcome = decision.outcome if decision else "failed"
+        self.metrics.calls.labels(direction=call.direction, outcome=outcome).inc()
+        log.info("call", direction=call.direction, outcome=outcome, action=decision.action if decision else None,
+                 decision_ms=round(decision.decision_ms, 3) if decision and decision.decision_ms else None,
+                 verdicts=[f"{v.stage}:{v.outcome.value}{'' if v.enforced else '(shadow)'}:{v.code}"
+                           for v in (decision.verdicts if decision else [])],
+                 risk=call.risk, hangup_cause=end.hangup_cause if end else None,
+                 billsec=end.billsec if end else None)
+        structlog.contextvars.clear_contextvars()
+
+
+def monotonic_ms() -> float:
+    return time.monotonic() * 1000

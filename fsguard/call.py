@@ -1,0 +1,181 @@
+"""The call as a stage sees it: who is calling whom, and what can be done to the channel.
+
+A stage reads like the call flow::
+
+    call.pre_answer()
+    call.play(prompt)
+    digits = call.collect(max_digits=2, timeout=4.0)
+
+Every action raises CallGone once the caller has hung up, so a stage never has to check; the
+pipeline records the hang-up as the caller abandoning during that stage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fsguard import numbers
+from fsguard.esl import CallGone, Headers, OutboundSession
+
+__all__ = ["Call", "CallGone"]
+
+#: seconds allowed on top of an application's own duration before fsguard gives up on it
+APP_MARGIN = 5.0
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("true", "yes", "1", "on")
+
+
+class Call:
+    """One channel: its facts (read once from the ``connect`` reply) and its actions."""
+
+    def __init__(self, session: OutboundSession, *, default_region: str = "US",
+                 outbound_contexts: tuple[str, ...] | list[str] = ("default",), log: Any = None) -> None:
+        self.session = session
+        self.log = log
+        ch = session.channel
+        self.channel = ch
+        self.uuid: str = ch.get("Unique-ID", "")
+        self.caller_name: str = ch.get("Caller-Caller-ID-Name", "")
+        #: the number the caller id shows (what a person would see); may be spoofed or withheld
+        self.presented_number: str = ch.get("Caller-Caller-ID-Number", "")
+        self.dnis: str = ch.get("Caller-Destination-Number", "")
+        self.context: str = ch.get("Caller-Context", "")
+        self.variables: dict[str, str] = {k[9:]: v for k, v in ch.items() if k.startswith("variable_")}
+        self.sip_headers: dict[str, str] = {k[6:]: v for k, v in self.variables.items() if k.startswith("sip_h_")}
+        self.privacy: bool = (_flag(ch.get("Caller-Privacy-Hide-Number"))
+                              or "number" in self.variables.get("privacy", "").lower()
+                              or "id" in self.variables.get("sip_Privacy", "").lower().split(";"))
+        self.privacy_name: bool = _flag(ch.get("Caller-Privacy-Hide-Name"))
+        region = default_region
+        self.region = region
+        #: the network's number for the caller: P-Asserted-Identity, else the ANI, else the caller id
+        self.network_number: str = self._network_number()
+        number = numbers.parse(self.network_number, region)
+        self.number = number
+        #: the caller in E.164, or None when there is no usable number
+        self.ani: str | None = number.e164
+        self.anonymous: bool = number.anonymous
+        self.ani_valid: bool = number.valid
+        presented = numbers.parse(self.presented_number, region)
+        self.presented_e164: str | None = presented.e164
+        dialled = numbers.parse(self.dnis, region)
+        self.dnis_e164: str | None = dialled.e164 if dialled.valid else None
+        direction = self.variables.get("fsguard_direction", "").lower()
+        if direction not in ("inbound", "outbound"):
+            direction = "outbound" if self.context in outbound_contexts else "inbound"
+        self.direction: str = direction
+
+        # What the stages learn, for the stages after them and for the agent's screen.
+        self.risk: int = 0
+        self.risk_reasons: list[str] = []
+        self.verified: bool | None = None
+        self.challenges: list[str] = []
+        self.facts: dict[str, Any] = {}
+        self.exports: dict[str, str] = {}
+        #: the final instruction given to FreeSWITCH, e.g. "transfer default XML queues"
+        self.final_action: str | None = None
+        self.answered_by_us: bool = False
+
+    def _network_number(self) -> str:
+        v = self.variables
+        for key in ("sip_P-Asserted-Identity", "sip_h_P-Asserted-Identity", "sip_Remote-Party-ID"):
+            if v.get(key):
+                return numbers.number_from_uri(v[key])
+        ani = self.channel.get("Caller-ANI", "")
+        if ani and not numbers.is_anonymous(ani):
+            return ani
+        return self.presented_number
+
+    # ------------------------------------------------------------- facts
+
+    @property
+    def gone(self) -> bool:
+        return self.session.hungup
+
+    @property
+    def dtmf(self) -> list[str]:
+        """Digits the caller pressed so far, as DTMF events reported them."""
+        return self.session.dtmf
+
+    def var(self, name: str, default: str = "") -> str:
+        """A channel variable as it was when the call reached fsguard."""
+        return self.variables.get(name, default)
+
+    def add_risk(self, points: int, reason: str) -> None:
+        self.risk += points
+        self.risk_reasons.append(reason)
+
+    def describe(self) -> dict[str, Any]:
+        """The inputs every stage saw, for the call record."""
+        return {"ani": self.ani, "presented": self.presented_number, "network": self.network_number,
+                "caller_name": self.caller_name, "dnis": self.dnis, "direction": self.direction,
+                "context": self.context, "privacy": self.privacy, "anonymous": self.anonymous,
+                "ani_valid": self.ani_valid}
+
+    # ----------------------------------------------------------- actions
+
+    def _run(self, app: str, arg: str = "", *, timeout: float | None = None) -> Headers:
+        event = self.session.execute(app, arg, timeout=timeout)
+        assert event is not None
+        if self.session.hungup:
+            raise CallGone(f"caller hung up during {app}")
+        return event
+
+    def answer(self) -> None:
+        """Answer: from here the call is billed."""
+        self._run("answer")
+        self.answered_by_us = True
+
+    def pre_answer(self) -> None:
+        """Early media (SIP 183): the caller hears us, nobody pays yet."""
+        self._run("pre_answer")
+
+    def play(self, sound: str, *, timeout: float = 120.0) -> None:
+        """Play a file, ``say:`` phrase or tone stream to the caller and wait for it to end."""
+        self._run("playback", sound, timeout=timeout)
+
+    def say(self, text: str, *, lang: str = "en", kind: str = "number", method: str = "iterated",
+            timeout: float = 60.0) -> None:
+        """Speak with FreeSWITCH's say modules (``say en number iterated 42``)."""
+        self._run("say", f"{lang} {kind} {method} {text}", timeout=timeout)
+
+    def collect(self, *, min_digits: int = 1, max_digits: int = 1, timeout: float = 5.0, prompt: str = "silence_stream://250",
+                invalid: str = "silence_stream://250", tries: int = 1, terminators: str = "#",
+                regex: str = "\\d+", digit_timeout: float | None = None, variable: str = "fsguard_digits") -> str:
+        """Play ``prompt`` and collect digits (play_and_get_digits); '' when the caller keys nothing.
+
+        Digits pressed while the prompt plays count. ``timeout`` is per try, in seconds.
+        """
+        args = [str(min_digits), str(max_digits), str(tries), str(int(timeout * 1000)), terminators or "none",
+                prompt, invalid, variable, regex]
+        if digit_timeout is not None:
+            args.append(str(int(digit_timeout * 1000)))
+        event = self._run("play_and_get_digits", " ".join(args), timeout=tries * timeout + APP_MARGIN)
+        return event.get(f"variable_{variable}", "")
+
+    def set(self, **variables: str) -> None:
+        """Set channel variables, queued in one write (applications run in order on the channel)."""
+        self.session.send_apps([("set", f"{k}={v}") for k, v in variables.items()])
+
+    def export(self, **variables: str) -> None:
+        """Set variables on this leg and on the legs it is bridged to (the agent's)."""
+        self.exports.update(variables)
+        self.session.send_apps([("export", f"{k}={v}") for k, v in variables.items()])
+
+    def record(self, path: str, *, stereo: bool = True) -> None:
+        """Record the whole call, caller and agent on separate channels when ``stereo``."""
+        apps = [("set", f"RECORD_STEREO={'true' if stereo else 'false'}"), ("record_session", path)]
+        self.session.send_apps(apps)
+
+    def route(self, target: str) -> None:
+        """Send the call on: ``transfer default XML queues``, ``callcenter support@default``, ``bridge ...``."""
+        app, _, arg = target.strip().partition(" ")
+        self.final_action = target
+        self.session.send_apps([(app, arg)])
+
+    def hangup(self, cause: str = "NORMAL_CLEARING") -> None:
+        """Hang the call up with a cause FreeSWITCH sends back to the carrier."""
+        self.final_action = f"hangup {cause}"
+        self.session.send_apps([("hangup", cause)])

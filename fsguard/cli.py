@@ -1,0 +1,254 @@
+"""The ``fsguard`` command.
+
+Each area adds its subcommands from a module listed in COMMAND_MODULES (``register(subparsers)``),
+so this file stays the entry point and the core commands: serve, db, calls.
+A command that fails for a reason the user can fix raises CLIError: one line, exit 1, no traceback.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from importlib import import_module  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+from fsguard import __version__  # noqa: E402
+from fsguard.config import ConfigError, Settings, load_settings  # noqa: E402
+
+#: modules that add subcommands: each has register(subparsers: argparse._SubParsersAction) -> None
+COMMAND_MODULES: list[str] = []
+
+
+class CLIError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+class Context:
+    """What a command needs: the settings and, on first use, the database."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self._settings: Settings | None = None
+        self._db: Any = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.args.config)
+        return self._settings
+
+    @property
+    def db(self) -> Any:
+        if self._db is None:
+            from fsguard.db import Database
+
+            self._db = Database(self.settings.database)
+        return self._db
+
+    def require_schema(self) -> None:
+        """Refuse to work on a database whose schema is not the one this fsguard expects."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from fsguard import migrate
+
+        try:
+            current, head = migrate.current(self.db), migrate.head()
+        except SQLAlchemyError as exc:
+            raise CLIError(f"cannot reach the database ({self.db.url.render_as_string(hide_password=True)}): "
+                           f"{str(exc).splitlines()[0]}") from None
+        if current != head:
+            raise CLIError(f"the database schema is at {current or 'nothing'}, this fsguard needs {head}: "
+                           "run 'fsguard db upgrade'")
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.dispose()
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def print_table(rows: list[list[Any]], headers: list[str]) -> None:
+    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+# ------------------------------------------------------------------ serve
+
+
+def cmd_serve(ctx: Context) -> int:
+    from fsguard import logs
+    from fsguard.app import App
+    from fsguard.server import CallServer
+
+    settings = ctx.settings
+    if ctx.args.listen:
+        settings.esl.listen = ctx.args.listen
+    logs.configure(settings.logging)
+    ctx.require_schema()
+    app = App(settings, db=ctx.db)
+    server = CallServer(app)
+    server.on_reload = lambda: load_settings(ctx.args.config)
+    for hook in SERVE_HOOKS:
+        hook(app, server)
+    server.serve_forever()
+    return 0
+
+
+#: called with (app, server) before serving; other areas (admin HTTP, systemd, purge) add theirs
+SERVE_HOOKS: list[Callable[[Any, Any], None]] = []
+
+
+# --------------------------------------------------------------------- db
+
+
+def cmd_db(ctx: Context) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fsguard import migrate
+
+    try:
+        if ctx.args.db_command == "upgrade":
+            migrate.upgrade(ctx.db, ctx.args.revision)
+            print(f"database at {migrate.current(ctx.db)} (head {migrate.head()})")
+        elif ctx.args.db_command == "downgrade":
+            migrate.downgrade(ctx.db, ctx.args.revision)
+            print(f"database at {migrate.current(ctx.db) or 'base (empty)'}")
+        elif ctx.args.db_command == "current":
+            current, head = migrate.current(ctx.db), migrate.head()
+            print(f"{current or 'none'}{' (head)' if current == head else f' (head is {head})'}")
+        else:
+            return 2
+    except SQLAlchemyError as exc:
+        raise CLIError(f"database error: {str(exc).splitlines()[0]}") from None
+    return 0
+
+
+# ------------------------------------------------------------------ calls
+
+
+def cmd_calls(ctx: Context) -> int:
+    from fsguard import records
+
+    ctx.require_schema()
+    if ctx.args.calls_command == "show":
+        call = records.find_call(ctx.db, ctx.args.uuid)
+        if call is None:
+            raise CLIError(f"no call {ctx.args.uuid}")
+        data = records.call_as_dict(call)
+        if ctx.args.json:
+            print_json(data)
+        else:
+            print(explain(data))
+        return 0
+    calls = [records.call_as_dict(c) for c in records.recent_calls(ctx.db, ctx.args.limit)]
+    if ctx.args.json:
+        print_json(calls)
+        return 0
+    print_table([[c["started_at"][:19].replace("T", " ") if c["started_at"] else "", c["uuid"], c["ani"] or c["ani_raw"],
+                  c["dnis"], c["direction"], c["outcome"], c["action"], c["hangup_cause"], c["billsec"]]
+                 for c in calls],
+                ["started (UTC)", "uuid", "caller", "dialled", "dir", "outcome", "action", "cause", "billsec"])
+    return 0
+
+
+def explain(call: dict[str, Any]) -> str:
+    """A call's story in words an operator can forward."""
+    inputs = call.get("inputs") or {}
+    caller = call["ani"] or (f"{call['ani_raw']!r} (no usable number)" if call["ani_raw"] else "anonymous")
+    lines = [f"Call {call['uuid']}",
+             f"  {call['direction']} call from {caller} to {call['dnis']}, started {call['started_at']}"
+             f" on node {call['node']}"]
+    if inputs.get("privacy"):
+        lines.append("  the caller withheld their number (privacy); fsguard screened the network number")
+    if inputs.get("presented") and inputs.get("network") and inputs["presented"] != inputs["network"]:
+        lines.append(f"  caller id shown: {inputs['presented']}; network number: {inputs['network']}")
+    lines.append("")
+    for i, v in enumerate(call["verdicts"], 1):
+        shadow = "" if v["enforced"] else " [shadow mode: not enforced]"
+        lines.append(f"  {i}. {v['stage']}: {v['outcome']}{shadow} ({v['elapsed_ms']:.1f} ms)")
+        if v["reason"]:
+            lines.append(f"     {v['reason']}")
+        for key, value in (v.get("details") or {}).items():
+            lines.append(f"     - {key}: {value}")
+    lines.append("")
+    decided = f" after {call['decision_ms']:.1f} ms" if call.get("decision_ms") is not None else ""
+    lines.append(f"  Outcome: {call['outcome'] or 'unknown'}{decided}; FreeSWITCH was told: {call['action'] or 'nothing'}")
+    if call.get("ended_at"):
+        lines.append(f"  Ended {call['ended_at']}: {call['hangup_cause']}, billed {call['billsec']} s")
+    else:
+        lines.append("  The call has not ended (or its end was not seen).")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fsguard", description="Call guard for FreeSWITCH.")
+    parser.add_argument("--config", "-c", help="TOML settings file (default /etc/fsguard/fsguard.toml if present)")
+    parser.add_argument("--version", action="version", version=f"fsguard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("serve", help="take calls from FreeSWITCH")
+    p.add_argument("--listen", help="host:port for the Event Socket listener (overrides esl.listen)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("db", help="database schema: upgrade, downgrade, current")
+    dbsub = p.add_subparsers(dest="db_command", required=True)
+    up = dbsub.add_parser("upgrade", help="migrate to the latest schema (or REVISION)")
+    up.add_argument("revision", nargs="?", default="head")
+    down = dbsub.add_parser("downgrade", help="step back one migration (or to REVISION)")
+    down.add_argument("revision", nargs="?", default="-1")
+    dbsub.add_parser("current", help="show the schema revision")
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("calls", help="recent calls, and why each was decided as it was")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    csub = p.add_subparsers(dest="calls_command")
+    show = csub.add_parser("show", help="every stage's verdict for one call")
+    show.add_argument("uuid")
+    show.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_calls)
+
+    for name in COMMAND_MODULES:
+        import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ctx = Context(args)
+    try:
+        return int(args.func(ctx) or 0)
+    except ConfigError as exc:
+        print(f"fsguard: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except CLIError as exc:
+        print(f"fsguard: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError):
+            print(f"fsguard: database error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        ctx.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

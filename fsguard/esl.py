@@ -1,0 +1,474 @@
+"""The outbound Event Socket session: what fsguard says to FreeSWITCH about one channel.
+
+This replaces greenswitch 0.0.19's ``OutboundSession`` (greenswitch stays the inbound ESL client)
+because of defects a call guard cannot live with, each covered by a test in tests/test_esl.py:
+
+* ``ESLEvent.parse_data`` URL-decodes the whole frame before splitting it into lines, so a caller
+  id name carrying ``%0ACaller-Caller-ID-Number%3A%20...`` forges headers. Here a frame is split
+  into lines first and each value is decoded on its own.
+* ``send()`` waits forever; here every wait has a deadline and a dead peer raises.
+* replies are matched with ``pop(0)`` and an unsolicited reply kills the reader; here replies are
+  counted and a stray one is logged and dropped.
+* completions are matched on the application name; here on ``Application-UUID`` (we send
+  ``Event-UUID`` with every ``sendmsg``).
+* three greenlets and a queue per call with ``gevent.sleep(1)`` polling; here the call's own
+  greenlet reads the socket when it waits for something, and nothing else runs per call.
+* a hang-up is noticed only at the next command (its issue #59); here pending input is read
+  without blocking before every command, so a command is never sent to a channel known to be gone.
+* a ``Content-Length`` injected through the raw ``Channel-Name:`` of a linger notice
+  (FreeSWITCH sends that value unencoded) desynchronises the stream; here the last
+  ``Content-Length`` of a header block wins, which is the one FreeSWITCH itself wrote.
+
+The session is deliberately synchronous from the caller's point of view: ``execute`` returns when
+the application has finished, which is what lets a stage read like the call flow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid as uuidlib
+from collections import deque
+from typing import Any, Callable
+from urllib.parse import unquote
+
+import gevent.socket as gsocket
+import structlog
+from greenswitch.esl import OutboundSessionHasGoneAway
+
+Headers = dict[str, str]
+
+#: variables a caller can put text into; never ``getvar`` these (the reply is not encoded)
+CALLER_CONTROLLED = frozenset(
+    {"caller_id_name", "caller_id_number", "effective_caller_id_name", "effective_caller_id_number",
+     "sip_from_display", "sip_from_user", "sip_full_from", "channel_name", "sip_contact_user"}
+)
+
+
+class ESLError(Exception):
+    """Base of everything that can go wrong on the Event Socket."""
+
+
+class ProtocolError(ESLError):
+    """The peer sent something that is not the Event Socket protocol; this connection is dropped."""
+
+
+class ESLTimeout(ESLError):
+    """FreeSWITCH did not answer in time."""
+
+
+class CommandFailed(ESLError):
+    """FreeSWITCH answered ``-ERR`` to a command."""
+
+
+class CallGone(ESLError, OutboundSessionHasGoneAway):
+    """The channel has hung up or the socket is closed: nothing more can be done with this call.
+
+    It is also greenswitch's ``OutboundSessionHasGoneAway``, so code written against greenswitch
+    keeps catching it.
+    """
+
+
+class Frame:
+    """One Event Socket frame: the outer header block and its body, if any."""
+
+    __slots__ = ("headers", "body")
+
+    def __init__(self, headers: Headers, body: bytes = b"") -> None:
+        self.headers = headers
+        self.body = body
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "")
+
+    def __repr__(self) -> str:
+        return f"Frame({self.content_type!r}, {len(self.body)} bytes)"
+
+
+def parse_headers(block: bytes | str) -> Headers:
+    """Parse ``Name: value`` lines, splitting lines first and decoding each value on its own.
+
+    Raw bytes must be UTF-8 (FreeSWITCH encodes everything else); a value's ``%XX`` escapes are
+    decoded with replacement so an odd caller name cannot take the connection down. When a name
+    repeats, the first value wins, except ``Content-Length`` where the last one wins: in a
+    disconnect notice FreeSWITCH writes its own ``Content-Length`` last, after the raw
+    ``Channel-Name`` a caller may have put a forged one into.
+    """
+    if isinstance(block, bytes):
+        try:
+            block = block.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"header block is not UTF-8 at byte {exc.start}") from None
+    headers: Headers = {}
+    for line in block.split("\n"):
+        name, sep, value = line.partition(": ")
+        if not sep:
+            name, sep, value = line.partition(":")
+            if not sep:
+                continue
+        if value.endswith("\r"):
+            value = value[:-1]
+        if "%" in value:
+            value = unquote(value, errors="replace")
+        if name == "Content-Length" or name not in headers:
+            headers[name] = value
+    return headers
+
+
+def parse_event_plain(body: bytes) -> Headers:
+    """A ``text/event-plain`` body: a serialised event, possibly with a body of its own."""
+    head, sep, rest = body.partition(b"\n\n")
+    headers = parse_headers(head)
+    if sep and rest.strip():
+        headers["_body"] = rest.decode("utf-8", errors="replace")
+    return headers
+
+
+def parse_event_json(body: bytes) -> Headers:
+    """A ``text/event-json`` body. Arrays become FreeSWITCH's ``ARRAY::a|:b`` form, as in plain."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"event-json body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("event-json body is not an object")
+    headers: Headers = {}
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = "ARRAY::" + "|:".join(str(v) for v in value)
+        elif not isinstance(value, str):
+            value = str(value)
+        headers[key] = value
+    return headers
+
+
+class FrameReader:
+    """Sans-IO frame reader: feed it bytes as they arrive, get whole frames back.
+
+    Anything that cannot be a FreeSWITCH frame (a header block or body over ``max_bytes``, a
+    Content-Length that is not a plain number, raw bytes that are not UTF-8) raises ProtocolError.
+    """
+
+    def __init__(self, max_bytes: int = 1_048_576) -> None:
+        self.max_bytes = max_bytes
+        self._buf = bytearray()
+        self._pending: Headers | None = None
+        self._need = 0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buf += data
+        frames: list[Frame] = []
+        buf = self._buf
+        while True:
+            if self._pending is not None:
+                if len(buf) < self._need:
+                    break
+                body = bytes(buf[: self._need])
+                del buf[: self._need]
+                frames.append(Frame(self._pending, body))
+                self._pending = None
+                continue
+            end = buf.find(b"\n\n")
+            if end < 0:
+                if len(buf) > self.max_bytes:
+                    raise ProtocolError(f"header block longer than {self.max_bytes} bytes")
+                break
+            block = bytes(buf[:end])
+            del buf[: end + 2]
+            if not block.strip():
+                continue
+            headers = parse_headers(block)
+            length = headers.get("Content-Length")
+            # A command reply never has a body; a Content-Length in one can only be caller text
+            # that FreeSWITCH echoed raw (a getvar reply), so it is not trusted.
+            if length is None or length == "0" or headers.get("Content-Type") == "command/reply":
+                frames.append(Frame(headers))
+                continue
+            if not length.isdigit() or len(length) > 10:
+                raise ProtocolError(f"Content-Length {length!r} is not a number")
+            need = int(length)
+            if need > self.max_bytes:
+                raise ProtocolError(f"Content-Length {need} is over the {self.max_bytes} byte limit")
+            self._pending, self._need = headers, need
+        return frames
+
+
+def _check_arg(text: str) -> str:
+    if "\n" in text or "\r" in text:
+        raise ValueError(f"line break in an Event Socket argument: {text!r}")
+    return text
+
+
+class OutboundSession:
+    """One channel handed to fsguard by FreeSWITCH's ``socket`` application.
+
+    Only the call's own greenlet uses a session. It reads the socket when it waits for something
+    (a reply, an application's completion, the end of the call) and records every event it reads
+    on the way: hang-up, answer, DTMF.
+    """
+
+    def __init__(self, sock: Any, *, command_timeout: float = 5.0, max_frame_bytes: int = 1_048_576,
+                 event_format: str = "plain", log: Any = None) -> None:
+        self.sock = sock
+        self.command_timeout = command_timeout
+        self.event_format = event_format
+        self.log = log or structlog.get_logger("fsguard.esl")
+        self.reader = FrameReader(max_frame_bytes)
+        self.channel: Headers = {}
+        self.frames: deque[Frame] = deque()
+        self.replies: deque[Frame] = deque()
+        self.replies_expected = 0
+        self.completions: dict[str, Headers] = {}
+        self.dtmf: list[str] = []
+        self.answered = False
+        self.hangup_event: Headers | None = None
+        self.hangup_complete: Headers | None = None
+        self.linger_notice = False
+        self.eof = False
+        self.closed = False
+        self.exited = False
+        self.events_read = 0
+        self.on_event: Callable[[Headers], None] | None = None
+
+    # ----------------------------------------------------------------- state
+
+    @property
+    def uuid(self) -> str:
+        return self.channel.get("Unique-ID", "")
+
+    @property
+    def hungup(self) -> bool:
+        """The channel is gone (or we can no longer talk to it)."""
+        return self.hangup_event is not None or self.hangup_complete is not None or self.eof
+
+    @property
+    def hangup_cause(self) -> str | None:
+        for event in (self.hangup_complete, self.hangup_event):
+            if event:
+                return event.get("variable_hangup_cause") or event.get("Hangup-Cause")
+        return None
+
+    # ------------------------------------------------------------------- I/O
+
+    def _write(self, data: bytes) -> None:
+        if self.eof or self.closed:
+            raise CallGone("socket closed")
+        self.sock.settimeout(self.command_timeout)
+        try:
+            self.sock.sendall(data)
+        except (OSError, gsocket.timeout) as exc:
+            self.eof = True
+            raise CallGone(f"write failed: {exc}") from None
+
+    def _fill(self, timeout: float | None) -> None:
+        """Read once from the socket (waiting up to ``timeout``; 0 = only what is there)."""
+        if self.eof:
+            raise CallGone("socket closed by FreeSWITCH")
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, gsocket.timeout, TimeoutError):
+            if timeout == 0:
+                return
+            raise ESLTimeout("no data from FreeSWITCH in time") from None
+        except OSError as exc:
+            self.eof = True
+            raise CallGone(f"read failed: {exc}") from None
+        if not data:
+            self.eof = True
+            if self.reader.buffered:
+                self.log.warning("esl.truncated_frame", buffered=self.reader.buffered)
+            raise CallGone("socket closed by FreeSWITCH")
+        for frame in self.reader.feed(data):
+            self._dispatch(frame)
+
+    def _dispatch(self, frame: Frame) -> None:
+        """Sort a frame: replies to the reply queue, events into the session's state."""
+        ctype = frame.content_type
+        if ctype in ("command/reply", "api/response"):
+            if self.replies_expected <= 0:
+                self.log.warning("esl.unsolicited_reply", reply=frame.headers.get("Reply-Text", ""))
+                return
+            self.replies_expected -= 1
+            self.replies.append(frame)
+        elif ctype == "text/event-plain":
+            self._event(parse_event_plain(frame.body))
+        elif ctype == "text/event-json":
+            self._event(parse_event_json(frame.body))
+        elif ctype == "text/disconnect-notice":
+            if frame.headers.get("Content-Disposition") == "linger":
+                self.linger_notice = True
+            else:
+                self.exited = True
+        elif ctype == "text/rude-rejection":
+            self.eof = True
+        else:
+            self.log.debug("esl.ignored_frame", content_type=ctype)
+
+    def _event(self, event: Headers) -> None:
+        self.events_read += 1
+        name = event.get("Event-Name")
+        if name == "CHANNEL_EXECUTE_COMPLETE":
+            app_uuid = event.get("Application-UUID")
+            if app_uuid:
+                self.completions[app_uuid] = event
+        elif name == "DTMF":
+            self.dtmf.append(event.get("DTMF-Digit", ""))
+        elif name == "CHANNEL_ANSWER":
+            self.answered = True
+        elif name == "CHANNEL_HANGUP":
+            self.hangup_event = event
+        elif name == "CHANNEL_HANGUP_COMPLETE":
+            self.hangup_complete = event
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ESLTimeout(f"timed out after {timeout:g}s waiting for {what}")
+            self._fill(remaining)
+
+    def poll(self) -> None:
+        """Take in whatever FreeSWITCH already sent, without waiting."""
+        if not self.eof and not self.closed:
+            try:
+                self._fill(0)
+            except CallGone:
+                pass
+
+    # -------------------------------------------------------------- commands
+
+    def send(self, *commands: str) -> None:
+        """Write commands in one go; their replies are awaited with :meth:`reply`."""
+        self._write("".join(c + "\n\n" for c in commands).encode("utf-8"))
+        self.replies_expected += len(commands)
+
+    def reply(self, timeout: float | None = None) -> Frame:
+        """The next reply, in the order the commands were sent."""
+        self._wait(lambda: bool(self.replies), timeout or self.command_timeout, "a command reply")
+        return self.replies.popleft()
+
+    def command(self, command: str, timeout: float | None = None) -> Frame:
+        self.send(command)
+        return self.reply(timeout)
+
+    def start(self) -> Headers:
+        """``connect``, then ``resume``, ``myevents`` and ``linger``, written in one go.
+
+        ``connect`` must be the first command (anything before it is never answered); FreeSWITCH
+        reads commands one by one, so the rest can follow in the same write. ``resume`` comes at
+        once so that from here on, whatever happens to fsguard, closing the socket hands the
+        channel back to the dialplan's fallback instead of leaving it ringing.
+        """
+        myevents = "myevents json" if self.event_format == "json" else "myevents"
+        self.send("connect", "resume", myevents, "linger")
+        connect = self.reply()
+        if "Unique-ID" not in connect.headers:
+            raise ProtocolError("connect reply carries no channel data")
+        self.channel = connect.headers
+        for name in ("resume", "myevents", "linger"):
+            text = self.reply().headers.get("Reply-Text", "")
+            if not text.startswith("+OK"):
+                self.log.warning("esl.command_refused", command=name, reply=text)
+        return self.channel
+
+    @staticmethod
+    def _sendmsg(app: str, arg: str, app_uuid: str) -> str:
+        lines = ["sendmsg", "call-command: execute", f"execute-app-name: {_check_arg(app)}"]
+        if arg:
+            lines.append(f"execute-app-arg: {_check_arg(arg)}")
+        lines.append(f"Event-UUID: {app_uuid}")
+        return "\n".join(lines)
+
+    def send_apps(self, apps: list[tuple[str, str]]) -> None:
+        """Queue applications on the channel in one write, without waiting for them to run.
+
+        In async mode FreeSWITCH answers each ``sendmsg`` at once and runs the applications in
+        order, so setting variables and then routing costs one round trip, not one per application.
+        """
+        if not apps:
+            return
+        self.poll()
+        if self.hungup:
+            raise CallGone(f"channel gone before {apps[0][0]}")
+        self.send(*(self._sendmsg(app, arg, str(uuidlib.uuid4())) for app, arg in apps))
+        for app, _ in apps:
+            text = self.reply().headers.get("Reply-Text", "")
+            if not text.startswith("+OK"):
+                raise CommandFailed(f"{app} refused: {text}")
+
+    def execute(self, app: str, arg: str = "", *, wait: bool = True, timeout: float | None = None) -> Headers | None:
+        """Run a dialplan application on the channel.
+
+        With ``wait`` it returns the CHANNEL_EXECUTE_COMPLETE event of this very execution (matched
+        on the Event-UUID we sent), waiting at most ``timeout`` seconds. Raises CallGone if the
+        channel is already gone or hangs up before the application completes.
+        """
+        self.poll()
+        if self.hungup:
+            raise CallGone(f"channel gone before {app}")
+        app_uuid = str(uuidlib.uuid4())
+        reply = self.command(self._sendmsg(app, arg, app_uuid))
+        text = reply.headers.get("Reply-Text", "")
+        if not text.startswith("+OK"):
+            raise CommandFailed(f"{app} refused: {text}")
+        if not wait:
+            return None
+
+        def finished() -> bool:
+            return app_uuid in self.completions or self.hangup_complete is not None or self.eof
+
+        try:
+            self._wait(finished, timeout or self.command_timeout, f"{app} to complete")
+        except CallGone:
+            pass
+        event = self.completions.pop(app_uuid, None)
+        if event is None:
+            raise CallGone(f"channel gone during {app}")
+        return event
+
+    def getvar(self, name: str) -> str:
+        """A channel variable that no caller can put text into.
+
+        The reply to ``getvar`` is the raw value, not encoded: a caller-controlled variable could
+        carry CR LF and forge headers. Those are read from the channel data instead.
+        """
+        if name in CALLER_CONTROLLED or name.startswith(("sip_h_", "sip_from", "sip_to", "sip_req")):
+            raise ValueError(f"{name} is caller-controlled: read it from the channel data, never getvar")
+        return self.command(f"getvar {_check_arg(name)}").headers.get("Reply-Text", "")
+
+    def wait_for_end(self, timeout: float) -> Headers | None:
+        """Follow the call until FreeSWITCH reports it over (CHANNEL_HANGUP_COMPLETE) or closes."""
+        try:
+            self._wait(lambda: self.hangup_complete is not None or self.exited, timeout, "the end of the call")
+        except CallGone:
+            pass
+        return self.hangup_complete
+
+    def close(self) -> None:
+        """Say ``exit`` if FreeSWITCH is still there, then close. Safe to call more than once."""
+        if self.closed:
+            return
+        try:
+            if not self.eof:
+                self.send("exit")
+                try:
+                    self._wait(lambda: self.exited, min(self.command_timeout, 1.0), "exit")
+                except (ESLTimeout, CallGone, ProtocolError):
+                    pass
+        except (CallGone, OSError):
+            pass
+        finally:
+            self.closed = True
+            try:
+                self.sock.close()
+            except OSError:
+                pass

@@ -1,0 +1,1 @@
+"""The stages of the chain: screening, outbound, verification, recording, routing."""

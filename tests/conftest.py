@@ -1,0 +1,195 @@
+from gevent import monkey
+
+monkey.patch_all()
+
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import uuid  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+import structlog  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from fsguard import logs, migrate  # noqa: E402
+from fsguard.app import App  # noqa: E402
+from fsguard.config import Settings  # noqa: E402
+from fsguard.db import Database  # noqa: E402
+from fsguard.models import Base  # noqa: E402
+from fsguard.server import CallServer  # noqa: E402
+
+#: the PostgreSQL server the PostgreSQL leg runs on; a database of its own is created per run
+PG_ADMIN_URL = os.environ.get("FSGUARD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+TRANSCRIPTS = Path(__file__).resolve().parent.parent.parent / "shared" / "esl-transcripts"
+
+_pg_problem: str | None = None
+
+
+def _pg_reachable() -> str | None:
+    try:
+        engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return str(exc).splitlines()[0]
+
+
+def _start_postgres() -> None:
+    """Start the machine's PostgreSQL cluster if it is installed but stopped."""
+    if not shutil.which("pg_ctlcluster") or not Path("/etc/postgresql").exists():
+        return
+    for version in os.listdir("/etc/postgresql"):
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+                       capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def pg_base_url() -> Iterator[str | None]:
+    """A database of this run's own on the PostgreSQL server, or None (loudly) when none can be had."""
+    global _pg_problem
+    problem = _pg_reachable()
+    if problem:
+        _start_postgres()
+        problem = _pg_reachable()
+    if problem:
+        _pg_problem = problem
+        yield None
+        return
+    name = f"fsguard_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        migrate_conn_upgrade(conn)
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def migrate_conn_upgrade(conn: Any) -> None:
+    from alembic import command
+
+    command.upgrade(migrate._config(conn), "head")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _pg_problem:
+        terminalreporter.write_sep("!", "PostgreSQL leg SKIPPED: no server could be reached or started", red=True)
+        terminalreporter.write_line(f"  {PG_ADMIN_URL}: {_pg_problem}")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test (migrating every time would be slow)."""
+    path = tmp_path_factory.mktemp("template") / "fsguard.db"
+    db = Database(Settings().database.__class__(url=f"sqlite:///{path}"))
+    migrate.upgrade(db)
+    db.dispose()
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
+    """Every database test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        path = tmp_path / "fsguard.db"
+        shutil.copy(sqlite_template, path)
+        yield f"sqlite:///{path}"
+        return
+    base = request.getfixturevalue("pg_base_url")
+    if base is None:
+        pytest.skip(f"PostgreSQL unavailable: {_pg_problem}")
+    engine = create_engine(base)
+    with engine.begin() as conn:
+        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    yield base
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    s = Settings()
+    s.database.url = db_url
+    s.database.pool_size = 10
+    s.node.id = "test-node"
+    s.esl.listen = "127.0.0.1:0"
+    s.esl.command_timeout = 3.0
+    s.esl.drain_seconds = 2.0
+    s.recording.dir = str(tmp_path / "recordings")
+    s.http.enabled = False
+    return s
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    database = Database(settings.database)
+    yield database
+    database.dispose()
+
+
+@dataclass
+class Guard:
+    """A running fsguard: the app and its server on an ephemeral port."""
+
+    app: App
+    server: CallServer
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.address
+
+
+@pytest.fixture
+def start_guard(settings: Settings, db: Database) -> Iterator[Callable[..., Guard]]:
+    """Start fsguard servers (several to play several nodes); all are stopped after the test."""
+    started: list[Guard] = []
+
+    def start(settings_: Settings | None = None, database: Database | None = None) -> Guard:
+        app = App(settings_ or settings, db=database or db)
+        server = CallServer(app)
+        server.start()
+        guard = Guard(app, server)
+        started.append(guard)
+        return guard
+
+    yield start
+    for guard in started:
+        if not guard.server.stopping:
+            guard.server.stop(drain=0.5)
+
+
+@pytest.fixture
+def guard(start_guard: Callable[..., Guard]) -> Guard:
+    return start_guard()
+
+
+@pytest.fixture
+def fs(guard: Guard) -> Any:
+    """The FreeSWITCH simulator pointed at the running fsguard."""
+    from fsguard.testing.simulator import FakeFreeSWITCH
+
+    return FakeFreeSWITCH(guard.address, time_scale=0.005)
+
+
+@pytest.fixture(autouse=True)
+def _logging() -> Iterator[None]:
+    logs.configure()
+    yield
+    structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture
+def transcripts() -> Path:
+    if not TRANSCRIPTS.exists():
+        pytest.skip(f"no ESL captures at {TRANSCRIPTS}")
+    return TRANSCRIPTS
