@@ -77,6 +77,8 @@ class Call:
         #: the final instruction given to FreeSWITCH, e.g. "transfer default XML queues"
         self.final_action: str | None = None
         self.answered_by_us: bool = False
+        #: variables and applications queued for the next write to FreeSWITCH
+        self._pending: list[tuple[str, str]] = []
 
     def _network_number(self) -> str:
         v = self.variables
@@ -117,6 +119,8 @@ class Call:
     # ----------------------------------------------------------- actions
 
     def _run(self, app: str, arg: str = "", *, timeout: float | None = None) -> Headers:
+        if self._pending:
+            self.flush()
         event = self.session.execute(app, arg, timeout=timeout)
         assert event is not None
         if self.session.hungup:
@@ -156,26 +160,38 @@ class Call:
         return event.get(f"variable_{variable}", "")
 
     def set(self, **variables: str) -> None:
-        """Set channel variables, queued in one write (applications run in order on the channel)."""
-        self.session.send_apps([("set", f"{k}={v}") for k, v in variables.items()])
+        """Set channel variables. Queued: they reach FreeSWITCH in the same write as the next
+        application, so a stage may set variables freely without costing round trips."""
+        self._pending.extend(("set", f"{k}={v}") for k, v in variables.items())
 
     def export(self, **variables: str) -> None:
-        """Set variables on this leg and on the legs it is bridged to (the agent's)."""
+        """Set variables on this leg and the legs it is bridged to (the agent's screen, the CDR).
+
+        Queued like :meth:`set`; what was exported is kept in ``exports`` for the call record.
+        """
         self.exports.update(variables)
-        self.session.send_apps([("export", f"{k}={v}") for k, v in variables.items()])
+        self._pending.extend(("export", f"{k}={v}") for k, v in variables.items())
 
     def record(self, path: str, *, stereo: bool = True) -> None:
         """Record the whole call, caller and agent on separate channels when ``stereo``."""
-        apps = [("set", f"RECORD_STEREO={'true' if stereo else 'false'}"), ("record_session", path)]
-        self.session.send_apps(apps)
+        self._pending.append(("set", f"RECORD_STEREO={'true' if stereo else 'false'}"))
+        self._pending.append(("record_session", path))
+        self.flush()
+
+    def flush(self) -> None:
+        """Send queued variables and applications now (one write, one reply each)."""
+        pending, self._pending = self._pending, []
+        self.session.send_apps(pending)
 
     def route(self, target: str) -> None:
         """Send the call on: ``transfer default XML queues``, ``callcenter support@default``, ``bridge ...``."""
         app, _, arg = target.strip().partition(" ")
         self.final_action = target
-        self.session.send_apps([(app, arg)])
+        self._pending.append((app, arg))
+        self.flush()
 
     def hangup(self, cause: str = "NORMAL_CLEARING") -> None:
         """Hang the call up with a cause FreeSWITCH sends back to the carrier."""
         self.final_action = f"hangup {cause}"
-        self.session.send_apps([("hangup", cause)])
+        self._pending.append(("hangup", cause))
+        self.flush()

@@ -18,8 +18,13 @@ from typing import Any, Callable  # noqa: E402
 from fsguard import __version__  # noqa: E402
 from fsguard.config import ConfigError, Settings, load_settings  # noqa: E402
 
-#: modules that add subcommands: each has register(subparsers: argparse._SubParsersAction) -> None
-COMMAND_MODULES: list[str] = []
+def command_modules() -> list[str]:
+    """Every module in fsguard/commands/ adds its subcommands with ``register(subparsers)``."""
+    import pkgutil
+
+    import fsguard.commands
+
+    return sorted(f"fsguard.commands.{m.name}" for m in pkgutil.iter_modules(fsguard.commands.__path__))
 
 
 class CLIError(Exception):
@@ -220,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_calls)
 
-    for name in COMMAND_MODULES:
+    for name in command_modules():
         import_module(name).register(sub)
     return parser
 

@@ -175,7 +175,26 @@ def validate_target(target: str, key: str) -> None:
 
 
 @dataclass
+class ScreeningSettings:
+    """Who may pass: lists, flood and nuisance blocking, withheld callers, STIR/SHAKEN, DNO."""
+
+
+@dataclass
+class VerificationSettings:
+    """The unbilled IVR challenge."""
+
+
+@dataclass
+class RecordingSettings:
+    """Who is recorded, where, and for how long."""
+
+    dir: str = "var/recordings"
+
+
+@dataclass
 class RoutingSettings:
+    """Where a call goes once it may pass."""
+
     #: where a call goes when no routing rule matches
     default_target: str = "transfer default XML queues"
 
@@ -184,8 +203,8 @@ class RoutingSettings:
 
 
 @dataclass
-class RecordingSettings:
-    dir: str = "var/recordings"
+class OutboundSettings:
+    """Agents dialling out: the freeze rule for numbers that do not want the call."""
 
 
 @dataclass
@@ -198,8 +217,11 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     node: NodeSettings = field(default_factory=NodeSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
-    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    screening: ScreeningSettings = field(default_factory=ScreeningSettings)
+    verification: VerificationSettings = field(default_factory=VerificationSettings)
     recording: RecordingSettings = field(default_factory=RecordingSettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
     #: the file these settings came from, if any (for reloads)
     source: Path | None = None
 

@@ -1,0 +1,5 @@
+"""Subcommands of ``fsguard`` beyond serve/db/calls, one module per area (lists, customers, ...).
+
+Each module defines ``register(subparsers)``; fsguard.cli finds them all. A module may also append
+``(app, server) -> None`` callables to ``fsguard.cli.SERVE_HOOKS`` to run things beside the server.
+"""
