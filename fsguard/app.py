@@ -24,13 +24,9 @@ from fsguard.config import Settings
 from fsguard.db import Database, DatabaseError
 from fsguard.esl import CallGone, ESLError, OutboundSession, ProtocolError
 from fsguard.metrics import Metrics
-from fsguard.pipeline import CallEnd, Decision, Pipeline
+from fsguard.pipeline import CallEnd, Decision, Pipeline, ShuttingDown
 
 log = structlog.get_logger("fsguard")
-
-
-class ShuttingDown(Exception):
-    """Raised into a call's greenlet when the drain time is over."""
 
 
 def _int(value: str | None) -> int | None:
@@ -49,6 +45,8 @@ class App:
         #: calls still being decided / calls routed and followed to their end
         self.deciding: set[gevent.Greenlet] = set()
         self.held: set[gevent.Greenlet] = set()
+        #: set when the server drains: calls decided from then on are not followed to their end
+        self.stopping = False
 
     def reload(self, settings: Settings) -> None:
         """Take a new policy (SIGHUP). Calls in progress finish with the pipeline they started with."""
@@ -77,7 +75,7 @@ class App:
             self.metrics.decision_seconds.observe((decision.decision_ms or 0) / 1000)
             self._write(records.record_decision, self.db, call, decision, self.settings.node.id, started_at)
             self.deciding.discard(me)
-            if decision.outcome != "abandoned" or not session.hangup_complete:
+            if not self.stopping and (decision.outcome != "abandoned" or not session.hangup_complete):
                 self.held.add(me)
                 session.wait_for_end(self.settings.esl.max_call_seconds)
             end = self._end(session)
@@ -148,6 +146,7 @@ class App:
         finally:
             self.metrics.over_capacity.labels(reason=reason).inc()
             self.metrics.calls.labels(direction="unknown", outcome=reason).inc()
+            self.metrics.call_action("unknown", route)
             session.close()
             structlog.contextvars.clear_contextvars()
 
@@ -158,6 +157,7 @@ class App:
             return
         outcome = decision.outcome if decision else "failed"
         self.metrics.calls.labels(direction=call.direction, outcome=outcome).inc()
+        self.metrics.call_action(call.direction, decision.action if decision else None)
         log.info("call", direction=call.direction, outcome=outcome, action=decision.action if decision else None,
                  decision_ms=round(decision.decision_ms, 3) if decision and decision.decision_ms else None,
                  verdicts=[f"{v.stage}:{v.outcome.value}{'' if v.enforced else '(shadow)'}:{v.code}"

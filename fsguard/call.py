@@ -77,6 +77,8 @@ class Call:
         #: the final instruction given to FreeSWITCH, e.g. "transfer default XML queues"
         self.final_action: str | None = None
         self.answered_by_us: bool = False
+        #: true when a stored call is re-evaluated by ``fsguard replay``: no channel, no writes
+        self.replay: bool = False
         #: variables and applications queued for the next write to FreeSWITCH
         self._pending: list[tuple[str, str]] = []
 
@@ -110,11 +112,15 @@ class Call:
         self.risk_reasons.append(reason)
 
     def describe(self) -> dict[str, Any]:
-        """The inputs every stage saw, for the call record."""
+        """The inputs the stages saw, for the call record and for ``fsguard replay``.
+
+        Stages add the channel facts they decide on (e.g. STIR/SHAKEN verstat) to
+        ``facts["inputs"]`` so that a replay can decide again from the record alone.
+        """
         return {"ani": self.ani, "presented": self.presented_number, "network": self.network_number,
                 "caller_name": self.caller_name, "dnis": self.dnis, "direction": self.direction,
                 "context": self.context, "privacy": self.privacy, "anonymous": self.anonymous,
-                "ani_valid": self.ani_valid}
+                "ani_valid": self.ani_valid, **self.facts.get("inputs", {})}
 
     # ----------------------------------------------------------- actions
 
@@ -181,6 +187,7 @@ class Call:
     def flush(self) -> None:
         """Send queued variables and applications now (one write, one reply each)."""
         pending, self._pending = self._pending, []
+        self.session.break_media()
         self.session.send_apps(pending)
 
     def route(self, target: str) -> None:

@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 def parse_hostport(value: str, key: str) -> tuple[str, int]:
     """Split ``host:port`` (``[::1]:8084`` for IPv6) and check the port."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{key}: expected host:port, got {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
 
@@ -147,7 +147,7 @@ class PolicySettings:
     #: where a call goes when fsguard fails open, is over capacity or shuts down
     fail_open_route: str = "transfer default XML queues"
     #: hangup cause when fsguard fails closed
-    fail_closed_cause: str = "TEMPORARY_FAILURE"
+    fail_closed_cause: str = "NORMAL_TEMPORARY_FAILURE"
     #: a caller asked to verify when no verification stage runs: "route" or "reject"
     unverified_action: str = "route"
 

@@ -189,7 +189,7 @@ class FrameReader:
             if length is None or length == "0" or headers.get("Content-Type") == "command/reply":
                 frames.append(Frame(headers))
                 continue
-            if not length.isdigit() or len(length) > 10:
+            if not (length.isascii() and length.isdigit()) or len(length) > 10:
                 raise ProtocolError(f"Content-Length {length!r} is not a number")
             need = int(length)
             if need > self.max_bytes:
@@ -233,6 +233,8 @@ class OutboundSession:
         self.closed = False
         self.exited = False
         self.events_read = 0
+        #: the application we are waiting on, if a wait was interrupted it is still running
+        self.running: str | None = None
         self.on_event: Callable[[Headers], None] | None = None
 
     # ----------------------------------------------------------------- state
@@ -426,14 +428,28 @@ class OutboundSession:
         def finished() -> bool:
             return app_uuid in self.completions or self.hangup_complete is not None or self.eof
 
+        self.running = app
         try:
             self._wait(finished, timeout or self.command_timeout, f"{app} to complete")
         except CallGone:
             pass
+        self.running = None
         event = self.completions.pop(app_uuid, None)
         if event is None:
             raise CallGone(f"channel gone during {app}")
         return event
+
+    def break_media(self) -> None:
+        """Stop the application still running on the channel (``uuid_break all``).
+
+        Applications run in order in async mode: after an interrupted wait (a timeout, a
+        shutdown), an instruction sent now would only run once that playback or digit
+        collection ends on its own.
+        """
+        if self.running and not self.hungup:
+            reply = self.command(f"api uuid_break {self.uuid} all")
+            self.log.info("esl.break", application=self.running, reply=reply.body.decode(errors="replace").strip())
+            self.running = None
 
     def getvar(self, name: str) -> str:
         """A channel variable that no caller can put text into.

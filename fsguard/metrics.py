@@ -1,10 +1,17 @@
-"""Prometheus metrics, in a registry of their own so that several apps (tests) do not collide."""
+"""Prometheus metrics, in a registry of their own so that several apps (tests) do not collide.
+
+Served as Prometheus text on the admin HTTP server's ``/metrics`` (see docs/operations.rst for the
+list and what to alert on). Labels are bounded: stage names, outcomes, rule codes, dialplan
+applications and hang-up causes, never numbers or uuids.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from fsguard import __version__
 
 if TYPE_CHECKING:
     from fsguard.pipeline import Verdict
@@ -25,7 +32,34 @@ class Metrics:
         self.auto_blocks = Counter("fsguard_auto_blocks", "Numbers blocked automatically", ["reason"], registry=r)
         self.over_capacity = Counter("fsguard_over_capacity", "Calls refused for capacity or shutdown",
                                      ["reason"], registry=r)
+        self.call_actions = Counter(
+            "fsguard_call_actions", "Final instructions given to FreeSWITCH, by direction and application "
+            "(transfer, callcenter, bridge; hangup with its cause; none when the caller left first)",
+            ["direction", "action"], registry=r)
+        self.rule_verdicts = Counter(
+            "fsguard_rule_verdicts", "Stage verdicts by rule code; enforced=false counts what shadow mode would "
+            "have done", ["stage", "code", "outcome", "enforced"], registry=r)
+        self.reloads = Counter("fsguard_config_reloads", "Policy reloads (SIGHUP), by result", ["result"],
+                               registry=r)
+        self.info = Gauge("fsguard_info", "Always 1; labels tell the node id and fsguard version",
+                          ["node", "version"], registry=r)
 
     def verdict(self, verdict: Verdict) -> None:
-        self.verdicts.labels(stage=verdict.stage, outcome=verdict.outcome.value,
-                             enforced="true" if verdict.enforced else "false").inc()
+        enforced = "true" if verdict.enforced else "false"
+        self.verdicts.labels(stage=verdict.stage, outcome=verdict.outcome.value, enforced=enforced).inc()
+        if verdict.code:
+            self.rule_verdicts.labels(stage=verdict.stage, code=verdict.code, outcome=verdict.outcome.value,
+                                      enforced=enforced).inc()
+
+    def call_action(self, direction: str, action: str | None) -> None:
+        """Count the final instruction by application: ``transfer``, ``callcenter``, ``hangup CALL_REJECTED``.
+
+        A routing target's argument (queue, agent, extension) is left out to keep the label set
+        small; a hang-up keeps its cause, which is what tells a rejection from a failure.
+        """
+        app, _, arg = (action or "").strip().partition(" ")
+        label = "none" if not app else (f"hangup {arg.split()[0]}" if app == "hangup" and arg else app)
+        self.call_actions.labels(direction=direction, action=label).inc()
+
+    def node(self, node_id: str) -> None:
+        self.info.labels(node=node_id, version=__version__).set(1)

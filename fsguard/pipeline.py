@@ -36,6 +36,10 @@ class Outcome(str, enum.Enum):
 FINAL = (Outcome.ROUTE, Outcome.REJECT)
 
 
+class ShuttingDown(Exception):
+    """Raised into a call's greenlet when fsguard stops and the drain time is over."""
+
+
 @dataclass
 class Verdict:
     """A stage's decision about a call, with the reason an operator will read."""
@@ -227,10 +231,12 @@ class Pipeline:
         elif isinstance(exc, ESLError):
             kind, code = "event socket error", "error.esl"
             self.app.metrics.esl_errors.labels(kind=type(exc).__name__).inc()
+        elif isinstance(exc, ShuttingDown):
+            kind, code = "fsguard shutting down", "error.shutdown"
         else:
             kind, code = "internal error", "error.internal"
         call.log.error("stage.failed", stage=stage, error=f"{type(exc).__name__}: {exc}", kind=kind,
-                       exc_info=not isinstance(exc, (DatabaseError, ESLError)))
+                       exc_info=not isinstance(exc, (DatabaseError, ESLError, ShuttingDown)))
         if self.policy.on_error == "closed":
             verdict = Verdict(Outcome.ERROR, f"{kind} in {stage}: failing closed", code,
                               action=f"hangup {self.policy.fail_closed_cause}")

@@ -40,6 +40,16 @@ class CallServer:
         self.active = 0
         self.stopping = False
         self.on_reload: Callable[[], Settings] | None = None
+        #: told "listening", "stopping", "stopped", "reloading", "reloaded" or "reload_failed"
+        #: (systemd notifications, metrics); an observer must not raise
+        self.observers: list[Callable[[str], None]] = []
+
+    def _tell(self, event: str) -> None:
+        for observer in self.observers:
+            try:
+                observer(event)
+            except Exception as exc:  # noqa: BLE001 - a notification must never stop the server
+                log.error("server.observer_failed", server_event=event, error=str(exc))
 
     @property
     def address(self) -> tuple[str, int]:
@@ -49,6 +59,7 @@ class CallServer:
         self.server.start()
         log.info("server.listening", address=f"{self.address[0]}:{self.address[1]}", max_calls=self.max_calls,
                  node=self.settings.node.id)
+        self._tell("listening")
 
     def _accept(self, sock: socket.socket, address: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -68,7 +79,8 @@ class CallServer:
     def stop(self, drain: float | None = None) -> None:
         """Stop accepting, let calls being decided finish for ``drain`` seconds, release the rest."""
         drain = self.settings.esl.drain_seconds if drain is None else drain
-        self.stopping = True
+        self.stopping = self.app.stopping = True
+        self._tell("stopping")
         self.server.close()
         log.info("server.draining", deciding=len(self.app.deciding), held=len(self.app.held), drain_seconds=drain)
         with gevent.Timeout(drain, False):
@@ -83,6 +95,7 @@ class CallServer:
         self.pool.join(timeout=max(self.settings.esl.command_timeout, 1.0) + 1)
         self.pool.kill(block=True, timeout=1)
         log.info("server.stopped")
+        self._tell("stopped")
 
     def serve_forever(self) -> None:
         """Run until SIGTERM/SIGINT (drain and stop); SIGHUP reloads the policy."""
@@ -97,10 +110,14 @@ class CallServer:
     def reload(self) -> None:
         if self.on_reload is None:
             return
+        self._tell("reloading")
         try:
             settings = self.on_reload()
             self.app.reload(settings)
             log.info("server.reloaded", stages=settings.policy.stages)
         except Exception as exc:  # noqa: BLE001 - a bad new config keeps the old one running
             log.error("server.reload_failed", error=str(exc))
+            self._tell("reload_failed")
+        else:
+            self._tell("reloaded")
 
