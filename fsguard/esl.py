@@ -155,6 +155,9 @@ class FrameReader:
         self._buf = bytearray()
         self._pending: Headers | None = None
         self._need = 0
+        #: where the search for the end of the header block resumes (a block trickled in byte
+        #: by byte is scanned once, not once per byte)
+        self._scan = 0
 
     @property
     def buffered(self) -> int:
@@ -173,20 +176,28 @@ class FrameReader:
                 frames.append(Frame(self._pending, body))
                 self._pending = None
                 continue
-            end = buf.find(b"\n\n")
+            end = buf.find(b"\n\n", max(0, self._scan - 1))
             if end < 0:
                 if len(buf) > self.max_bytes:
                     raise ProtocolError(f"header block longer than {self.max_bytes} bytes")
+                self._scan = len(buf)
                 break
+            self._scan = 0
             block = bytes(buf[:end])
             del buf[: end + 2]
             if not block.strip():
                 continue
             headers = parse_headers(block)
+            ctype = headers.get("Content-Type")
+            if ctype is None:
+                # Every frame FreeSWITCH writes has a Content-Type. A block without one is the
+                # tail of a raw value with a blank line in it (a linger notice's Channel-Name
+                # carrying a caller's LF LF): drop it, and above all never read a body for it.
+                continue
             length = headers.get("Content-Length")
             # A command reply never has a body; a Content-Length in one can only be caller text
             # that FreeSWITCH echoed raw (a getvar reply), so it is not trusted.
-            if length is None or length == "0" or headers.get("Content-Type") == "command/reply":
+            if length is None or length == "0" or ctype == "command/reply":
                 frames.append(Frame(headers))
                 continue
             if not (length.isascii() and length.isdigit()) or len(length) > 10:

@@ -117,7 +117,8 @@ class Stage:
         raise NotImplementedError
 
     def after_call(self, call: Call, end: CallEnd) -> None:
-        """Called once the call is over (hang-up cause and billsec known), outside the hot path."""
+        """Called once the call is over (hang-up cause and billsec known), outside the hot path,
+        for the stages that applied to the call."""
 
 
 #: stage name -> "module:Class"; a stage is imported only when the configuration names it
@@ -143,6 +144,8 @@ class Decision:
 
     def __init__(self) -> None:
         self.verdicts: list[Verdict] = []
+        #: the stages that took part (their after_call hooks run at hang-up)
+        self.ran: list[Stage] = []
         self.action: str | None = None
         self.outcome: str = ""
         self.started = time.perf_counter()
@@ -186,7 +189,9 @@ class Pipeline:
             stage = remaining.pop(0)
             if not stage.applies(call):
                 continue
+            decision.ran.append(stage)
             started = time.perf_counter()
+            risk, risk_reasons = call.risk, len(call.risk_reasons)
             try:
                 verdict = stage.run(call)
             except CallGone:
@@ -196,6 +201,12 @@ class Pipeline:
             except Exception as exc:  # noqa: BLE001
                 return self._failure(call, decision, exc, stage=stage.name, started=started)
             enforced = self.policy.enforced(stage.name)
+            if not enforced and call.risk != risk:
+                # shadow mode: the stage's risk points must not steer the call either (e.g. routing's
+                # fraud queue); they are kept in its verdict
+                verdict.details.setdefault("risk_not_applied", call.risk - risk)
+                call.risk = risk
+                del call.risk_reasons[risk_reasons:]
             if not enforced and verdict.outcome in (Outcome.CHALLENGE, Outcome.REJECT):
                 verdict.enforced = False
                 verdict.reason = f"would {verdict.outcome.value}: {verdict.reason}"
