@@ -179,11 +179,11 @@ def explain(call: dict[str, Any]) -> str:
     lines.append("")
     for i, v in enumerate(call["verdicts"], 1):
         shadow = "" if v["enforced"] else " [shadow mode: not enforced]"
-        lines.append(f"  {i}. {v['stage']}: {v['outcome']}{shadow} ({v['elapsed_ms']:.1f} ms)")
+        code = f" {v['code']}" if v.get("code") else ""
+        lines.append(f"  {i}. {v['stage']}: {v['outcome']}{code}{shadow} ({v['elapsed_ms']:.1f} ms)")
         if v["reason"]:
             lines.append(f"     {v['reason']}")
-        for key, value in (v.get("details") or {}).items():
-            lines.append(f"     - {key}: {value}")
+        lines += _explain_details(v.get("details") or {}, "     ")
     lines.append("")
     decided = f" after {call['decision_ms']:.1f} ms" if call.get("decision_ms") is not None else ""
     lines.append(f"  Outcome: {call['outcome'] or 'unknown'}{decided}; FreeSWITCH was told: {call['action'] or 'nothing'}")
@@ -192,6 +192,27 @@ def explain(call: dict[str, Any]) -> str:
     else:
         lines.append("  The call has not ended (or its end was not seen).")
     return "\n".join(lines)
+
+
+def _explain_details(details: dict[str, Any], indent: str) -> list[str]:
+    """A verdict's inputs one per line, nested ones indented, empty ones left out."""
+    empty = (None, "", [], {})
+    lines: list[str] = []
+    for key, value in details.items():
+        if value in empty:
+            continue
+        if isinstance(value, dict):
+            lines.append(f"{indent}- {key}:")
+            lines += _explain_details(value, indent + "  ")
+        elif isinstance(value, list) and all(isinstance(item, dict) for item in value):
+            lines.append(f"{indent}- {key}:")
+            lines += [f"{indent}  * " + ", ".join(f"{k} {v}" for k, v in item.items() if v not in empty)
+                      for item in value]
+        elif isinstance(value, list):
+            lines.append(f"{indent}- {key}: {', '.join(str(item) for item in value)}")
+        else:
+            lines.append(f"{indent}- {key}: {value}")
+    return lines
 
 
 # ------------------------------------------------------------------- main

@@ -52,6 +52,7 @@ def parse_duration(value: str | int | float, key: str = "duration") -> float:
 class ESLSettings:
     """The outbound Event Socket listener that FreeSWITCH's ``socket`` application connects to."""
 
+    #: host:port FreeSWITCH's ``socket`` application connects to (``socket host:port async full``)
     listen: str = "127.0.0.1:8084"
     #: calls handled at once; a call over this gets the fail-open route at once (never a bare close)
     max_calls: int = 2000
@@ -67,6 +68,7 @@ class ESLSettings:
     drain_seconds: float = 10.0
     #: inbound ESL (for api commands such as uuid_record): host:port and password
     inbound: str = "127.0.0.1:8021"
+    #: the password of FreeSWITCH's event_socket.conf.xml (change it there and here)
     inbound_password: str = "ClueCon"
 
     def validate(self) -> None:
@@ -82,22 +84,29 @@ class ESLSettings:
 
 @dataclass
 class HTTPSettings:
-    """Health, metrics and the admin API."""
+    """Health, metrics and the admin API (docs/operations.rst)."""
 
+    #: host:port of /healthz, /readyz, /metrics and /api/ (keep it on a management network)
     listen: str = "127.0.0.1:8085"
-    #: bearer token for /api/; the API is off when empty
+    #: bearer token for /api/ (at least 16 characters; better set FSGUARD_HTTP_TOKEN in an
+    #: EnvironmentFile readable by root only); the API is off when empty
     token: str = ""
+    #: false: no HTTP listener at all (no health checks, no metrics)
     enabled: bool = True
 
     def validate(self) -> None:
         parse_hostport(self.listen, "http.listen")
+        if self.token and (len(self.token) < 16 or any(c.isspace() for c in self.token)):
+            raise ConfigError("http.token: use at least 16 characters and no spaces (e.g. openssl rand -hex 24)")
 
 
 @dataclass
 class DatabaseSettings:
     """Where all state lives. SQLite for one node, PostgreSQL for production and several nodes."""
 
+    #: sqlite:///path (one node) or postgresql://user:password@host/db (psycopg 3; several nodes)
     url: str = "sqlite:///var/fsguard.db"
+    #: connections kept open; at least the calls that use the database at the same moment
     pool_size: int = 20
     #: seconds a call waits for a database connection before failing open
     pool_timeout: float = 2.0
@@ -111,6 +120,9 @@ class DatabaseSettings:
 
 @dataclass
 class LoggingSettings:
+    """What fsguard logs (to stderr: journald under systemd) and in which format."""
+
+    #: debug, info, warning or error
     level: str = "info"
     #: "auto" (pretty on a terminal, JSON otherwise), "json" or "console"
     format: str = "auto"
@@ -124,6 +136,8 @@ class LoggingSettings:
 
 @dataclass
 class NodeSettings:
+    """This fsguard node: its id (several nodes share one PostgreSQL) and how it reads numbers."""
+
     #: this node's id, stored on every call record; the host name by default
     id: str = field(default_factory=socket.gethostname)
     #: calls in these dialplan contexts are agents dialling out
@@ -174,37 +188,598 @@ def validate_target(target: str, key: str) -> None:
         raise ConfigError(f"{key}: a target cannot contain line breaks")
 
 
+#: risk points each screening signal adds to a call (screening.risk_points overrides some or all)
+SCREENING_RISK_POINTS: dict[str, int] = {
+    "stir_A": 0, "stir_B": 20, "stir_C": 40, "stir_passed": 0, "stir_none": 10, "stir_failed": 50,
+    "withheld": 10, "invalid": 30, "anonymous": 30, "soft_block_per_level": 10, "hard_block": 100, "dno": 100,
+}
+#: what each STIR/SHAKEN outcome does (screening.stir_actions overrides some or all; a failure code
+#: such as stale_iat may be given its own action, else "failed" applies)
+SCREENING_STIR_ACTIONS: dict[str, str] = {"A": "pass", "B": "pass", "C": "pass", "passed": "pass", "none": "pass",
+                                          "failed": "challenge"}
+_SCREEN_ACTION = ("pass", "challenge", "reject")
+
+
+def _block_action(value: str, key: str, extra: tuple[str, ...] = ()) -> None:
+    """reject | busy | transfer:TARGET | hangup:CAUSE (and ``extra`` words such as challenge)."""
+    text = value.strip()
+    low = text.lower()
+    if low in ("reject", "busy") + extra:
+        return
+    kind, sep, arg = text.partition(":")
+    if sep and kind.lower() in ("transfer", "hangup") and arg.strip() and "\n" not in arg and "\r" not in arg:
+        return
+    words = "|".join(("reject", "busy") + extra)
+    raise ConfigError(f"{key}: expected {words}, transfer:TARGET or hangup:CAUSE, got {value!r}")
+
+
 @dataclass
 class ScreeningSettings:
     """Who may pass: lists, flood and nuisance blocking, withheld callers, STIR/SHAKEN, DNO."""
 
+    #: what a hard block (level 6 and above) does when its entry has no action of its own:
+    #: reject (CALL_REJECTED), busy (USER_BUSY), transfer:TARGET (e.g. "transfer:9999 XML announcements")
+    hard_action: str = "reject"
+    #: what a soft block (level 1-5) does: "challenge" (the verification stage decides; without one,
+    #: policy.unverified_action applies), or pass, reject, busy, transfer:TARGET
+    soft_action: str = "challenge"
+    #: a caller number that cannot exist (phonenumbers): pass, challenge or reject
+    invalid_action: str = "challenge"
+    #: a call with no number at all, not even the network's: pass, challenge or reject
+    anonymous_action: str = "challenge"
+    #: a call presenting one of our Do-Not-Originate numbers (spoofed): reject or challenge
+    dno_action: str = "reject"
+
+    #: more than flood_hour calls in the last hour, or flood_day in the last day, from one number
+    #: blocks it (0 switches a limit off); the call that crosses the limit is already blocked
+    flood_hour: int = 10
+    flood_day: int = 30
+    #: level and lifetime of a flood block
+    flood_level: int = 3
+    flood_ttl: str = "24h"
+    #: limits for particular dialled numbers: {"+18005550100" = {hour = 3, day = 10, level = 4, ttl = "2h"}}
+    flood_dnis: dict[str, Any] = field(default_factory=dict)
+
+    #: nuisance_calls calls that end within nuisance_seconds (call-and-hang-up) inside nuisance_window
+    #: block the number at nuisance_level for nuisance_ttl (0 calls: off)
+    nuisance_calls: int = 5
+    nuisance_seconds: float = 5.0
+    nuisance_window: str = "24h"
+    nuisance_level: int = 2
+    nuisance_ttl: str = "24h"
+
+    #: a caller whose screening signals add up to this many risk points is challenged
+    challenge_risk: int = 50
+    #: points each signal adds (a signal left out keeps its default)
+    risk_points: dict[str, int] = field(default_factory=lambda: dict(SCREENING_RISK_POINTS))
+
+    #: pass / challenge / reject per STIR/SHAKEN outcome: A, B, C, passed (verified, level unknown),
+    #: none (no information), failed (any failure), or a failure code of its own (bad_signature,
+    #: stale_iat, tn_mismatch, untrusted_cert, cert_expired, cert_unavailable, carrier_failed, ...);
+    #: an outcome left out keeps its default
+    stir_actions: dict[str, str] = field(default_factory=lambda: dict(SCREENING_STIR_ACTIONS))
+    #: CA certificates trusted to sign SHAKEN certificates (a PEM file or a directory of them);
+    #: empty: Identity headers are not verified by fsguard (a verstat on the channel still counts)
+    stir_trust_store: str = ""
+    #: a PASSporT older (or further in the future) than this many seconds is stale
+    stir_max_age: float = 60.0
+    #: seconds to fetch a certificate from x5u; fetched certificates are kept stir_cert_cache
+    stir_fetch_timeout: float = 2.0
+    stir_cert_cache: str = "1h"
+    #: accept x5u URLs over plain http (the SHAKEN spec requires https)
+    stir_allow_http: bool = False
+    #: channel variables that may carry the SIP Identity header (first non-empty wins)
+    stir_identity_variables: list[str] = field(
+        default_factory=lambda: ["sip_identity", "sip_h_Identity", "sip_i_identity"])
+
+    #: expired list entries are purged this long after they expire
+    expired_retention: str = "30d"
+
+    def validate(self) -> None:
+        _block_action(self.hard_action, "screening.hard_action")
+        _block_action(self.soft_action, "screening.soft_action", ("challenge", "pass"))
+        for key in ("invalid_action", "anonymous_action"):
+            if getattr(self, key) not in _SCREEN_ACTION:
+                raise ConfigError(f"screening.{key}: expected pass, challenge or reject, got {getattr(self, key)!r}")
+        if self.dno_action not in ("reject", "challenge"):
+            raise ConfigError(f"screening.dno_action: expected reject or challenge, got {self.dno_action!r}")
+        for key in ("flood_hour", "flood_day", "nuisance_calls", "challenge_risk"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"screening.{key}: must be 0 or more")
+        for key in ("flood_level", "nuisance_level"):
+            if not 1 <= getattr(self, key) <= 99:
+                raise ConfigError(f"screening.{key}: expected a block level from 1 to 99")
+        for key in ("flood_ttl", "nuisance_window", "nuisance_ttl", "stir_cert_cache", "expired_retention"):
+            if parse_duration(getattr(self, key), f"screening.{key}") <= 0:
+                raise ConfigError(f"screening.{key}: must be a positive duration")
+        if self.nuisance_seconds < 0 or self.stir_max_age <= 0 or self.stir_fetch_timeout <= 0:
+            raise ConfigError("screening.nuisance_seconds, stir_max_age, stir_fetch_timeout: must be positive")
+        for dnis, limits in self.flood_dnis.items():
+            key = f"screening.flood_dnis.{dnis}"
+            if not isinstance(limits, dict) or not set(limits) <= {"hour", "day", "level", "ttl"}:
+                raise ConfigError(f"{key}: expected a table with hour, day and optionally level and ttl")
+            for name in ("hour", "day", "level"):
+                if name in limits and (isinstance(limits[name], bool) or not isinstance(limits[name], int)
+                                       or limits[name] < 0):
+                    raise ConfigError(f"{key}.{name}: expected a whole number, 0 or more")
+            if "ttl" in limits:
+                parse_duration(limits["ttl"], f"{key}.ttl")
+        unknown = set(self.risk_points) - set(SCREENING_RISK_POINTS)
+        if unknown:
+            raise ConfigError(f"screening.risk_points: unknown signal(s) {', '.join(sorted(unknown))} "
+                              f"(known: {', '.join(SCREENING_RISK_POINTS)})")
+        from fsguard.stirshaken import FAILURE_CODES
+
+        for key, value in self.stir_actions.items():
+            if key not in SCREENING_STIR_ACTIONS and key not in FAILURE_CODES:
+                raise ConfigError(f"screening.stir_actions.{key}: unknown outcome (known: "
+                                  f"{', '.join([*SCREENING_STIR_ACTIONS, *FAILURE_CODES])})")
+            if value not in _SCREEN_ACTION:
+                raise ConfigError(f"screening.stir_actions.{key}: expected pass, challenge or reject, got {value!r}")
+        if self.stir_trust_store and not Path(self.stir_trust_store).exists():
+            raise ConfigError(f"screening.stir_trust_store: {self.stir_trust_store} does not exist")
+
+    def seconds(self, key: str) -> float:
+        """A duration setting in seconds (``settings.screening.seconds("flood_ttl")``)."""
+        return parse_duration(getattr(self, key), f"screening.{key}")
+
+    def points(self, signal: str) -> int:
+        return int(self.risk_points.get(signal, SCREENING_RISK_POINTS[signal]))
+
+    def stir_action(self, outcome: str, failure: str = "") -> str:
+        """pass / challenge / reject for an attestation or outcome, a failure code first."""
+        if failure and failure in self.stir_actions:
+            return self.stir_actions[failure]
+        return self.stir_actions.get(outcome, SCREENING_STIR_ACTIONS.get(outcome, "pass"))
+
+
+#: what can make the verification stage challenge a caller (verification.triggers)
+VERIFICATION_TRIGGERS = ("soft_block", "anonymous", "invalid", "stir", "dno", "risk", "other")
+#: how a challenge may end
+VERIFICATION_OUTCOMES = ("passed", "wrong", "no_input", "abandoned")
+
+
+def sound_seconds(sound: str, known: dict[str, float] | None = None) -> float | None:
+    """How long a sound lasts, when fsguard can know it: ``tone_stream://%(on,off,...)`` (one
+    cycle, times ``;loops=N``), ``silence_stream://MS``, a ``file_string://a!b`` of knowable
+    parts, or a file listed in ``known`` (verification.sound_seconds). None otherwise."""
+    import re
+
+    known = known or {}
+    text = sound.strip()
+    if text in known:
+        return float(known[text])
+    if text.startswith("file_string://"):
+        parts = [p for p in text[len("file_string://"):].split("!") if p]
+        lengths = [sound_seconds(p, known) for p in parts]
+        return None if any(x is None for x in lengths) else sum(lengths)  # type: ignore[misc]
+    if text.startswith("silence_stream://"):
+        ms = re.match(r"(\d+)", text[len("silence_stream://"):])
+        return int(ms.group(1)) / 1000 if ms and int(ms.group(1)) > 0 else None   # 0 or less: endless
+    m = re.match(r"tone_stream://%\((\d+),(\d+),[\d.,+]+\)(?:;loops=(\d+))?$", text)
+    if m:
+        return (int(m.group(1)) + int(m.group(2))) * int(m.group(3) or 1) / 1000
+    return None
+
 
 @dataclass
 class VerificationSettings:
-    """The unbilled IVR challenge."""
+    """The unbilled IVR challenge (docs/verification.rst).
+
+    The code is announced in early media (SIP 183: the caller hears it, nobody pays); the call is
+    answered only to collect the digits, in a window ``guard_margin`` shorter than the carrier's
+    unbilled ``guard_interval``, and a caller who fails is hung up inside it: never billed.
+    """
+
+    #: the carrier's unbilled guard interval: a call shorter than this (answer to hang-up) is not billed
+    guard_interval: float = 5.0
+    #: the digit window after the answer is guard_interval minus this, all tries included (room for
+    #: network delay and fsguard's hang-up)
+    guard_margin: float = 1.0
+    #: digits in the code (random, from the secrets module; never the number's previous code)
+    code_length: int = 2
+    #: tries one challenge allows; a retry is offered only if it still fits in the window
+    attempts: int = 3
+    #: seconds for the first key after the entry prompt (shortened to what is left of the window)
+    first_digit_timeout: float = 2.0
+    #: seconds allowed between keys
+    inter_digit_timeout: float = 1.0
+    #: a retry is offered only if at least this long is left for its first key
+    min_first_digit: float = 1.0
+
+    #: before the code, in early media: sounds separated by "!" (stock sounds: "Please enter the... number")
+    intro: str = "ivr/ivr-please_enter_the.wav!ivr/ivr-number.wav"
+    #: how the code is spoken: "digits" (digit_sound files, in the same playback as the intro) or
+    #: "say" (the say application: say en number iterated 42)
+    code_voice: str = "digits"
+    #: the file for one digit, {digit} replaced (the stock sound packs have digits/0.wav .. digits/9.wav)
+    digit_sound: str = "digits/{digit}.wav"
+    #: say's language and method when code_voice = "say" (iterated: "four two", not "forty-two")
+    say_language: str = "en"
+    say_method: str = "iterated"
+    #: times the code is spoken in early media, with repeat_pause between
+    code_repeats: int = 2
+    repeat_pause: str = "silence_stream://700"
+    #: after the answer: the caller keys the code now (keys pressed while it plays count)
+    entry_prompt: str = "tone_stream://%(250,0,800)"
+    #: before each retry, then the entry prompt again
+    retry_prompt: str = "tone_stream://%(150,100,480,620)"
+    #: seconds a sound FILE played after the answer lasts (entry_prompt, retry_prompt): fsguard must
+    #: know it to stay inside the window; tone_stream and silence_stream lengths are read from the string
+    sound_seconds: dict[str, float] = field(default_factory=dict)
+    #: hang-up cause for a caller who fails (CALL_REJECTED: Q.850 21, SIP 603)
+    fail_cause: str = "CALL_REJECTED"
+
+    #: which challenges this stage takes: soft_block, anonymous (no number), invalid (a number that
+    #: cannot exist), stir, dno (presenting our Do-Not-Originate number), risk (screening's risk
+    #: threshold), other (any other stage's challenge). A challenge no trigger takes gets
+    #: policy.unverified_action.
+    triggers: list[str] = field(default_factory=lambda: list(VERIFICATION_TRIGGERS))
+    #: soft blocks below this level are not challenged by this stage
+    min_block_level: int = 1
+    #: the STIR/SHAKEN outcomes challenged (A, B, C, passed, none, failed, or a failure code)
+    stir_outcomes: list[str] = field(default_factory=lambda: ["A", "B", "C", "passed", "none", "failed"])
+    #: also challenge any inbound caller whose risk (all stages' points) reaches this; 0: off
+    risk_threshold: int = 0
+
+    #: escalate_after failed challenges within escalate_window block the number at escalate_level
+    #: (6 and above: hard, rejected unanswered) for escalate_ttl, with source "auto"; 0: off
+    escalate_after: int = 3
+    escalate_window: str = "24h"
+    escalate_level: int = 6
+    escalate_ttl: str = "7d"
+    #: what counts as a failure for escalation (wrong, no_input, abandoned)
+    escalate_outcomes: list[str] = field(default_factory=lambda: ["wrong", "no_input"])
+
+    @property
+    def window(self) -> float:
+        """Seconds from the answer by which a failing caller is hung up."""
+        return self.guard_interval - self.guard_margin
+
+    def seconds(self, key: str) -> float:
+        return parse_duration(getattr(self, key), f"verification.{key}")
+
+    def validate(self) -> None:
+        v = "verification"
+        if self.guard_interval <= 0 or self.guard_margin < 0.5:
+            raise ConfigError(f"{v}.guard_interval must be positive and {v}.guard_margin at least 0.5 s")
+        if not 1 <= self.code_length <= 8:
+            raise ConfigError(f"{v}.code_length: expected 1 to 8 digits, got {self.code_length}")
+        if self.attempts < 1 or self.code_repeats < 1:
+            raise ConfigError(f"{v}.attempts and {v}.code_repeats: must be at least 1")
+        for key in ("first_digit_timeout", "inter_digit_timeout", "min_first_digit"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{v}.{key}: must be positive")
+        if self.code_voice not in ("digits", "say"):
+            raise ConfigError(f"{v}.code_voice: expected digits or say, got {self.code_voice!r}")
+        if "{digit}" not in self.digit_sound:
+            raise ConfigError(f"{v}.digit_sound: must contain {{digit}}, e.g. digits/{{digit}}.wav")
+        for key in ("intro", "digit_sound", "repeat_pause", "entry_prompt", "retry_prompt", "say_language",
+                    "say_method"):
+            value = getattr(self, key)
+            if any(c.isspace() for c in value):
+                raise ConfigError(f"{v}.{key}: a sound or word without spaces or line breaks, got {value!r}")
+        for key in ("entry_prompt", "retry_prompt"):
+            if sound_seconds(getattr(self, key), self.sound_seconds) is None:
+                raise ConfigError(
+                    f"{v}.{key}: fsguard must know how long {getattr(self, key)!r} lasts, because it is played "
+                    f"after the answer, inside the unbilled window: use tone_stream:// or silence_stream://N, "
+                    f"or give the file's length in {v}.sound_seconds")
+        fixed = (sound_seconds(self.entry_prompt, self.sound_seconds) or 0) + \
+            (self.code_length - 1) * self.inter_digit_timeout
+        if fixed + self.min_first_digit > self.window - 0.2:
+            raise ConfigError(
+                f"{v}: the entry prompt, {self.code_length - 1} inter-digit timeout(s) and min_first_digit "
+                f"({fixed + self.min_first_digit:g} s) do not fit in the window of {self.window:g} s "
+                f"(guard_interval - guard_margin)")
+        self.fail_cause = self.fail_cause.strip().upper()
+        if not self.fail_cause.replace("_", "").isalnum():
+            raise ConfigError(f"{v}.fail_cause: {self.fail_cause!r} is not a hang-up cause such as CALL_REJECTED")
+        unknown = set(self.triggers) - set(VERIFICATION_TRIGGERS)
+        if unknown:
+            raise ConfigError(f"{v}.triggers: unknown trigger(s) {', '.join(sorted(unknown))} "
+                              f"(known: {', '.join(VERIFICATION_TRIGGERS)})")
+        if not 1 <= self.min_block_level <= 99:
+            raise ConfigError(f"{v}.min_block_level: expected a block level from 1 to 99")
+        if self.risk_threshold < 0 or self.escalate_after < 0:
+            raise ConfigError(f"{v}.risk_threshold and {v}.escalate_after: must be 0 or more")
+        if not 1 <= self.escalate_level <= 99:
+            raise ConfigError(f"{v}.escalate_level: expected a block level from 1 to 99 (6 and above: hard)")
+        for key in ("escalate_window", "escalate_ttl"):
+            if self.seconds(key) <= 0:
+                raise ConfigError(f"{v}.{key}: must be a positive duration")
+        bad = set(self.escalate_outcomes) - set(VERIFICATION_OUTCOMES[1:])
+        if bad:
+            raise ConfigError(f"{v}.escalate_outcomes: unknown outcome(s) {', '.join(sorted(bad))} "
+                              "(known: wrong, no_input, abandoned)")
 
 
 @dataclass
 class RecordingSettings:
-    """Who is recorded, where, and for how long."""
+    """Who is recorded, where, and for how long (see docs/recording.rst).
 
+    ``[[recording.rules]]`` tables are tried in order, the first that matches the call decides;
+    a call no rule matches gets ``mode`` / ``purpose`` / ``consent`` from this section.
+    """
+
+    #: where FreeSWITCH writes and fsguard hashes and purges recordings: <dir>/YYYY/MM/DD/<uuid>.wav.
+    #: Use an absolute path seen the same way by FreeSWITCH and fsguard (same host or same mount).
     dir: str = "var/recordings"
+    #: for calls no rule matches: "all", "sample", "on_demand" or "off"
+    mode: str = "all"
+    #: share of calls recorded in "sample" mode, in percent (reproducible from the call's uuid)
+    sample_percent: float = 10.0
+    #: purpose of a recording when its rule names none; decides its retention
+    purpose: str = "evidence"
+    #: how long a recording is kept, by purpose: "5y", "6mo", "90d", "12w", "48h" (merged over the defaults)
+    retention: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RETENTION))
+    #: play the consent announcement before the recording starts (rules may override)
+    consent: bool = True
+    #: the announcement (a file or ``say:`` / ``tone_stream://`` string, as for playback)
+    consent_prompt: str = "ivr/ivr-this_call_may_be_recorded.wav"
+    #: "answer": answer, then announce (the caller surely hears it; billed from the answer) or
+    #: "early": announce in early media (unbilled, but only heard where the carrier passes 183 media)
+    consent_media: str = "answer"
+    #: caller and agent on separate channels of a stereo file (RECORD_STEREO)
+    stereo: bool = True
+    #: channel variable the dialplan sets to name the call's queue, for rules with ``queue = ...``
+    queue_variable: str = "fsguard_queue"
+    #: the rules, a list of tables: name, dnis, queue, direction, mode, purpose, sample_percent,
+    #: consent, consent_prompt, consent_media (a JSON list in FSGUARD_RECORDING_RULES)
+    rules: Any = field(default_factory=list)
+    #: how often ``fsguard serve`` purges expired recordings; "0" turns the periodic purge off
+    purge_interval: str = "1h"
+
+    MODES: typing.ClassVar[tuple[str, ...]] = ("all", "sample", "on_demand", "off")
+    RULE_KEYS: typing.ClassVar[frozenset[str]] = frozenset(
+        {"name", "dnis", "queue", "direction", "mode", "purpose", "sample_percent", "consent", "consent_prompt",
+         "consent_media"})
+
+    def validate(self) -> None:
+        if not self.dir.strip() or any(c.isspace() for c in self.dir):
+            raise ConfigError(f"recording.dir: must be a path without spaces (FreeSWITCH splits record_session's "
+                              f"argument on spaces), got {self.dir!r}")
+        # An operator who adds one purpose keeps the others (evidence, training, analytics).
+        self.retention = {**DEFAULT_RETENTION, **self.retention}
+        for purpose, period in self.retention.items():
+            parse_retention(period, f"recording.retention.{purpose}")
+        parse_duration(self.purge_interval, "recording.purge_interval")
+        if isinstance(self.rules, str):
+            import json
+
+            try:
+                self.rules = json.loads(self.rules) if self.rules.strip() else []
+            except ValueError as exc:
+                raise ConfigError(f"recording.rules: expected a JSON list of tables, {exc}") from None
+        if not isinstance(self.rules, list):
+            raise ConfigError(f"recording.rules: expected a list of tables ([[recording.rules]]), got {self.rules!r}")
+        self._check_choice("recording", {"mode": self.mode, "purpose": self.purpose,
+                                         "sample_percent": self.sample_percent, "consent_prompt": self.consent_prompt,
+                                         "consent_media": self.consent_media, "consent": self.consent})
+        for i, rule in enumerate(self.rules):
+            key = f"recording.rules[{i}]"
+            if not isinstance(rule, dict):
+                raise ConfigError(f"{key}: expected a table, got {rule!r}")
+            unknown = set(rule) - self.RULE_KEYS
+            if unknown:
+                raise ConfigError(f"{key}.{sorted(unknown)[0]}: unknown rule key "
+                                  f"(known: {', '.join(sorted(self.RULE_KEYS))})")
+            for name in ("dnis", "queue"):
+                value = rule.get(name)
+                if value is not None and not (isinstance(value, str) or
+                                              (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+                    raise ConfigError(f"{key}.{name}: expected a string or a list of strings, got {value!r}")
+            if rule.get("direction") not in (None, "inbound", "outbound"):
+                raise ConfigError(f"{key}.direction: expected inbound or outbound, got {rule['direction']!r}")
+            if "mode" not in rule:
+                raise ConfigError(f"{key}.mode: every rule needs a mode (all, sample, on_demand or off)")
+            self._check_choice(key, rule)
+
+    def _check_choice(self, key: str, values: dict[str, Any]) -> None:
+        if "mode" in values and values["mode"] not in self.MODES:
+            raise ConfigError(f"{key}.mode: expected one of {', '.join(self.MODES)}, got {values['mode']!r}")
+        if "purpose" in values and values["purpose"] not in self.retention:
+            raise ConfigError(f"{key}.purpose: {values['purpose']!r} has no retention "
+                              f"(recording.retention knows {', '.join(sorted(self.retention))})")
+        if "sample_percent" in values:
+            pct = values["sample_percent"]
+            if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 <= pct <= 100:
+                raise ConfigError(f"{key}.sample_percent: expected a number from 0 to 100, got {pct!r}")
+        if "consent" in values and not isinstance(values["consent"], bool):
+            raise ConfigError(f"{key}.consent: expected true or false, got {values['consent']!r}")
+        if "consent_media" in values and values["consent_media"] not in ("answer", "early"):
+            raise ConfigError(f"{key}.consent_media: expected answer or early, got {values['consent_media']!r}")
+        prompt = values.get("consent_prompt")
+        if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()
+                                   or "\n" in prompt or "\r" in prompt):
+            raise ConfigError(f"{key}.consent_prompt: expected a sound file or playback string, got {prompt!r}")
+        if "name" in values and not isinstance(values["name"], str):
+            raise ConfigError(f"{key}.name: expected a string, got {values['name']!r}")
+
+
+#: recording retention by purpose when the configuration says nothing else
+DEFAULT_RETENTION = {"evidence": "5y", "training": "6mo", "analytics": "1y"}
+
+_RETENTION_UNITS = {"y": (12, 0), "mo": (1, 0), "w": (0, 7 * 86400), "d": (0, 86400), "h": (0, 3600)}
+
+
+def parse_retention(value: str | int, key: str = "retention") -> tuple[int, float]:
+    """A retention period as (calendar months, seconds): ``"5y"`` -> (60, 0), ``"6mo"`` -> (6, 0),
+    ``"90d"`` -> (0, 7776000). Years and months are calendar ones, so "6mo" from 31 August ends on
+    28 (or 29) February: a recording is kept exactly as long as its purpose allows."""
+    text = str(value).strip().lower().replace(" ", "")
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number):]
+    if unit == "m":
+        raise ConfigError(f"{key}: 'm' is ambiguous here; write months as 'mo' (6mo), got {value!r}")
+    if unit not in _RETENTION_UNITS or not number.isdigit() or int(number) <= 0:
+        raise ConfigError(f"{key}: expected a period such as 5y, 6mo, 90d, 12w or 48h, got {value!r}")
+    months, seconds = _RETENTION_UNITS[unit]
+    return months * int(number), float(seconds * int(number))
+
+
+def _default_routing_rules() -> list[Any]:
+    """The shipped routing table; conf/freeswitch/autoload_configs/callcenter.conf.xml has its queues."""
+    return [
+        {"name": "fraud", "risk_at_least": 50, "target": "fraud"},
+        {"name": "vip own agent", "vip": True, "target": "customer"},
+        {"name": "vip", "vip": True, "target": "vip"},
+        {"name": "own queue", "known": True, "target": "customer"},
+    ]
 
 
 @dataclass
 class RoutingSettings:
-    """Where a call goes once it may pass."""
+    """Where a call goes once it may pass: the caller is looked up (customer table, then an
+    optional CRM), the routing table is read top to bottom and the first rule that holds wins
+    (docs/routing.rst). What was learned is exported to the agent's leg and the CDR."""
 
     #: where a call goes when no routing rule matches
     default_target: str = "transfer default XML queues"
+    #: the routing table, tried in order ([[routing.rules]] tables): conditions vip, known,
+    #: verified, risk_at_least, risk_below, dnis, country, area_code, region, customer_preference;
+    #: target = a mod_callcenter queue name, "customer" (their own agent, else their own queue),
+    #: or "transfer|callcenter|bridge <argument>"; after_hours = the target when its queue is closed
+    rules: list[Any] = field(default_factory=_default_routing_rules)
+    #: the mod_callcenter domain of queue names given without one ("vip" -> callcenter vip@default)
+    domain: str = "default"
+    #: business hours per queue name ("default" = the default target): "mon-fri 08:00-18:00; sat 09:00-13:00"
+    #: (a trailing IANA zone overrides routing.timezone for that queue)
+    hours: dict[str, str] = field(default_factory=dict)
+    #: where a call goes when the queue its rule chose is closed; empty: that rule is passed over
+    after_hours_target: str = ""
+    #: days every queue with business hours is closed: "2026-12-25" or, every year, "12-25"
+    holidays: list[str] = field(default_factory=list)
+    #: time zone of the business hours (IANA name, e.g. America/New_York)
+    timezone: str = "UTC"
+    #: how a customer's own agent is rung; {agent} is the agent named on the customer record
+    agent_target: str = "bridge user/{agent}"
+    #: seconds the customer's own agent rings before the call goes to their queue (or the next rule)
+    agent_timeout: float = 20.0
+    #: mod_callcenter cc_base_score of VIP callers: they are served as if they had waited this many seconds more
+    vip_base_score: int = 600
+    #: external CRM asked when the customer table does not know the number: an HTTP(S) URL
+    #: template returning JSON ({number} = +15551234567, {digits} = 15551234567), or a database
+    #: URL (postgresql://..., sqlite:///...) queried with crm_query; empty: no CRM
+    crm_url: str = ""
+    #: SQL for a database CRM, with :number (E.164) or :digits, returning columns named like the
+    #: customer fields: account_id, name, vip, queue, agent, region
+    crm_query: str = ""
+    #: HTTP headers sent to an HTTP CRM (e.g. { Authorization = "Bearer ..." })
+    crm_headers: dict[str, str] = field(default_factory=dict)
+    #: where each customer field is in the CRM's JSON: { account_id = "customer.id", vip = "tier_vip" }
+    crm_fields: dict[str, str] = field(default_factory=dict)
+    #: seconds a call may wait for the CRM; past it the call is routed without the CRM's answer
+    crm_timeout: float = 0.3
+    #: how long a CRM answer is kept (duration)
+    crm_cache_ttl: str = "5m"
+    #: how long "the CRM does not know this number" is kept (duration)
+    crm_miss_ttl: str = "1m"
+    #: numbers kept in the CRM cache (per fsguard process)
+    crm_cache_size: int = 10000
+    #: consecutive CRM failures (timeouts, errors) that open the circuit breaker: the CRM is not asked ...
+    crm_failures: int = 5
+    #: ... for this long, then one call tries it again (duration)
+    crm_cooldown: str = "30s"
 
     def validate(self) -> None:
         validate_target(self.default_target, "routing.default_target")
+        if self.agent_timeout <= 0:
+            raise ConfigError("routing.agent_timeout: must be positive")
+        if self.vip_base_score < 0:
+            raise ConfigError("routing.vip_base_score: cannot be negative")
+        if self.crm_url:
+            scheme = self.crm_url.split("://", 1)[0].lower() if "://" in self.crm_url else ""
+            if not scheme:
+                raise ConfigError(f"routing.crm_url: expected an http(s):// URL template or a database URL, "
+                                  f"got {self.crm_url!r}")
+            if scheme in ("http", "https"):
+                if "{number}" not in self.crm_url and "{digits}" not in self.crm_url:
+                    raise ConfigError("routing.crm_url: an HTTP CRM URL needs {number} or {digits} where the "
+                                      "caller's number goes")
+            elif not self.crm_query.strip():
+                raise ConfigError("routing.crm_query: a database CRM (routing.crm_url) needs the SQL to run, "
+                                  "with :number or :digits")
+            if self.crm_timeout <= 0:
+                raise ConfigError("routing.crm_timeout: must be positive")
+            if self.crm_failures < 1:
+                raise ConfigError("routing.crm_failures: must be at least 1")
+            if self.crm_cache_size < 0:
+                raise ConfigError("routing.crm_cache_size: cannot be negative")
+            for key in ("crm_cache_ttl", "crm_miss_ttl", "crm_cooldown"):
+                if parse_duration(getattr(self, key), f"routing.{key}") < 0:
+                    raise ConfigError(f"routing.{key}: cannot be negative")
+        from fsguard.routing_table import build_table  # late: routing_table imports this module
+
+        build_table(self)
 
 
 @dataclass
 class OutboundSettings:
-    """Agents dialling out: the freeze rule for numbers that do not want the call."""
+    """Agents dialling out: the freeze rule for numbers that do not want the call.
+
+    ``threshold`` rejected-or-short attempts to one number within ``window`` freeze the number for
+    ``freeze_for``; while frozen, agents hear ``announcement`` and the call is not dialled.
+    """
+
+    #: rejected or short attempts within ``window`` that freeze a number
+    threshold: int = 3
+    #: the sliding window the strikes are counted in (duration: 24h, 1d, 86400)
+    window: str = "1d"
+    #: an answered call whose conversation is shorter than this is a "short" call (a strike)
+    short_call: str = "15s"
+    #: how long an automatic freeze lasts (also the default of ``fsguard outbound freeze --days``)
+    freeze_for: str = "7d"
+    #: what the agent hears when the number is frozen ("" = nothing, just the hang-up)
+    announcement: str = "ivr/ivr-call_cannot_be_completed_as_dialed.wav"
+    #: play the announcement after answering the agent's leg instead of in early media (for
+    #: phones or PBX trunks that drop 183 early media)
+    announce_answered: bool = False
+    #: hang-up cause given to the agent's leg when the number is frozen (52 -> SIP 403)
+    frozen_cause: str = "OUTGOING_CALL_BARRED"
+    #: how a number that may be dialled is dialled: {number} = +15557654321, {digits} =
+    #: 15557654321, {national} = 5557654321
+    dial_target: str = "bridge sofia/gateway/carrier/{number}"
+    #: hang-up causes of an unanswered attempt that mean the called person refused the call
+    rejected_causes: list[str] = field(default_factory=lambda: ["USER_BUSY", "CALL_REJECTED"])
+
+    @property
+    def window_seconds(self) -> float:
+        return parse_duration(self.window, "outbound.window")
+
+    @property
+    def short_call_seconds(self) -> float:
+        return parse_duration(self.short_call, "outbound.short_call")
+
+    @property
+    def freeze_seconds(self) -> float:
+        return parse_duration(self.freeze_for, "outbound.freeze_for")
+
+    def dial(self, number: str, digits: str, national: str) -> str:
+        """The routing instruction that dials ``number`` (E.164)."""
+        return self.dial_target.format(number=number, digits=digits, national=national)
+
+    def validate(self) -> None:
+        if self.threshold < 1:
+            raise ConfigError("outbound.threshold: must be at least 1")
+        for key in ("window", "freeze_for"):
+            if parse_duration(getattr(self, key), f"outbound.{key}") <= 0:
+                raise ConfigError(f"outbound.{key}: must be a positive duration")
+        if self.short_call_seconds < 0:
+            raise ConfigError("outbound.short_call: cannot be negative")
+        self.frozen_cause = self.frozen_cause.strip().upper()
+        self.rejected_causes = [c.strip().upper() for c in self.rejected_causes]
+        for key, cause in [("frozen_cause", self.frozen_cause)] + [("rejected_causes", c) for c in self.rejected_causes]:
+            if not cause.replace("_", "").isalnum():
+                raise ConfigError(f"outbound.{key}: {cause!r} is not a hang-up cause such as USER_BUSY")
+        if any(c in self.announcement for c in "\r\n"):
+            raise ConfigError("outbound.announcement: cannot contain line breaks")
+        try:
+            sample = self.dial("+15557654321", "15557654321", "5557654321")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"outbound.dial_target: unknown placeholder {exc} in {self.dial_target!r} "
+                              "(use {number}, {digits} or {national})") from None
+        validate_target(sample, "outbound.dial_target")
 
 
 @dataclass

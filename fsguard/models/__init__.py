@@ -3,5 +3,10 @@ with ``Base.metadata``, which is what alembic and the tests compare the migratio
 
 from fsguard.models.base import Base, UTCDateTime, utcnow
 from fsguard.models.calls import CallRecord, StageVerdict
+from fsguard.models.recordings import Recording, RecordingMask  # noqa: F401
+from fsguard.models.lists import CallCounter, ListEntry  # noqa: F401
+from fsguard.models.challenges import Challenge  # noqa: F401
+from fsguard.models.outbound import OutboundAttempt, OutboundFreeze, OutboundNumber  # noqa: F401
+from fsguard.models.customers import Customer, CustomerNumber  # noqa: F401
 
 __all__ = ["Base", "UTCDateTime", "utcnow", "CallRecord", "StageVerdict"]
