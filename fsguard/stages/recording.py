@@ -1,0 +1,232 @@
+"""Recording: who is recorded, after what notice, for what purpose - decided before the call is
+routed, so that the whole conversation is kept.
+
+What happens to the caller, top to bottom::
+
+    the first rule that matches the call decides (dialled number, queue, direction)
+    off, or outside the sample  -> nothing; the call goes on
+    all, or inside the sample   -> the consent notice (if the rule asks for it), then
+                                   record_session <recording.dir>/YYYY/MM/DD/<uuid>.wav, stereo
+    on_demand                   -> the consent notice (if asked), RECORD_STEREO set; an agent or
+                                   a system starts the recording later (fsguard recordings start)
+
+The consent notice is played once the call is answered (``consent_media = "answer"``, the
+default): a notice the caller may not have heard is no notice, and early media (SIP 183) is not
+passed by every carrier or phone. The price is that the line owner pays for the seconds of the
+notice - the queue would answer a moment later anyway. ``consent_media = "early"`` plays it in
+early media instead, unbilled, where the carriers are known to pass it. If the notice cannot be
+played (file not found...) the call is NOT recorded: recording without the notice the rule asks
+for is the one thing this stage must never do. The recording starts only after the notice has
+finished, so the notice is not in the file.
+
+On an outbound call (an agent dialling out) the channel here is the agent's: the notice is for
+the called party, so it is exported as ``nolocal:execute_on_answer`` and FreeSWITCH plays it to
+the called party when they answer.
+
+The recording's row is written before FreeSWITCH is told to record, so no file ever exists that
+retention does not know about. Sampling is reproducible: the call's uuid decides, so a replay
+(or another node) reaches the same answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from fsguard import numbers
+from fsguard.call import Call, CallGone
+from fsguard.config import RecordingSettings
+from fsguard.models import utcnow
+from fsguard.pipeline import CallEnd, Stage, Verdict
+from fsguard.recordings import finalize, open_recording, party_number, recording_path, recording_root, retain_until
+
+if TYPE_CHECKING:
+    from fsguard.app import App
+
+log = structlog.get_logger("fsguard.recording")
+
+#: FreeSWITCH's playback result when the file was played (or the caller skipped it with a key)
+PLAYED = "FILE PLAYED"
+
+
+def in_sample(uuid: str, percent: float) -> bool:
+    """Whether a call falls in a ``percent`` sample: decided by the uuid alone, so reproducible."""
+    return int(hashlib.sha256(uuid.encode()).hexdigest()[:8], 16) % 10000 < round(percent * 100)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One ``[[recording.rules]]`` table, with the section's defaults filled in."""
+
+    name: str
+    mode: str
+    purpose: str
+    sample_percent: float
+    consent: bool
+    consent_prompt: str
+    consent_media: str
+    #: dialled numbers: exact (as dialled or E.164) or prefixes ending in "*"
+    dnis: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+    direction: str | None = None
+
+    def matches(self, call: Call, queue: str) -> bool:
+        if self.direction and call.direction != self.direction:
+            return False
+        if self.queues and queue not in self.queues:
+            return False
+        if self.dnis:
+            dialled = [d for d in (call.dnis, call.dnis_e164) if d]
+            return any(d.startswith(p[:-1]) if p.endswith("*") else d == p for p in self.dnis for d in dialled)
+        return True
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+class RecordingPolicy:
+    """The rules of ``[recording]``, compiled once per configuration."""
+
+    def __init__(self, cfg: RecordingSettings, region: str) -> None:
+        defaults: dict[str, Any] = {"mode": cfg.mode, "purpose": cfg.purpose, "sample_percent": cfg.sample_percent,
+                    "consent": cfg.consent, "consent_prompt": cfg.consent_prompt, "consent_media": cfg.consent_media}
+        self.rules: list[Rule] = []
+        for i, table in enumerate(cfg.rules):
+            values = {**defaults, **{k: v for k, v in table.items() if k in defaults}}
+            dnis: list[str] = []
+            for pattern in _strings(table.get("dnis")):
+                dnis.append(pattern)
+                if not pattern.endswith("*"):
+                    parsed = numbers.parse(pattern, region)
+                    if parsed.valid and parsed.e164 and parsed.e164 != pattern:
+                        dnis.append(parsed.e164)
+            self.rules.append(Rule(name=table.get("name") or f"rule {i + 1}", dnis=tuple(dnis),
+                                   queues=_strings(table.get("queue")), direction=table.get("direction"),
+                                   **values))
+        self.default = Rule(name="default", **defaults)
+
+    def rule_for(self, call: Call, queue: str = "") -> Rule:
+        return next((r for r in self.rules if r.matches(call, queue)), self.default)
+
+
+class RecordingStage(Stage):
+    name = "recording"
+
+    def __init__(self, app: App) -> None:
+        super().__init__(app)
+        self.cfg = self.settings.recording
+        self.region = self.settings.node.default_region
+        self.policy = RecordingPolicy(self.cfg, self.region)
+        self.root = recording_root(self.cfg)
+
+    def run(self, call: Call) -> Verdict:
+        queue = self._queue(call)
+        rule = self.policy.rule_for(call, queue)
+        details: dict[str, Any] = {"mode": rule.mode, "rule": rule.name, "purpose": rule.purpose,
+                                   "consent_required": rule.consent}
+        if queue:
+            details["queue"] = queue
+        call.facts["recording"] = {"mode": rule.mode, "rule": rule.name, "purpose": rule.purpose, "recorded": False}
+
+        if rule.mode == "off":
+            call.export(fsguard_recording="off")
+            return Verdict.carry_on(f"not recorded: {rule.name} says off", "recording.off", **details)
+        if rule.mode == "sample":
+            details["sample_percent"] = rule.sample_percent
+            if not in_sample(call.uuid, rule.sample_percent):
+                call.export(fsguard_recording="off")
+                return Verdict.carry_on(f"not recorded: outside the {rule.sample_percent:g}% sample of {rule.name}",
+                                        "recording.sample_skipped", **details)
+        try:
+            path = recording_path(self.root, call.uuid, utcnow())
+        except ValueError as exc:
+            log.error("recording.bad_uuid", error=str(exc))
+            return Verdict.carry_on(f"not recorded: {exc}", "recording.bad_uuid", **details)
+
+        # The caller is told before anything is recorded.
+        if rule.consent:
+            details["consent_media"] = "callee_answer" if call.direction == "outbound" else rule.consent_media
+            details["consent"] = self.announce(call, rule)
+            if not details["consent"]:
+                return Verdict.carry_on(f"not recorded: the consent notice {rule.consent_prompt!r} could not be "
+                                        f"played ({call.facts['recording'].get('consent_error')})",
+                                        "recording.consent_failed", **details)
+        else:
+            details["consent"] = False
+
+        if rule.mode == "on_demand":
+            call.set(RECORD_STEREO="true" if self.cfg.stereo else "false")
+            call.export(fsguard_recording="on_demand")
+            return Verdict.carry_on(f"recorded on demand only ({rule.name}); consent "
+                                    f"{'given before routing' if details['consent'] else 'not required'}",
+                                    "recording.on_demand", **details)
+        return self.record(call, rule, path, details)
+
+    def announce(self, call: Call, rule: Rule) -> bool:
+        """Play the consent notice; True once the caller has heard it.
+
+        A notice FreeSWITCH could not play (FILE NOT FOUND, PLAYBACK ERROR) is logged and the call is
+        not recorded. On an outbound call the notice is handed to the called party's leg, played
+        when they answer.
+        """
+        if call.replay:
+            return True
+        if call.direction == "outbound":
+            call.export(**{"nolocal:execute_on_answer": f"playback {rule.consent_prompt}"})
+            return True
+        if rule.consent_media == "answer" and not (call.answered_by_us or call.session.answered):
+            call.answer()
+        # Played through the session rather than call.play(): the notice only counts if FreeSWITCH
+        # says it was played, and that is in the completion event (Application-Response).
+        call.flush()
+        event = call.session.execute("playback", rule.consent_prompt, timeout=120.0)
+        if call.gone:
+            raise CallGone("caller hung up during the consent notice")
+        result = (event or {}).get("Application-Response", "")
+        if result != PLAYED:
+            call.facts["recording"]["consent_error"] = result or "no result"
+            log.error("recording.consent_not_played", prompt=rule.consent_prompt, result=result,
+                      rule=rule.name, action="call not recorded")
+            return False
+        return True
+
+    def record(self, call: Call, rule: Rule, path: str, details: dict[str, Any]) -> Verdict:
+        """Write the recording's row, then start record_session with the variables it reads."""
+        started = utcnow()
+        until = retain_until(self.cfg, rule.purpose, started)
+        details.update(path=path, retain_until=until.isoformat())
+        if call.replay:
+            return Verdict.carry_on(f"would record for {rule.purpose} ({rule.name}: {rule.mode})",
+                                    f"recording.{rule.mode}", **details)
+        recording_id = open_recording(
+            self.db, call_uuid=call.uuid, path=path, node=self.settings.node.id, direction=call.direction,
+            number=party_number(call.direction, call.ani, call.dnis, self.region), mode=rule.mode, rule=rule.name,
+            purpose=rule.purpose, consent=bool(details["consent"]), stereo=self.cfg.stereo, started_by="policy",
+            status="recording", started_at=started, retain_until=until, legal_hold=False, hold_reason="", error="")
+        call.set(recording_follow_transfer="true")
+        call.export(fsguard_recording="on")
+        call.record(path, stereo=self.cfg.stereo)
+        call.facts["recording"].update(recorded=True, id=recording_id, path=path, retain_until=until.isoformat())
+        return Verdict.carry_on(f"recorded for {rule.purpose} until {until:%Y-%m-%d} ({rule.name}: {rule.mode})",
+                                f"recording.{rule.mode}", **details)
+
+    def after_call(self, call: Call, end: CallEnd) -> None:
+        """Size, duration and SHA-256 of the file, now that FreeSWITCH has closed it."""
+        facts = call.facts.get("recording")
+        if call.replay or not facts:
+            return
+        if facts.get("recorded") or facts.get("mode") == "on_demand":
+            finalize(self.db, call.uuid, abandoned=call.final_action is None)
+
+    def _queue(self, call: Call) -> str:
+        """The queue named by the dialplan (recording starts before routing picks one)."""
+        queue = call.var(self.cfg.queue_variable) or call.facts.get("inputs", {}).get("recording_queue", "")
+        if queue:  # stored even when no rule asks: a changed policy may, and replay must know
+            call.facts.setdefault("inputs", {})["recording_queue"] = queue
+        return queue
