@@ -1,17 +1,213 @@
-"""Routing: where the call goes once it may pass.
+"""Routing: where an inbound call goes once it may pass, and what the agent learns about it.
 
-Until the routing table lands, every call goes to ``routing.default_target``.
+What happens to the caller, top to bottom::
+
+    who is it?     the customer table (one indexed query), else the CRM (timeout, cache, breaker)
+    where from?    the number's country, area code and place (phonenumbers' geocoding), or the
+                   region on the customer record
+    which rule?    the routing table, first match wins: fraud team for risky callers, VIPs to
+                   their own agent or the VIP queue, region, dialled number... else the default
+    open?          a queue outside its business hours sends the call to the after-hours target
+    tell the agent fsguard_customer_id, fsguard_vip, fsguard_verified, fsguard_risk and
+                   fsguard_region are exported (agent's leg, CDR); for mod_callcenter they are
+                   listed in cc_export_vars, and VIPs get cc_base_score (queue priority)
+    route          the variables and the route go to FreeSWITCH in one write
+
+Nothing about the customer is ever played to the caller: what fsguard learned goes to the
+agent's screen and the CDR only.
+
+A customer with an own agent is rung with ``routing.agent_target`` for ``routing.agent_timeout``
+seconds; if the agent does not answer, the call goes on to the customer's queue (or to what the
+table says without the agent). Both steps are one instruction (an inline dialplan), so
+FreeSWITCH moves on by itself (see routing_table.one_after_another).
+
+Facts left for other stages and for the record: ``call.facts["customer"]`` (the customer as a
+dict, or None), ``call.facts["routing"]`` (rule, target, region, CRM outcome), and for replay
+``call.facts["inputs"]["crm_customer"]`` (what the CRM said: a replay never asks it again).
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+
+from fsguard import customers
 from fsguard.call import Call
+from fsguard.customers import CustomerInfo, Lookup
+from fsguard.db import DatabaseError
 from fsguard.pipeline import Stage, Verdict
+from fsguard.routing_table import RouteDecision, RouteFacts, build_table, caller_region
+
+log = structlog.get_logger("fsguard.routing")
+
+#: the channel variables exported for the agent's screen and the CDR (and listed in cc_export_vars)
+EXPORTS = ("fsguard_customer_id", "fsguard_vip", "fsguard_verified", "fsguard_risk", "fsguard_region",
+           "fsguard_route_rule")
 
 
 class RoutingStage(Stage):
     name = "routing"
 
+    def __init__(self, app: Any) -> None:
+        super().__init__(app)
+        self.rules = self.settings.routing
+        self.table = build_table(self.rules)
+        self.crm = customers.crm_for(self.rules)
+
+    def applies(self, call: Call) -> bool:
+        """Inbound calls: an agent's outbound call is dialled by the outbound stage, not queued."""
+        return call.direction == "inbound"
+
     def run(self, call: Call) -> Verdict:
-        target = self.settings.routing.default_target
-        return Verdict.route(target, f"default target {target}", "default")
+        found = self.look_up(call)
+        customer = found.customer
+        facts = facts_for(call.ani, call.dnis, call.dnis_e164, customer, verified=call.verified, risk=call.risk,
+                          now=self.now(call))
+        decision = self.table.decide(facts)
+        if self.table.hours:
+            call.facts.setdefault("inputs", {})["routed_at"] = facts.now.isoformat()  # a replay reads hours at it
+
+        call.facts["customer"] = customer.as_dict() if customer else None
+        call.facts["routing"] = {"rule": decision.rule, "target": decision.target, "queue": decision.queue,
+                                 "after_hours": decision.after_hours, "region": facts.region.as_dict(),
+                                 "region_label": facts.region_label, "crm": found.crm}
+        self.tell_the_agent(call, customer, facts, decision)
+        if decision.agent is not None:
+            self.ring_own_agent_first(call)
+        return Verdict.route(decision.target, self.reason(decision, found), decision.code,
+                             **details(decision, facts, found))
+
+    # --------------------------------------------------------------- steps
+
+    def look_up(self, call: Call) -> Lookup:
+        """The customer table first, then the CRM; a failure of either leaves the caller unknown."""
+        if not call.ani:
+            return Lookup(None, "not asked (no caller number)")
+        local: CustomerInfo | None = None
+        local_error: str | None = None
+        try:
+            with self.db.begin() as session:
+                local = customers.find(session, call.ani)
+        except DatabaseError as exc:
+            if self.settings.policy.on_error != "open":
+                raise
+            local_error = str(exc).splitlines()[0][:300]
+            self.app.metrics.db_errors.inc()
+            log.error("routing.customer_lookup_failed", error=local_error, action="routed without customer data")
+        if local is not None:
+            return Lookup(local, "not asked" if self.crm else "not configured")
+        if call.replay:
+            stored = call.facts.get("inputs", {}).get("crm_customer")
+            customer = CustomerInfo.from_inputs(stored, call.ani) if isinstance(stored, dict) else None
+            return Lookup(customer, "not asked (replay)", local_error=local_error)
+        if self.crm is None:
+            return Lookup(None, "not configured", local_error=local_error)
+        if not call.ani_valid:
+            return Lookup(None, "not asked (not a valid number)", local_error=local_error)
+        found = self.crm.lookup(call.ani)
+        found.local_error = local_error
+        if found.customer is not None:
+            call.facts.setdefault("inputs", {})["crm_customer"] = found.customer.routing_inputs()
+        return found
+
+    def now(self, call: Call) -> datetime:
+        """The time business hours are read against: in a replay the time the call was routed at
+        (or started), else the app's clock when it has one (tests), else now."""
+        if call.replay:
+            stored = call.facts.get("inputs", {}).get("routed_at")
+            started = datetime.fromisoformat(stored) if isinstance(stored, str) else getattr(call, "started_at", None)
+            if isinstance(started, datetime):
+                return started if started.tzinfo else started.replace(tzinfo=timezone.utc)
+        clock = getattr(self.app, "clock", None)
+        return clock() if callable(clock) else datetime.now(timezone.utc)
+
+    def tell_the_agent(self, call: Call, customer: CustomerInfo | None, facts: RouteFacts,
+                       decision: RouteDecision) -> None:
+        """Export what was learned (queued: it travels with the route). Never played to the caller."""
+        values = {
+            "fsguard_customer_id": customer.customer_id if customer else "",
+            "fsguard_vip": "true" if facts.vip else "false",
+            "fsguard_verified": verified_text(call.verified),
+            "fsguard_risk": str(call.risk),
+            "fsguard_region": facts.region_label,
+            "fsguard_route_rule": decision.rule or "default",
+        }
+        call.export(**{k: _safe(v) for k, v in values.items()})
+        if decision.queue is None:
+            return  # not a mod_callcenter queue: nothing more to tell it
+        listed = _safe(call.var("cc_export_vars"))
+        names = [n for n in listed.split(",") if n and n not in EXPORTS] + list(EXPORTS)
+        call.set(cc_export_vars=",".join(names))
+        if facts.vip and self.rules.vip_base_score:
+            call.set(cc_base_score=str(self.rules.vip_base_score))
+
+    def ring_own_agent_first(self, call: Call) -> None:
+        """The own agent rings for ``agent_timeout`` seconds; the route (an inline dialplan: bridge,
+        then the fallback) goes on to the fallback only if nobody answered: ``continue_on_fail``
+        lets a failed bridge fall through, ``hangup_after_bridge`` ends the call after a conversation.
+        """
+        call.set(continue_on_fail="true", hangup_after_bridge="true",
+                 call_timeout=str(max(1, round(self.rules.agent_timeout))))
+
+    @staticmethod
+    def reason(decision: RouteDecision, found: Lookup) -> str:
+        notes = []
+        if found.crm in ("timeout", "error", "circuit open"):
+            notes.append(f"CRM {found.crm}: routed without it")
+        if found.local_error:
+            notes.append("customer table unavailable: routed without it")
+        return decision.reason + (f" [{'; '.join(notes)}]" if notes else "")
+
+
+def facts_for(number: str | None, dnis: str, dnis_e164: str | None, customer: CustomerInfo | None, *,
+              verified: bool | None, risk: int, now: datetime) -> RouteFacts:
+    """What the routing table decides on (shared by the stage and ``fsguard route explain``)."""
+    return RouteFacts(number=number, dnis=dnis, dnis_e164=dnis_e164, known=customer is not None,
+                      vip=bool(customer and customer.vip), verified=verified, risk=risk,
+                      region=caller_region(number), customer_region=customer.region if customer else None,
+                      customer_queue=customer.queue if customer else None,
+                      customer_agent=customer.agent if customer else None, now=now)
+
+
+def details(decision: RouteDecision, facts: RouteFacts, found: Lookup) -> dict[str, Any]:
+    """The inputs that mattered, for the verdict record (no customer name: the id says who).
+
+    The target itself is the verdict's action.
+    """
+    customer = found.customer
+    out: dict[str, Any] = {
+        "rule": decision.rule,
+        "customer": customer.customer_id if customer else None,
+        "customer_source": customer.source if customer else None,
+        "vip": facts.vip, "verified": facts.verified, "risk": facts.risk,
+        "region": facts.region_label or None, "area_code": facts.region.area_code,
+        "crm": found.crm,
+    }
+    if found.crm_error:
+        out["crm_error"] = found.crm_error
+    if found.crm_ms is not None:
+        out["crm_ms"] = found.crm_ms
+    if found.local_error:
+        out["customer_lookup_error"] = found.local_error
+    if decision.after_hours:
+        out["after_hours"] = True
+    if decision.agent:
+        out["agent"] = decision.agent
+    if decision.fallback:
+        out["fallback"] = decision.fallback
+    skipped = [f"{t.rule}: {'; '.join(t.why)}" for t in decision.trace if not t.matched]
+    if skipped:
+        out["passed_over"] = skipped
+    return out
+
+
+def verified_text(verified: bool | None) -> str:
+    """``true`` (passed verification), ``false`` (failed it) or ``unknown`` (not asked)."""
+    return "unknown" if verified is None else ("true" if verified else "false")
+
+
+def _safe(value: str) -> str:
+    """A channel variable value: one line, no control characters (it goes into an ESL header)."""
+    return "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in str(value)).strip()[:256]
