@@ -26,5 +26,13 @@ test: install
 bench: install
 	$(BIN)/python bench/run.py
 
+# fsguard deciding a scripted morning of calls (in-process, FreeSWITCH simulator): docs/lab.rst
+lab: install
+	$(BIN)/fsguard lab
+
+# FreeSWITCH in the foreground with conf/freeswitch/ (fsguard runs in another terminal)
+lab-freeswitch:
+	sh conf/freeswitch/run-lab.sh
+
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -22,7 +22,9 @@ def register(sub: Any) -> None:
     ssub = p.add_subparsers(dest="simulate_command", required=True)
 
     c = ssub.add_parser("call", help="one call, and what happened to it")
-    c.add_argument("--ani", default="15551234567", help="caller id number as the carrier sends it")
+    c.add_argument("--ani", default="12125550100",
+                   help="caller id number as the carrier sends it (default 12125550100; a 555 area code "
+                        "such as 15551234567 is a number that cannot exist, which screening challenges)")
     c.add_argument("--name", default="Test Caller", help="caller id name")
     c.add_argument("--dnis", default="5000", help="dialled number")
     c.add_argument("--digits", default="auto",
@@ -39,7 +41,9 @@ def register(sub: Any) -> None:
     t = ssub.add_parser("traffic", help="a steady stream of calls, then a summary")
     t.add_argument("--rate", type=float, default=10.0, help="calls per second")
     t.add_argument("--duration", type=float, default=10.0, help="seconds of traffic")
-    t.add_argument("--numbers", type=int, default=1000, help="how many distinct callers")
+    t.add_argument("--numbers", type=int, default=1000,
+                   help="how many distinct callers (at most 80000); fewer numbers at a high rate trip the "
+                        "flood limits, as they would in life")
     t.add_argument("--dnis", default="5000")
     t.add_argument("--talk", type=float, default=2.0)
     t.add_argument("--json", action="store_true")
@@ -105,6 +109,17 @@ def cmd_call(ctx: Context) -> int:
     return 0 if not result.violations and result.outcome != "stranded" else 1
 
 
+#: area codes of the simulated traffic (NANP, all real: the numbers are valid for phonenumbers)
+TRAFFIC_AREAS = ("212", "202", "206", "305", "312", "415", "617", "713")
+
+
+def _traffic_number(i: int) -> str:
+    """The i-th caller of the simulated traffic: 1 + a real area code + 555 + four digits (valid
+    numbers, so that screening treats them as ordinary callers, not as numbers that cannot exist)."""
+    area, line = divmod(i, 10000)
+    return f"1{TRAFFIC_AREAS[area % len(TRAFFIC_AREAS)]}555{line:04d}"
+
+
 def cmd_traffic(ctx: Context) -> int:
     import gevent
     from gevent.pool import Pool
@@ -114,6 +129,8 @@ def cmd_traffic(ctx: Context) -> int:
     a = ctx.args
     if a.rate <= 0 or a.duration <= 0:
         raise CLIError("--rate and --duration must be positive")
+    if not 1 <= a.numbers <= 10000 * len(TRAFFIC_AREAS):
+        raise CLIError(f"--numbers must be from 1 to {10000 * len(TRAFFIC_AREAS)}")
     fs = _simulator(ctx)
     rnd = random.Random(1)
     pool = Pool(10000)
@@ -124,7 +141,7 @@ def cmd_traffic(ctx: Context) -> int:
         delay = start + i / a.rate - time.monotonic()
         if delay > 0:
             gevent.sleep(delay)
-        number = f"1555{rnd.randrange(a.numbers):07d}"
+        number = _traffic_number(rnd.randrange(a.numbers))
         greenlets.append(pool.spawn(fs.call, Caller(ani=number, dnis=a.dnis, digits="auto", talk_time=a.talk)))
     pool.join()
     results = [g.value for g in greenlets if g.successful()]
