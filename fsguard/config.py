@@ -151,7 +151,8 @@ class PolicySettings:
     """What happens when fsguard cannot decide, and whether its decisions are enforced."""
 
     #: the chain, in order; a stage not named here does not run
-    stages: list[str] = field(default_factory=lambda: ["routing"])
+    stages: list[str] = field(default_factory=lambda: ["screening", "verification", "recording", "outbound",
+                                                       "routing"])
     #: false = shadow mode: every stage decides and records what it would do, calls are routed as if they passed
     enforce: bool = True
     #: per-stage override of ``enforce``: {"screening" = false}

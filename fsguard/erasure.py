@@ -49,7 +49,9 @@ Eraser = Callable[[Session, str], list[str]]
 #: what replaces erased text
 ERASED = "[erased]"
 #: keys of the call's inputs (Call.describe() and stages' facts) that hold the caller's identity
-PERSONAL_KEYS = frozenset({"ani", "presented", "network", "caller_name", "customer_name", "name"})
+#: keys whose values identify the person (the routing stage stores the customer and account)
+PERSONAL_KEYS = frozenset({"ani", "presented", "network", "caller_name", "customer_name", "name", "customer",
+                           "account_id", "crm_customer"})
 
 _registry: dict[str, tuple[str, Eraser]] = {}
 

@@ -122,6 +122,7 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
     s.database.url = db_url
     s.database.pool_size = 10
     s.node.id = "test-node"
+    s.policy.stages = ["routing"]  # each test names the stages it exercises
     s.esl.listen = "127.0.0.1:0"
     s.esl.command_timeout = 3.0
     s.esl.drain_seconds = 2.0
