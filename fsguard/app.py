@@ -49,9 +49,14 @@ class App:
         self.stopping = False
 
     def reload(self, settings: Settings) -> None:
-        """Take a new policy (SIGHUP). Calls in progress finish with the pipeline they started with."""
-        self.settings = settings
-        self.pipeline = Pipeline.from_settings(self)
+        """Take a new policy (SIGHUP). Calls in progress finish with the pipeline they started with.
+        If the new stages cannot be built (a stage refuses its settings), nothing changes."""
+        previous, self.settings = self.settings, settings
+        try:
+            self.pipeline = Pipeline.from_settings(self)
+        except Exception:
+            self.settings = previous
+            raise
 
     def session_for(self, sock: Any) -> OutboundSession:
         esl = self.settings.esl
@@ -80,7 +85,7 @@ class App:
                 session.wait_for_end(self.settings.esl.max_call_seconds)
             end = self._end(session)
             self._write(records.record_end, self.db, call.uuid, end)
-            for stage in self.pipeline.stages:
+            for stage in decision.ran:
                 try:
                     stage.after_call(call, end)
                 except Exception as exc:  # noqa: BLE001

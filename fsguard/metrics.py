@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from fsguard import __version__
+
+# no *_created series: they double the scrape and no dashboard reads them
+disable_created_metrics()
 
 if TYPE_CHECKING:
     from fsguard.pipeline import Verdict
@@ -22,7 +25,8 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.calls = Counter("fsguard_calls", "Calls taken, by direction and outcome", ["direction", "outcome"],
                              registry=r)
-        self.verdicts = Counter("fsguard_verdicts", "Stage verdicts", ["stage", "outcome", "enforced"], registry=r)
+        self.verdicts = Counter("fsguard_verdicts", "Stage verdicts by stage and outcome; enforced=false is shadow mode",
+                                ["stage", "outcome", "enforced"], registry=r)
         self.decision_seconds = Histogram(
             "fsguard_decision_seconds", "From the connect reply to FreeSWITCH's final instruction",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)

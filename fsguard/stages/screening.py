@@ -220,7 +220,10 @@ class ScreeningStage(Stage):
                 return None   # already blocked at least this strongly: the list entry speaks for it
             reason = (f"{seen} calls {window} (more than {limit}): blocked automatically at level {level} "
                       f"for {_duration(ttl)}")
-            if not call.replay and lists.auto_block(session, number, level=level, reason=reason, code=code,
+            # In shadow mode the block is what the stage WOULD do: writing it would make it bite the
+            # day the rule is enforced, for traffic that was only being observed.
+            enforced = self.settings.policy.enforced(self.name)
+            if not call.replay and enforced and lists.auto_block(session, number, level=level, reason=reason, code=code,
                                                     ttl_seconds=ttl, dnis=scope, added_by=self.settings.node.id):
                 self.app.metrics.auto_blocks.labels(reason=code).inc()
                 log.warning("screening.auto_block", code=code, calls=seen, limit=limit, level=level,
@@ -339,6 +342,9 @@ class ScreeningStage(Stage):
         with self.db.begin() as session:
             short = lists.count_short_call(session, number, window_seconds=self.nuisance_window, now=time.time())
             if short < cfg.nuisance_calls:
+                return
+            if not self.settings.policy.enforced(self.name):
+                log.info("screening.would_auto_block", code="nuisance", short_calls=short, level=cfg.nuisance_level)
                 return
             reason = (f"{short} calls ended within {cfg.nuisance_seconds:g} s in {_duration(self.nuisance_window)} "
                       f"(call-and-hang-up, limit {cfg.nuisance_calls}): blocked automatically at level "

@@ -1,0 +1,253 @@
+"""Running fsguard: what ``fsguard serve`` starts beside the call server, and ``fsguard config``.
+
+Beside the Event Socket listener, ``serve`` gets (through ``fsguard.cli.SERVE_HOOKS``):
+
+* the HTTP server (health, readiness, metrics, admin API) when ``http.enabled``;
+* systemd notifications (READY, WATCHDOG, STOPPING, RELOADING) when started by systemd;
+* a reload (SIGHUP, ``systemctl reload``, ``POST /api/reload``) that re-reads the policy parts of
+  the configuration and keeps what needs a restart (listeners, database, node id) as it is.
+
+``fsguard config example`` prints every setting of every section with its default and what it
+does (conf/fsguard.toml.example is its output); ``fsguard config check`` validates a file before a
+reload; ``fsguard config show`` prints the settings in effect, secrets hidden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import re
+import socket
+import typing
+from typing import Any, Callable
+
+import structlog
+
+from fsguard import cli
+from fsguard.config import Settings, load_settings
+
+log = structlog.get_logger("fsguard.ops")
+
+#: sections a reload cannot change: the process would have to rebind or reconnect
+RESTART_SECTIONS = ("esl", "database", "node")
+#: single settings a reload cannot change
+RESTART_KEYS = (("http", "listen"), ("http", "enabled"))
+
+
+# ------------------------------------------------------------------ reload
+
+
+class PolicyReloader:
+    """Loads the configuration again for a reload and keeps the parts that need a restart.
+
+    A reload takes the policy (stages, enforcement, the stage sections, logging, the API token)
+    and leaves the listeners, the database and the node id as they are, with a warning naming
+    any such setting that changed. A bad file raises: the running policy stays.
+    """
+
+    def __init__(self, load: Callable[[], Settings], running: Callable[[], Settings]) -> None:
+        self.load = load
+        self.running = running
+        #: why the last reload failed (shown by POST /api/reload), None if it worked
+        self.last_error: str | None = None
+
+    def __call__(self) -> Settings:
+        from fsguard import logs
+        from fsguard.pipeline import load_stage
+
+        self.last_error = None
+        try:
+            new = self.load()
+            for name in new.policy.stages:
+                load_stage(name)
+        except Exception as exc:
+            self.last_error = str(exc)
+            raise
+        current = self.running()
+        kept = [f"{section}.{f.name}" for section in RESTART_SECTIONS
+                for f in dataclasses.fields(getattr(current, section))
+                if getattr(getattr(new, section), f.name) != getattr(getattr(current, section), f.name)]
+        kept += [f"{section}.{key}" for section, key in RESTART_KEYS
+                 if getattr(getattr(new, section), key) != getattr(getattr(current, section), key)]
+        for section in RESTART_SECTIONS:
+            setattr(new, section, getattr(current, section))
+        for section, key in RESTART_KEYS:
+            setattr(getattr(new, section), key, getattr(getattr(current, section), key))
+        if kept:
+            log.warning("reload.restart_needed", settings=kept,
+                        note="these settings take effect at the next restart")
+        if new.logging != current.logging:
+            logs.configure(new.logging)
+        return new
+
+
+def serve_hook(app: Any, server: Any) -> None:
+    """Everything ``fsguard serve`` runs beside the call server."""
+    from fsguard import systemd
+
+    app.metrics.node(app.settings.node.id)
+    if server.on_reload is not None:
+        server.on_reload = PolicyReloader(server.on_reload, lambda: app.settings)
+
+    def count_reloads(event: str) -> None:
+        if event in ("reloaded", "reload_failed"):
+            app.metrics.reloads.labels(result="ok" if event == "reloaded" else "failed").inc()
+
+    server.observers.append(count_reloads)
+    if app.settings.http.enabled:
+        start_http(app, server)
+    systemd.install(app, server)
+
+
+def start_http(app: Any, server: Any) -> Any:
+    from fsguard.admin import AdminServer
+
+    try:
+        http = AdminServer(app, server)
+        http.start()
+    except OSError as exc:
+        raise cli.CLIError(f"http.listen {app.settings.http.listen}: cannot listen: {exc.strerror or exc}") from None
+
+    def stop_http(event: str) -> None:
+        if event == "stopped":
+            http.stop()
+
+    server.observers.append(stop_http)
+    return http
+
+
+cli.SERVE_HOOKS.append(serve_hook)
+
+
+# ------------------------------------------------------- config example/show
+
+
+def field_comments(cls: type) -> dict[str, list[str]]:
+    """The ``#:`` comment lines above each field of a settings dataclass, read from its source."""
+    comments: dict[str, list[str]] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        text = line.strip()
+        if line.startswith("    def ") or line.startswith("    @"):
+            break
+        if text.startswith("#:"):
+            pending.append(text[2:].strip())
+            continue
+        match = re.match(r"^    (\w+)\s*:", line)
+        if match:
+            comments[match.group(1)] = pending
+        if text:
+            pending = []
+    return comments
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def toml_value(value: Any) -> str:
+    """A value as TOML (inline tables and arrays; strings as JSON-escaped basic strings)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = ", ".join(f"{k if _BARE_KEY.match(str(k)) else json.dumps(str(k))} = {toml_value(v)}"
+                          for k, v in value.items())
+        return "{ " + items + " }"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return toml_value(dataclasses.asdict(value))
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+SECRETS = {("http", "token"), ("esl", "inbound_password")}
+
+
+def render_settings(settings: Settings, *, example: bool) -> str:
+    """The settings as a TOML document: with ``example``, every key commented out with its
+    default and its documentation; otherwise the values in effect (secrets hidden)."""
+    out: list[str] = []
+    if example:
+        out += ["# fsguard configuration: every setting with its default.",
+                "#",
+                "# Generated by `fsguard config example`. Settings are commented out (#key = default):",
+                "# remove the # of what you change. Each setting can also be given in the environment as",
+                "# FSGUARD_<SECTION>_<KEY> (FSGUARD_ESL_LISTEN=0.0.0.0:8084), which wins over this file.",
+                "# `fsguard config check` validates a file before a reload (systemctl reload runs it).",
+                ""]
+    for section in dataclasses.fields(settings):
+        if section.name == "source":
+            continue
+        obj = getattr(settings, section.name)
+        cls = type(obj)
+        comments = field_comments(cls)
+        out.append(f"[{section.name}]")
+        doc = inspect.cleandoc(cls.__doc__ or "") if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "(") else ""
+        if example and doc:
+            out += [f"# {line}".rstrip() for line in doc.splitlines()]
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if example:
+                if comments.get(f.name) or not out[-1].startswith("# "):
+                    out.append("")   # a field without its own comment shares the one above it
+                out += [f"# {line}" for line in comments.get(f.name, [])]
+                if f.default_factory is socket.gethostname:  # type: ignore[comparison-overlap]
+                    out.append(f"#{f.name} = \"<this host's name>\"")
+                    continue
+                if value is None:
+                    out.append(f"#{f.name} =    (unset; type {hints[f.name]})")
+                    continue
+                out.append(f"#{f.name} = {toml_value(value)}")
+            else:
+                if value is None:
+                    continue
+                if (section.name, f.name) in SECRETS and value:
+                    value = "<hidden>"
+                elif (section.name, f.name) == ("database", "url") and "@" in value:
+                    from sqlalchemy.engine import make_url
+
+                    value = make_url(value).render_as_string(hide_password=True)
+                out.append(f"{f.name} = {toml_value(value)}")
+        out.append("")
+    return "\n".join(out)
+
+
+def cmd_config(ctx: cli.Context) -> int:
+    command = ctx.args.config_command
+    if command == "example":
+        print(render_settings(Settings(), example=True), end="")
+        return 0
+    settings = load_settings(ctx.args.config)   # a bad file raises ConfigError: exit 2 with the key
+    if command == "show":
+        print(render_settings(settings, example=False), end="")
+        return 0
+    from fsguard.pipeline import load_stage
+
+    for name in settings.policy.stages:
+        try:
+            load_stage(name)
+        except (ValueError, ImportError) as exc:
+            raise cli.CLIError(f"policy.stages: {exc}") from None
+    policy = settings.policy
+    shadow = [s for s in policy.stages if not policy.enforced(s)]
+    print(f"configuration OK ({settings.source or 'defaults and environment'}): "
+          f"stages {' -> '.join(policy.stages) or '(none)'}"
+          + (f"; shadow mode for {', '.join(shadow)}" if shadow else ""))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("config", help="the configuration: example, check, show")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    csub.add_parser("example", help="every setting with its default and documentation (TOML)")
+    csub.add_parser("check", help="validate the configuration file (before a reload)")
+    csub.add_parser("show", help="the settings in effect, secrets hidden (TOML)")
+    p.set_defaults(func=cmd_config)
