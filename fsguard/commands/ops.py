@@ -167,7 +167,8 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
-SECRETS = {("http", "token"), ("esl", "inbound_password")}
+#: values `fsguard config show` never prints (a CRM URL may carry a password, its headers a token)
+SECRETS = {("http", "token"), ("esl", "inbound_password"), ("routing", "crm_url"), ("routing", "crm_headers")}
 
 
 def render_settings(settings: Settings, *, example: bool) -> str:
