@@ -158,10 +158,17 @@ class FrameReader:
         #: where the search for the end of the header block resumes (a block trickled in byte
         #: by byte is scanned once, not once per byte)
         self._scan = 0
+        #: the channel's name as FreeSWITCH will write it RAW in a linger notice, when it holds a
+        #: blank line (a caller's LF LF): the notice's header block is then read past it
+        self.raw_channel_name: bytes | None = None
 
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    def _past_raw_name(self, end: int) -> int:
+        assert self.raw_channel_name is not None
+        return _notice_block_end(self._buf, end, self.raw_channel_name)
 
     def feed(self, data: bytes) -> list[Frame]:
         self._buf += data
@@ -183,6 +190,10 @@ class FrameReader:
                 self._scan = len(buf)
                 break
             self._scan = 0
+            if self.raw_channel_name is not None:
+                end = self._past_raw_name(end)
+                if end < 0:
+                    break
             block = bytes(buf[:end])
             del buf[: end + 2]
             if not block.strip():
@@ -207,6 +218,24 @@ class FrameReader:
                 raise ProtocolError(f"Content-Length {need} is over the {self.max_bytes} byte limit")
             self._pending, self._need = headers, need
         return frames
+
+
+def _notice_block_end(buf: bytearray, end: int, name: bytes) -> int:
+    """Where a disconnect notice's header block really ends when its raw Channel-Name holds LF LF.
+
+    Returns ``end`` unchanged for any other block, and -1 when more bytes are needed.
+    """
+    if b"Content-Type: text/disconnect-notice" not in buf[:end]:
+        return end
+    start = buf.find(b"\nChannel-Name: ", 0, end + 2)
+    if start < 0:
+        return end
+    value = start + len(b"\nChannel-Name: ")
+    if len(buf) < value + len(name):
+        return -1
+    if buf[value:value + len(name)] != name:
+        return end
+    return buf.find(b"\n\n", value + len(name))
 
 
 def _check_arg(text: str) -> str:
@@ -235,6 +264,8 @@ class OutboundSession:
         self.replies: deque[Frame] = deque()
         self.replies_expected = 0
         self.completions: dict[str, Headers] = {}
+        #: Event-UUIDs of the applications a caller waits on (completions of queued ones are dropped)
+        self.awaiting: set[str] = set()
         self.dtmf: list[str] = []
         self.answered = False
         self.hangup_event: Headers | None = None
@@ -328,7 +359,7 @@ class OutboundSession:
         name = event.get("Event-Name")
         if name == "CHANNEL_EXECUTE_COMPLETE":
             app_uuid = event.get("Application-UUID")
-            if app_uuid:
+            if app_uuid in self.awaiting:
                 self.completions[app_uuid] = event
         elif name == "DTMF":
             self.dtmf.append(event.get("DTMF-Digit", ""))
@@ -387,6 +418,9 @@ class OutboundSession:
         if "Unique-ID" not in connect.headers:
             raise ProtocolError("connect reply carries no channel data")
         self.channel = connect.headers
+        name = self.channel.get("Channel-Name", "")
+        if "\n\n" in name:
+            self.reader.raw_channel_name = name.encode("utf-8")
         for name in ("resume", "myevents", "linger"):
             text = self.reply().headers.get("Reply-Text", "")
             if not text.startswith("+OK"):
@@ -429,23 +463,28 @@ class OutboundSession:
         if self.hungup:
             raise CallGone(f"channel gone before {app}")
         app_uuid = str(uuidlib.uuid4())
-        reply = self.command(self._sendmsg(app, arg, app_uuid))
-        text = reply.headers.get("Reply-Text", "")
-        if not text.startswith("+OK"):
-            raise CommandFailed(f"{app} refused: {text}")
-        if not wait:
-            return None
-
-        def finished() -> bool:
-            return app_uuid in self.completions or self.hangup_complete is not None or self.eof
-
-        self.running = app
+        if wait:
+            self.awaiting.add(app_uuid)
         try:
-            self._wait(finished, timeout or self.command_timeout, f"{app} to complete")
-        except CallGone:
-            pass
-        self.running = None
-        event = self.completions.pop(app_uuid, None)
+            reply = self.command(self._sendmsg(app, arg, app_uuid))
+            text = reply.headers.get("Reply-Text", "")
+            if not text.startswith("+OK"):
+                raise CommandFailed(f"{app} refused: {text}")
+            if not wait:
+                return None
+
+            def finished() -> bool:
+                return app_uuid in self.completions or self.hangup_complete is not None or self.eof
+
+            self.running = app
+            try:
+                self._wait(finished, timeout or self.command_timeout, f"{app} to complete")
+            except CallGone:
+                pass
+            self.running = None
+            event = self.completions.pop(app_uuid, None)
+        finally:
+            self.awaiting.discard(app_uuid)
         if event is None:
             raise CallGone(f"channel gone during {app}")
         return event

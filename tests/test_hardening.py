@@ -196,14 +196,21 @@ def test_a_header_block_trickled_byte_by_byte_is_scanned_in_linear_time():
     assert _CountingBuffer.scanned <= 4 * len(block)
 
 
-def test_a_linger_notice_whose_channel_name_holds_a_blank_line_does_not_desynchronise():
+LINGER_NAMES = [
+    pytest.param("sofia/lab/1555\n\nContent-Length: 90\n\n@192.0.2.10", id="forged-length"),
+    pytest.param("sofia/lab/1555\n\nContent-Type: text/event-plain\nContent-Length: 90\n\n@192.0.2.10",
+                 id="forged-type-and-length"),
+]
+
+
+@pytest.mark.parametrize("name", LINGER_NAMES)
+def test_a_linger_notice_whose_channel_name_holds_a_blank_line_does_not_desynchronise(name):
     """mod_sofia URL-decodes the SIP From user into the channel name, and the linger notice writes
-    that name RAW: with LF LF in it, the notice ends early and what follows is a header block of
-    the caller's making, whose Content-Length swallows FreeSWITCH's next frame (here the
-    CHANNEL_HANGUP_COMPLETE with the hang-up cause and billsec). The session knows the channel
-    name from the connect reply, so it can step over exactly those bytes."""
+    that name RAW: with LF LF in it (From user ``1555%0A%0AContent-Length%3A%2090%0A%0A``), the
+    notice ends early and what follows is a header block of the caller's making, whose
+    Content-Length swallows FreeSWITCH's next frame (here the CHANNEL_HANGUP_COMPLETE with the
+    hang-up cause and billsec)."""
     uuid = "0b3c8a8e-0000-4000-8000-000000000001"
-    name = "sofia/lab/1555\n\nContent-Length: 90\n\n@192.0.2.10"
     connect = wire.serialize_event({"Event-Name": "CHANNEL_DATA", "Unique-ID": uuid, "Channel-Name": name,
                                     "Content-Type": "command/reply", "Reply-Text": "+OK\n"})
 
@@ -216,7 +223,10 @@ def test_a_linger_notice_whose_channel_name_holds_a_blank_line_does_not_desynchr
     sock.inbox += wire.linger_notice(uuid, name) + wire.event_frame(
         {"Event-Name": "CHANNEL_HANGUP_COMPLETE", "Unique-ID": uuid, "variable_hangup_cause": "NORMAL_CLEARING",
          "variable_billsec": "42"})
-    end = session.wait_for_end(0.5)
+    try:
+        end = session.wait_for_end(0.5)
+    except ProtocolError:
+        end = None
     assert end is not None and end["variable_billsec"] == "42"
 
 
@@ -309,6 +319,29 @@ def test_execute_returns_its_own_completion_whatever_strays_surround_it(before, 
     digits += [str(i % 10) for i, k in enumerate(after) if k == "dtmf"]
     assert session.dtmf == digits
     assert session.replies_expected == 0 and not session.replies
+
+
+def test_completions_of_queued_applications_are_not_kept_for_the_life_of_the_call():
+    """Each completion carries every channel variable (2-5 KB on the wire, ~20 KB as a dict). The
+    exports and the route are queued with send_apps, whose completions nobody waits for: kept,
+    they are ~300 KB per held call with the full chain (5,000 held calls: 1.5 GB)."""
+    queued: list[str] = []
+
+    def respond(command: str) -> bytes:
+        app_uuid = next(line.split(": ", 1)[1] for line in command.splitlines() if line.startswith("Event-UUID: "))
+        queued.append(app_uuid)
+        return wire.command_reply("+OK")
+
+    sock = ScriptedSocket(respond, [65536])
+    session = OutboundSession(sock, command_timeout=0.05)
+    session.send_apps([("export", f"fsguard_var{i}=x") for i in range(10)] + [("transfer", "default XML queues")])
+    for app_uuid in queued:
+        sock.inbox += _event("CHANNEL_EXECUTE_COMPLETE", Application="export",
+                             **{"Application-UUID": app_uuid, "variable_big": "x" * 4000})
+    while sock.inbox:
+        session.poll()
+    assert session.events_read == len(queued)
+    assert not session.completions
 
 
 def test_a_completion_that_never_comes_times_out_and_a_dead_session_refuses_commands():
@@ -526,7 +559,8 @@ def assert_let_go(guard: Any, db: Database, sockets_before: int | None = None) -
 
 
 def assert_serves_next_call(guard: Any, db: Database) -> None:
-    result = FakeFreeSWITCH(guard.address, time_scale=TS, playback_durations=PROMPTS).call(Caller())
+    result = FakeFreeSWITCH(guard.address, time_scale=TS, playback_durations=PROMPTS).call(
+        Caller(ani="+12125550100"))  # a valid, unlisted number: every chain routes it
     assert result.outcome == "routed" and result.ok, (result.outcome, result.violations)
     wait_for(lambda: not guard.app.held and guard.server.active == 0)
     assert records.find_call(db, result.uuid) is not None
@@ -582,6 +616,40 @@ def test_freeswitch_vanishing_at_any_step_leaves_nothing_behind(after, delay, rs
     finally:
         link.stop()
     assert_let_go(guard, db, before)
+    assert_serves_next_call(guard, db)
+
+
+def test_freeswitch_vanishing_after_any_command_of_the_real_chain_leaves_nothing_behind(quick, start_guard, db):
+    """The product's own stages, with a soft-blocked caller: screening challenges, verification
+    plays the code in early media, answers and opens the digit window, recording plays the
+    consent notice and starts recording, routing exports and transfers. FreeSWITCH vanishes
+    right after each of fsguard's commands in turn (FIN and RST alternately)."""
+    from fsguard import lists
+
+    quick.policy.stages = ["screening", "verification", "recording", "routing"]
+    quick.recording.consent = True
+    with db.begin() as session:
+        lists.add(session, lists.make_spec("+12125550142", kind="block", level=3, reason="hardening test"))
+    guard = start_guard()
+    before = baseline(guard, db)
+
+    def caller() -> Caller:
+        return Caller(ani="+12125550142", digits="auto", talk_time=20.0)
+
+    normal = FakeFreeSWITCH(guard.address, time_scale=TS).call(caller())
+    assert normal.outcome == "routed" and normal.ok, (normal.outcome, normal.violations)
+    assert "play_and_get_digits" in [app for app, _ in normal.apps] and "record_session" in [a for a, _ in normal.apps]
+    wait_for(lambda: not guard.app.held and guard.server.active == 0)
+    for after in range(1, len(normal.commands) + 1):
+        link = FlakyLink(guard.address, vanish_after=after, rst=after % 2 == 0)
+        try:
+            FakeFreeSWITCH(link.address, time_scale=TS, min_real_timeout=1.0).call(caller())
+        finally:
+            link.stop()
+        wait_for(lambda: not guard.app.deciding and not guard.app.held and guard.server.active == 0,
+                 what=f"fsguard letting go of the call cut after command {after}")
+        assert db.engine.pool.checkedout() == 0, f"a connection still checked out after command {after}"
+    assert_let_go(guard, db, before)  # sessions and sockets: any one left by any cut shows here
     assert_serves_next_call(guard, db)
 
 
@@ -730,7 +798,7 @@ def slow_database(quick, db_url):
 
 def lock_calls(url: str):
     """Another client holds a write lock on the calls table: every write to it waits."""
-    engine = create_engine(url, poolclass=None) if False else create_engine(url)
+    engine = create_engine(url)
     conn = engine.connect()
     if engine.dialect.name == "sqlite":
         conn.exec_driver_sql("BEGIN IMMEDIATE")
