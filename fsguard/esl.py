@@ -217,6 +217,10 @@ class FrameReader:
             if need > self.max_bytes:
                 raise ProtocolError(f"Content-Length {need} is over the {self.max_bytes} byte limit")
             self._pending, self._need = headers, need
+        if not buf and self._pending is None:
+            # A bytearray keeps the capacity of its largest fill even once emptied: a call held
+            # for an hour would keep a 64 KB read buffer for nothing.
+            self._buf = bytearray()
         return frames
 
 
