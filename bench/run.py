@@ -156,13 +156,29 @@ class Server:
                 data += chunk
         return json.loads(data)
 
-    def decision_histogram(self) -> dict[float, float] | None:
-        """fsguard_decision_seconds buckets from the admin /metrics, when it is on."""
+    def metrics_text(self) -> str | None:
         if self.metrics_port is None:
             return None
         try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+            return urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
         except OSError:
+            return None
+
+    def call_outcomes(self) -> collections.Counter | None:
+        """fsguard's own count of calls by outcome (routed, rejected, failed_open, ...) from /metrics."""
+        text = self.metrics_text()
+        if text is None:
+            return None
+        counts: collections.Counter = collections.Counter()
+        for m in re.finditer(r'^fsguard_calls_total\{([^}]*)\} ([0-9.e+]+)$', text, re.M):
+            outcome = re.search(r'outcome="([^"]*)"', m.group(1))
+            counts[outcome.group(1) if outcome else "?"] += int(float(m.group(2)))
+        return counts
+
+    def decision_histogram(self) -> dict[float, float] | None:
+        """fsguard_decision_seconds buckets from the admin /metrics, when it is on."""
+        text = self.metrics_text()
+        if text is None:
             return None
         buckets = {}
         for m in re.finditer(r'^fsguard_decision_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)$', text, re.M):
@@ -210,6 +226,9 @@ class LoadResult:
     cores: int = os.cpu_count() or 1
     server_ms: list[float] = field(default_factory=list)
     histogram: dict[float, float] | None = None
+    #: fsguard's own outcomes for the phase's calls (/metrics): a fail-open looks like a route to
+    #: the switch, only fsguard knows the call went through unscreened
+    fsguard_outcomes: collections.Counter | None = None
 
     def pct(self, q: float, values: list[float] | None = None) -> float | None:
         data = sorted(self.latencies if values is None else values)
@@ -249,6 +268,10 @@ class LoadResult:
             out["fsguard_decision_ms"] = {"p50": round(self.pct(0.5, self.server_ms), 3),
                                           "p99": round(self.pct(0.99, self.server_ms), 3),
                                           "max": round(max(self.server_ms), 3), "n": len(self.server_ms)}
+        if self.fsguard_outcomes is not None:
+            out["fsguard_outcomes"] = dict(self.fsguard_outcomes)
+            out["failed_open"] = sum(v for k, v in self.fsguard_outcomes.items() if k.startswith("failed")
+                                     or k in ("over_capacity", "shutdown"))
         if self.histogram:
             total = max(self.histogram.values()) or 1
             out["fsguard_decision_seconds_le_5ms_pct"] = round(100 * self.histogram.get(0.005, 0) / total, 2)
@@ -264,7 +287,7 @@ def run_load(label: str, server: Server, specs: list[dict[str, Any]], *, offered
     samples fsguard's memory with it)."""
     result = LoadResult(label, offered)
     started_at = datetime.now(timezone.utc)
-    hist0 = server.decision_histogram()
+    hist0, calls0 = server.decision_histogram(), server.call_outcomes()
     cpu0, (busy0, total0) = server.cpu(), machine_cpu()
     t0 = time.monotonic()
     procs = start_loadgens(specs)
@@ -290,6 +313,11 @@ def run_load(label: str, server: Server, specs: list[dict[str, Any]], *, offered
     hist1 = server.decision_histogram()
     if hist0 is not None and hist1 is not None:
         result.histogram = {le: hist1.get(le, 0) - hist0.get(le, 0) for le in hist1}
+    time.sleep(0.5)  # the canonical line (and its counter) comes once fsguard has seen the hang-up
+    calls1 = server.call_outcomes()
+    if calls0 is not None and calls1 is not None:
+        result.fsguard_outcomes = collections.Counter({k: v - calls0.get(k, 0) for k, v in calls1.items()
+                                                       if v - calls0.get(k, 0)})
     for proc, (out, err) in zip(procs, outputs):
         if proc.returncode != 0 or not out.strip():
             raise RuntimeError(f"load generator failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}")
@@ -310,7 +338,8 @@ def run_load(label: str, server: Server, specs: list[dict[str, Any]], *, offered
         f"p99 {fmt(s['latency_ms']['p99'])} max {fmt(s['latency_ms']['max'])} ms; server CPU "
         f"{s['server_cpu_pct']}% ({s['server_cpu_ms_per_call']} ms/call), load generator {s['loadgen_cpu_pct']}%"
         + f", other processes {s['other_cpu_pct']}%"
-        + (f"; outcomes {dict(result.outcomes)}" if set(result.outcomes) - {"routed", "hungup"} else ""))
+        + (f"; outcomes {dict(result.outcomes)}" if set(result.outcomes) - {"routed", "hungup"} else "")
+        + (f"; fsguard failed open {s['failed_open']}" if s.get("failed_open") else ""))
     return result
 
 
@@ -900,13 +929,13 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def table(report: dict[str, Any]) -> str:
-    rows = [["target", "db", "phase", "calls", "cps", "no instr.", "p50 ms", "p99 ms", "max ms", "fsguard p99",
-             "srv CPU %", "srv ms/call", "loadgen %", "others %"]]
+    rows = [["target", "db", "phase", "calls", "cps", "no instr.", "fail-open", "p50 ms", "p99 ms", "max ms",
+             "fsguard p99", "srv CPU %", "srv ms/call", "loadgen %", "others %"]]
 
     def add(target: str, db: str, phase: str, s: dict[str, Any]) -> None:
         lat = s["latency_ms"]
         rows.append([target, db, phase, str(s["completed"]), fmt(s["cps"], 1), str(s.get("unanswered", 0)),
-                     fmt(lat["p50"]), fmt(lat["p99"]),
+                     fmt(s.get("failed_open")), fmt(lat["p50"]), fmt(lat["p99"]),
                      fmt(lat["max"]), fmt(s.get("fsguard_decision_ms", {}).get("p99")), fmt(s["server_cpu_pct"], 0),
                      fmt(s["server_cpu_ms_per_call"]), fmt(s["loadgen_cpu_pct"], 0), fmt(s["other_cpu_pct"], 0)])
 
