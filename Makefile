@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench lab lab-freeswitch clean
+.PHONY: install run test test-monitor bench lab lab-freeswitch clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ run: install
 	$(BIN)/fsguard db upgrade
 	$(BIN)/fsguard serve
 
-# The gevent monitor reports any code that blocks the event loop for more than 100 ms.
 test: install
+	$(BIN)/pytest -q
+
+# The same suite with the gevent monitor reporting any code that blocks the event loop for more
+# than 100 ms. Its reports go to stderr, where CLI tests read fsguard's own one-line errors, so
+# a loaded machine can fail those: it is a diagnostic run, not the gate.
+test-monitor: install
 	GEVENT_MONITOR_THREAD_ENABLE=1 GEVENT_MAX_BLOCKING_TIME=0.1 $(BIN)/pytest -q
 
 bench: install
