@@ -9,14 +9,10 @@ open file descriptors, calls deciding / held, pooled database connections, and o
 between phases). It costs nothing while nobody asks.
 
 ``FSGUARD_BENCH_VARIANT`` runs what-if experiments (comma-separated), never the default, always
-labelled in the report; each measures a change proposed for fsguard/esl.py before it is made:
+labelled in the report:
 
-``nixevent``  right after ``myevents``, unsubscribe from the channel events fsguard never reads
-              (CHANNEL_EXECUTE, CHANNEL_STATE, CHANNEL_PARK, ...): a narrower event filter.
-``lean``      do not parse what nobody reads: an event-plain frame whose ``Event-Name`` fsguard
-              does not use is counted and dropped unparsed, and so is the completion of an
-              application queued with ``send_apps`` (nobody waits for it; today it is parsed and
-              kept in ``completions`` for the life of the call).
+``allevents`` fsguard as it was before it narrowed its events: no ``nixevent`` after ``myevents``
+              and every event parsed whole, to measure what the narrowing is worth.
 """
 
 from gevent import monkey
@@ -34,15 +30,6 @@ from gevent.server import StreamServer  # noqa: E402
 
 from fsguard import cli  # noqa: E402
 from fsguard.esl import OutboundSession  # noqa: E402
-
-#: what fsguard reads from events: completions, answer, hang-up, the end of the call, digits
-EVENTS_READ = {"CHANNEL_EXECUTE_COMPLETE", "CHANNEL_ANSWER", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "DTMF"}
-#: what ``myevents`` subscribes to (mod_event_socket.c), less the above
-EVENTS_NOT_READ = ["CHANNEL_APPLICATION", "CHANNEL_BRIDGE", "CHANNEL_CREATE", "CHANNEL_DATA", "CHANNEL_DESTROY",
-                   "CHANNEL_EXECUTE", "CHANNEL_ORIGINATE", "CHANNEL_UUID", "CHANNEL_OUTGOING", "CHANNEL_PARK",
-                   "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "CHANNEL_STATE", "CHANNEL_UNBRIDGE",
-                   "CHANNEL_UNPARK", "DETECTED_SPEECH", "NOTALK", "TALK"]
-
 
 def _status_value(name: str) -> int:
     with open("/proc/self/status") as f:
@@ -84,86 +71,45 @@ def stats_hook(app: Any, server: Any) -> None:
     StreamServer(("127.0.0.1", int(port)), answer).start()
 
 
-def nixevent_variant() -> None:
-    """Experiment: unsubscribe, in the same write as ``myevents``, from the events fsguard never reads."""
-    original = OutboundSession.start
+def all_events_variant() -> None:
+    """What fsguard did before it narrowed its events: every event ``myevents`` subscribes to, each
+    one parsed whole. Kept to measure what the narrowing is worth."""
+    from fsguard import esl
+
+    original_start = OutboundSession.start
 
     def start(self: OutboundSession) -> Any:
-        myevents = "myevents json" if self.event_format == "json" else "myevents"
-        self.send("connect", "resume", myevents, "nixevent " + " ".join(EVENTS_NOT_READ), "linger")
-        connect = self.reply()
-        if "Unique-ID" not in connect.headers:
-            from fsguard.esl import ProtocolError
+        send = self.send
 
-            raise ProtocolError("connect reply carries no channel data")
-        self.channel = connect.headers
-        for _ in range(4):
-            self.reply()
-        return self.channel
+        def send_without_nixevent(*commands: str) -> None:
+            send(*(c for c in commands if not c.startswith("nixevent")))
+            self.replies_expected += 1
+            self.replies.append(esl.Frame({"Content-Type": "command/reply", "Reply-Text": "+OK (not sent)"}))
 
-    start.__doc__ = original.__doc__
-    OutboundSession.start = start  # type: ignore[method-assign]
-
-
-_EVENT_NAME = re.compile(rb"(?:^|\n)Event-Name: ([A-Z_]+)\n")
-_APP_UUID = re.compile(rb"\nApplication-UUID: ([0-9A-Fa-f-]+)\n")
-
-
-def lean_variant() -> None:
-    """Experiment: parse only the events fsguard reads; forget the completions nobody awaits.
-
-    Safe on ``text/event-plain`` bodies because FreeSWITCH URL-encodes every value there: a line
-    break cannot come from a caller, so ``\nEvent-Name: X\n`` is FreeSWITCH's own header.
-    """
-    original_dispatch = OutboundSession._dispatch
-
-    def send_apps(self: OutboundSession, apps: list[tuple[str, str]]) -> None:
-        if not apps:
-            return
-        self.poll()
-        if self.hungup:
-            from fsguard.esl import CallGone
-
-            raise CallGone(f"channel gone before {apps[0][0]}")
-        ids = [str(uuidlib.uuid4()) for _ in apps]
-        self.__dict__.setdefault("unawaited", set()).update(ids)
-        self.send(*(self._sendmsg(app, arg, app_uuid) for (app, arg), app_uuid in zip(apps, ids)))
-        for app, _ in apps:
-            text = self.reply().headers.get("Reply-Text", "")
-            if not text.startswith("+OK"):
-                from fsguard.esl import CommandFailed
-
-                raise CommandFailed(f"{app} refused: {text}")
+        self.send = send_without_nixevent  # type: ignore[method-assign]
+        try:
+            return original_start(self)
+        finally:
+            del self.send
 
     def _dispatch(self: OutboundSession, frame: Any) -> None:
-        if frame.content_type == "text/event-plain" and self.on_event is None:
-            found = _EVENT_NAME.search(frame.body)
-            name = found.group(1).decode() if found else ""
-            if name not in EVENTS_READ:
-                self.events_read += 1
-                return
-            if name == "CHANNEL_EXECUTE_COMPLETE":
-                app_uuid = _APP_UUID.search(frame.body)
-                unawaited = self.__dict__.get("unawaited", ())
-                if app_uuid and app_uuid.group(1).decode() in unawaited:
-                    unawaited.discard(app_uuid.group(1).decode())
-                    self.events_read += 1
-                    return
-        original_dispatch(self, frame)
+        if frame.content_type == "text/event-plain":
+            self._event(esl.parse_event_plain(frame.body))
+        else:
+            original_dispatch(self, frame)
 
-    OutboundSession.send_apps = send_apps  # type: ignore[method-assign]
+    original_dispatch = OutboundSession._dispatch
+    OutboundSession.start = start  # type: ignore[method-assign]
     OutboundSession._dispatch = _dispatch  # type: ignore[method-assign]
 
 
 def main() -> int:
     variants = {v for v in os.environ.get("FSGUARD_BENCH_VARIANT", "").split(",") if v}
-    unknown = variants - {"nixevent", "lean"}
+    unknown = variants - {"allevents"}
     if unknown:
         raise SystemExit(f"FSGUARD_BENCH_VARIANT: unknown experiment(s) {', '.join(sorted(unknown))}")
-    if "nixevent" in variants:
-        nixevent_variant()
-    if "lean" in variants:
-        lean_variant()
+    if "allevents" in variants:
+        all_events_variant()
     cli.SERVE_HOOKS.append(stats_hook)
     return cli.main()
 

@@ -29,7 +29,7 @@ import json
 import time
 import uuid as uuidlib
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import unquote
 
 import gevent.socket as gsocket
@@ -37,6 +37,17 @@ import structlog
 from greenswitch.esl import OutboundSessionHasGoneAway
 
 Headers = dict[str, str]
+
+#: the channel events fsguard reads: completions, answer, hang-up, the end of the call, digits
+EVENTS_READ = frozenset({"CHANNEL_EXECUTE_COMPLETE", "CHANNEL_ANSWER", "CHANNEL_HANGUP",
+                         "CHANNEL_HANGUP_COMPLETE", "DTMF"})
+#: what ``myevents`` subscribes to (mod_event_socket.c) less the above: unsubscribed with
+#: ``nixevent`` in the same write, so FreeSWITCH never serialises them (each is 2-5 KB with every
+#: channel variable) and fsguard never reads them
+EVENTS_NOT_READ = ("CHANNEL_APPLICATION", "CHANNEL_BRIDGE", "CHANNEL_CREATE", "CHANNEL_DATA", "CHANNEL_DESTROY",
+                   "CHANNEL_EXECUTE", "CHANNEL_ORIGINATE", "CHANNEL_UUID", "CHANNEL_OUTGOING", "CHANNEL_PARK",
+                   "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "CHANNEL_STATE", "CHANNEL_UNBRIDGE",
+                   "CHANNEL_UNPARK", "DETECTED_SPEECH", "NOTALK", "TALK")
 
 #: variables a caller can put text into; never ``getvar`` these (the reply is not encoded)
 CALLER_CONTROLLED = frozenset(
@@ -123,6 +134,78 @@ def parse_event_plain(body: bytes) -> Headers:
     if sep and rest.strip():
         headers["_body"] = rest.decode("utf-8", errors="replace")
     return headers
+
+
+def plain_header(body: bytes, name: bytes) -> str | None:
+    """One header of an event-plain body, found without parsing the others.
+
+    Only a match at the start of a line counts: FreeSWITCH URL-encodes every value of a plain
+    event, so no caller text can put a line break, let alone a header name, at a line start.
+    The body's own body (after the blank line) is not searched.
+    """
+    key = b"\n" + name + b": "
+    end_of_headers = body.find(b"\n\n")
+    if body.startswith(key[1:]):
+        start = len(key) - 1
+    else:
+        at = body.find(key, 0, end_of_headers if end_of_headers >= 0 else len(body))
+        if at < 0:
+            return None
+        start = at + len(key)
+    stop = body.find(b"\n", start)
+    value = body[start:stop if stop >= 0 else len(body)].decode("utf-8", errors="replace")
+    return unquote(value, errors="replace") if "%" in value else value
+
+
+class PlainEvent(Mapping[str, str]):
+    """An event-plain body read header by header, on demand.
+
+    A hang-up event carries every channel variable (2-5 KB) and fsguard reads three of them:
+    each lookup is a search in the raw bytes (see :func:`plain_header`), and the whole event is
+    parsed only if something iterates over it. It reads exactly as :func:`parse_event_plain`
+    would have parsed it.
+    """
+
+    __slots__ = ("body", "_seen", "_all")
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self._seen: dict[str, str | None] = {}
+        self._all: Headers | None = None
+
+    def _parsed(self) -> Headers:
+        if self._all is None:
+            self._all = parse_event_plain(self.body)
+        return self._all
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        if self._all is not None:
+            return self._all.get(key, default)
+        if key == "_body" or key == "Content-Length":
+            return self._parsed().get(key, default)
+        try:
+            value = self._seen[key]
+        except KeyError:
+            value = self._seen[key] = plain_header(self.body, key.encode())
+        return default if value is None else value
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value  # type: ignore[no-any-return]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parsed())
+
+    def __len__(self) -> int:
+        return len(self._parsed())
+
+    def __repr__(self) -> str:
+        return f"PlainEvent({self.get('Event-Name')!r}, {len(self.body)} bytes)"
 
 
 def parse_event_json(body: bytes) -> Headers:
@@ -279,6 +362,8 @@ class OutboundSession:
         self.closed = False
         self.exited = False
         self.events_read = 0
+        #: events dropped unparsed (see _wanted)
+        self.events_skipped = 0
         #: the application we are waiting on, if a wait was interrupted it is still running
         self.running: str | None = None
         self.on_event: Callable[[Headers], None] | None = None
@@ -345,7 +430,10 @@ class OutboundSession:
             self.replies_expected -= 1
             self.replies.append(frame)
         elif ctype == "text/event-plain":
-            self._event(parse_event_plain(frame.body))
+            if self._wanted(frame.body):
+                self._event(PlainEvent(frame.body))
+            else:
+                self.events_skipped += 1
         elif ctype == "text/event-json":
             self._event(parse_event_json(frame.body))
         elif ctype == "text/disconnect-notice":
@@ -357,6 +445,17 @@ class OutboundSession:
             self.eof = True
         else:
             self.log.debug("esl.ignored_frame", content_type=ctype)
+
+    def _wanted(self, body: bytes) -> bool:
+        """Whether an event-plain body is worth parsing: most of a call's events are 2-5 KB of
+        channel variables fsguard has no use for (a completion nobody waits on, an event the
+        ``nixevent`` did not cover on an older FreeSWITCH). Deciding costs two searches."""
+        name = plain_header(body, b"Event-Name")
+        if name not in EVENTS_READ:
+            return False
+        if name == "CHANNEL_EXECUTE_COMPLETE":
+            return plain_header(body, b"Application-UUID") in self.awaiting
+        return True
 
     def _event(self, event: Headers) -> None:
         self.events_read += 1
@@ -409,15 +508,17 @@ class OutboundSession:
         return self.reply(timeout)
 
     def start(self) -> Headers:
-        """``connect``, then ``resume``, ``myevents`` and ``linger``, written in one go.
+        """``connect``, then ``resume``, ``myevents``, ``nixevent`` and ``linger``, written in one go.
 
         ``connect`` must be the first command (anything before it is never answered); FreeSWITCH
         reads commands one by one, so the rest can follow in the same write. ``resume`` comes at
         once so that from here on, whatever happens to fsguard, closing the socket hands the
-        channel back to the dialplan's fallback instead of leaving it ringing.
+        channel back to the dialplan's fallback instead of leaving it ringing. ``nixevent`` drops
+        the channel events fsguard never reads from what ``myevents`` subscribed to: most of the
+        bytes FreeSWITCH would write about a call are events nobody here looks at.
         """
         myevents = "myevents json" if self.event_format == "json" else "myevents"
-        self.send("connect", "resume", myevents, "linger")
+        self.send("connect", "resume", myevents, "nixevent " + " ".join(EVENTS_NOT_READ), "linger")
         connect = self.reply()
         if "Unique-ID" not in connect.headers:
             raise ProtocolError("connect reply carries no channel data")
@@ -425,7 +526,7 @@ class OutboundSession:
         name = self.channel.get("Channel-Name", "")
         if "\n\n" in name:
             self.reader.raw_channel_name = name.encode("utf-8")
-        for name in ("resume", "myevents", "linger"):
+        for name in ("resume", "myevents", "nixevent", "linger"):
             text = self.reply().headers.get("Reply-Text", "")
             if not text.startswith("+OK"):
                 self.log.warning("esl.command_refused", command=name, reply=text)

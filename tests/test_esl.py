@@ -14,7 +14,7 @@ import pytest
 from greenswitch.esl import ESLEvent
 
 from fsguard.esl import (CallGone, ESLTimeout, FrameReader, OutboundSession, ProtocolError, parse_event_plain,
-                         parse_headers)
+                         PlainEvent, parse_headers, plain_header)
 from fsguard.testing import transcripts as tx
 from fsguard.testing.wire import command_reply, event_frame, linger_notice
 
@@ -69,6 +69,32 @@ def test_every_capture_parses_the_same_however_the_bytes_are_split(name):
         assert [(f.headers, f.body) for f in split] == [(f.headers, f.body) for f in whole]
     events = [parse_event_plain(f.body) for f in whole if f.content_type == "text/event-plain"]
     assert all("Event-Name" in e for e in events)
+
+
+@pytest.mark.parametrize("name", [p.name for p in tx.available()] if tx.available() else ["none"])
+def test_an_event_is_sorted_on_the_same_headers_the_full_parser_reads(name):
+    """fsguard decides whether to parse an event from its Event-Name and Application-UUID alone."""
+    paths = {p.name: p for p in tx.available()}
+    if name not in paths:
+        pytest.skip("no captures")
+    for frame in frames_of(tx.received_bytes(paths[name])):
+        if frame.content_type != "text/event-plain":
+            continue
+        event = parse_event_plain(frame.body)
+        for header in ("Event-Name", "Application-UUID", "Unique-ID", "Caller-Caller-ID-Name"):
+            assert plain_header(frame.body, header.encode()) == event.get(header), header
+        lazy = PlainEvent(frame.body)
+        assert all(lazy.get(key) == value for key, value in event.items())
+        assert lazy.get("No-Such-Header", "none") == "none" and "No-Such-Header" not in lazy
+        assert dict(lazy) == event
+
+
+def test_a_caller_name_cannot_pass_for_the_event_name_the_sorting_reads():
+    body = (b"Event-Name: CHANNEL_EXECUTE\nCaller-Caller-ID-Name: x%0AEvent-Name%3A%20DTMF%0A"
+            b"Application-UUID%3A%20forged\nApplication-UUID: real\n\nbody text\nEvent-Name: DTMF\n")
+    assert plain_header(body, b"Event-Name") == "CHANNEL_EXECUTE"
+    assert plain_header(body, b"Application-UUID") == "real"
+    assert plain_header(body, b"DTMF-Digit") is None
 
 
 def test_oversized_header_block_is_a_protocol_error():
