@@ -19,12 +19,13 @@ import gevent
 import structlog
 
 from fsguard import records
-from fsguard.call import Call
+from fsguard.call import Call, direction_of
 from fsguard.config import Settings
-from fsguard.db import Database, DatabaseError
+from fsguard.db import Database
 from fsguard.esl import CallGone, ESLError, OutboundSession, ProtocolError
 from fsguard.metrics import Metrics
 from fsguard.pipeline import CallEnd, Decision, Pipeline, ShuttingDown
+from fsguard.writer import Ticket
 
 log = structlog.get_logger("fsguard")
 
@@ -41,6 +42,8 @@ class App:
         self.settings = settings
         self.db = db or Database(settings.database)
         self.metrics = metrics or Metrics()
+        self.writer = records.make_writer(self.db, retry_seconds=settings.database.write_retry_seconds,
+                                          on_error=self.metrics.db_errors.inc)
         self.pipeline = Pipeline.from_settings(self)
         #: calls still being decided / calls routed and followed to their end
         self.deciding: set[gevent.Greenlet] = set()
@@ -71,6 +74,7 @@ class App:
         call: Call | None = None
         decision: Decision | None = None
         end: CallEnd | None = None
+        written: Ticket | None = None
         self.deciding.add(me)
         self.metrics.active_calls.inc()
         try:
@@ -78,18 +82,19 @@ class App:
             call = self._call(session)
             decision = self.pipeline.decide(call)
             self.metrics.decision_seconds.observe((decision.decision_ms or 0) / 1000)
-            self._write(records.record_decision, self.db, call, decision, self.settings.node.id, started_at)
+            written = records.record_decision(self.writer, call, decision, self.settings.node.id, started_at)
             self.deciding.discard(me)
             if not self.stopping and (decision.outcome != "abandoned" or not session.hangup_complete):
                 self.held.add(me)
                 session.wait_for_end(self.settings.esl.max_call_seconds)
             end = self._end(session)
-            self._write(records.record_end, self.db, call.uuid, end)
             for stage in decision.ran:
                 try:
                     stage.after_call(call, end)
                 except Exception as exc:  # noqa: BLE001
                     session.log.error("stage.after_call_failed", stage=stage.name, error=str(exc), exc_info=True)
+            # last: once this row is committed, so is everything the stages queued before it
+            written = records.record_end(self.writer, call.uuid, end)
         except ShuttingDown:
             self._shutdown(session, call, decision)
         except ProtocolError as exc:
@@ -103,8 +108,16 @@ class App:
             self.deciding.discard(me)
             self.held.discard(me)
             self.metrics.active_calls.dec()
-            session.close()
-            self._canonical_line(call, decision, end)
+            try:
+                if written is not None:
+                    # what FreeSWITCH sees ended, an operator can look up (the wait is bounded: a
+                    # database that is down must not hold the call's slot for long)
+                    written.wait(self.settings.database.write_wait_seconds)
+            except (ShuttingDown, gevent.GreenletExit):
+                pass
+            finally:
+                session.close()
+                self._canonical_line(call, decision, end)
 
     def _call(self, session: OutboundSession) -> Call:
         node = self.settings.node
@@ -119,39 +132,47 @@ class App:
                        billsec=_int(event.get("variable_billsec")),
                        answered=session.answered or bool(_int(event.get("variable_billsec"))))
 
-    def _write(self, fn: Any, *args: Any) -> None:
-        """Write down, but never let a database problem touch the call: log it and go on."""
-        try:
-            fn(*args)
-        except DatabaseError as exc:
-            self.metrics.db_errors.inc()
-            log.error("db.write_failed", what=fn.__name__, error=str(exc).splitlines()[0])
-
     def _shutdown(self, session: OutboundSession, call: Call | None, decision: Decision | None) -> None:
-        """The drain time is over: a call still being decided takes the fail-open route."""
+        """The drain time is over: a call still being decided takes the fail-open route (its
+        direction's: an agent's outbound call is dialled, an inbound call goes to the queue)."""
         if decision is None and not session.hungup and not session.eof:
+            settings = self.settings
+            if call is not None:
+                direction, dnis, region = call.direction, call.dnis, call.region
+            else:
+                direction = direction_of(session.channel, settings.node.outbound_contexts)
+                dnis, region = session.channel.get("Caller-Destination-Number", ""), settings.node.default_region
+            route = settings.policy.fail_open_for(direction, dnis, settings.outbound, region)
             try:
-                session.send_apps([tuple(self.settings.policy.fail_open_route.split(" ", 1))])  # type: ignore[list-item]
-                log.warning("call.released_at_shutdown", action=self.settings.policy.fail_open_route)
+                app, _, arg = route.partition(" ")
+                session.send_apps([(app, arg)])
+                log.warning("call.released_at_shutdown", action=route, direction=direction)
                 self.metrics.over_capacity.labels(reason="shutdown").inc()
             except (ESLError, OSError) as exc:
                 log.error("call.shutdown_route_failed", error=str(exc))
 
     def refuse(self, session: OutboundSession, reason: str) -> None:
-        """Over capacity or shutting down: connect, give the fail-open route at once, close."""
-        route = self.settings.policy.fail_open_route
+        """Over capacity or shutting down: connect, give the fail-open route at once, close.
+
+        The route is the call's direction's (read from the channel data, without building a Call):
+        an agent's outbound call is dialled, an inbound call goes to the fail-open queue."""
+        settings = self.settings
+        direction, route = "unknown", None
         try:
             session.start()
             structlog.contextvars.bind_contextvars(uuid=session.uuid)
+            direction = direction_of(session.channel, settings.node.outbound_contexts)
+            route = settings.policy.fail_open_for(direction, session.channel.get("Caller-Destination-Number", ""),
+                                                  settings.outbound, settings.node.default_region)
             app, _, arg = route.partition(" ")
             session.send_apps([(app, arg)])
-            log.warning("call.refused", reason=reason, action=route)
+            log.warning("call.refused", reason=reason, action=route, direction=direction)
         except (ESLError, OSError) as exc:
             log.error("call.refuse_failed", reason=reason, error=str(exc))
         finally:
             self.metrics.over_capacity.labels(reason=reason).inc()
-            self.metrics.calls.labels(direction="unknown", outcome=reason).inc()
-            self.metrics.call_action("unknown", route)
+            self.metrics.calls.labels(direction=direction, outcome=reason).inc()
+            self.metrics.call_action(direction, route)
             session.close()
             structlog.contextvars.clear_contextvars()
 

@@ -12,12 +12,13 @@ pipeline records the hang-up as the caller abandoning during that stage.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fsguard import numbers
 from fsguard.esl import CallGone, Headers, OutboundSession
 
-__all__ = ["Call", "CallGone"]
+__all__ = ["Call", "CallGone", "direction_of"]
 
 #: seconds allowed on top of an application's own duration before fsguard gives up on it
 APP_MARGIN = 5.0
@@ -25,6 +26,20 @@ APP_MARGIN = 5.0
 
 def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("true", "yes", "1", "on")
+
+
+def direction_of(channel: Mapping[str, str], outbound_contexts: Iterable[str] = ("default",)) -> str:
+    """``"outbound"`` (an agent dialling out) or ``"inbound"``, from the channel data alone.
+
+    The dialplan's ``fsguard_direction`` variable decides when it says ``inbound`` or
+    ``outbound``; otherwise a call from one of ``node.outbound_contexts`` is outbound. This is the
+    one rule: :class:`Call` uses it, and so do the paths that answer FreeSWITCH before (or
+    without) building a Call (over capacity, shutdown).
+    """
+    direction = channel.get("variable_fsguard_direction", "").lower()
+    if direction in ("inbound", "outbound"):
+        return direction
+    return "outbound" if channel.get("Caller-Context", "") in tuple(outbound_contexts) else "inbound"
 
 
 class Call:
@@ -62,10 +77,7 @@ class Call:
         self.presented_e164: str | None = presented.e164
         dialled = numbers.parse(self.dnis, region)
         self.dnis_e164: str | None = dialled.e164 if dialled.valid else None
-        direction = self.variables.get("fsguard_direction", "").lower()
-        if direction not in ("inbound", "outbound"):
-            direction = "outbound" if self.context in outbound_contexts else "inbound"
-        self.direction: str = direction
+        self.direction: str = direction_of(ch, outbound_contexts)
 
         # What the stages learn, for the stages after them and for the agent's screen.
         self.risk: int = 0

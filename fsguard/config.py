@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import sys
 import tomllib
@@ -112,10 +113,17 @@ class DatabaseSettings:
     pool_timeout: float = 2.0
     #: per-statement timeout in seconds (PostgreSQL statement_timeout, SQLite busy timeout)
     statement_timeout: float = 2.0
+    #: seconds a call's records are kept and retried while the database cannot be reached; after
+    #: that they are logged whole (db.write_abandoned) for an operator to replay
+    write_retry_seconds: float = 30.0
+    #: seconds a call waits at its end for its records to be committed before closing the socket
+    write_wait_seconds: float = 2.0
 
     def validate(self) -> None:
         if "://" not in self.url:
             raise ConfigError(f"database.url: expected a URL such as sqlite:///path or postgresql://..., got {self.url!r}")
+        if self.write_retry_seconds < 0 or self.write_wait_seconds < 0:
+            raise ConfigError("database.write_retry_seconds and database.write_wait_seconds cannot be negative")
 
 
 @dataclass
@@ -161,6 +169,11 @@ class PolicySettings:
     on_error: str = "open"
     #: where a call goes when fsguard fails open, is over capacity or shuts down
     fail_open_route: str = "transfer default XML queues"
+    #: the same for an agent's outbound call (fsguard_direction / node.outbound_contexts): "dial"
+    #: dials the number the agent dialled with outbound.dial_target, as the outbound stage does
+    #: with a number it lets through; or a routing target, where {number}, {digits} and {national}
+    #: stand for the dialled number as in outbound.dial_target ("transfer {digits} XML direct")
+    fail_open_route_outbound: str = "dial"
     #: hangup cause when fsguard fails closed
     fail_closed_cause: str = "NORMAL_TEMPORARY_FAILURE"
     #: a caller asked to verify when no verification stage runs: "route" or "reject"
@@ -172,12 +185,54 @@ class PolicySettings:
         if self.unverified_action not in ("route", "reject"):
             raise ConfigError(f"policy.unverified_action: expected route or reject, got {self.unverified_action!r}")
         validate_target(self.fail_open_route, "policy.fail_open_route")
+        self.fail_open_route_outbound = self.fail_open_route_outbound.strip()
+        if self.fail_open_route_outbound != "dial":
+            try:
+                sample = self.fail_open_route_outbound.format(number="+15557654321", digits="15557654321",
+                                                              national="5557654321")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ConfigError(f"policy.fail_open_route_outbound: unknown placeholder {exc} in "
+                                  f"{self.fail_open_route_outbound!r} (use {{number}}, {{digits}} or {{national}}, "
+                                  "or \"dial\" for outbound.dial_target)") from None
+            validate_target(sample, "policy.fail_open_route_outbound")
 
     def enforced(self, stage: str) -> bool:
         return self.enforce_stages.get(stage, self.enforce)
 
+    def fail_open_for(self, direction: str, dnis: str, outbound: OutboundSettings, region: str = "US") -> str:
+        """The instruction for a call fsguard lets go of without a decision (a failure, over
+        capacity, shutdown): ``fail_open_route`` for an inbound call; for an agent's outbound call
+        (``direction`` as :func:`fsguard.call.direction_of` says) the dialled number ``dnis``,
+        dialled with ``fail_open_route_outbound`` - the agent's call goes where it was going, not
+        into the inbound queue.
+
+        The number goes into the dial string the way the outbound stage puts it there: in E.164
+        when it can be read (``region`` for national numbers), plain digits as they are; any other
+        dialled string (letters, URI syntax) never reaches a dial string: ``hangup
+        INVALID_NUMBER_FORMAT``, what the outbound stage answers to it too.
+        """
+        if direction != "outbound":
+            return self.fail_open_route
+        template = outbound.dial_target if self.fail_open_route_outbound == "dial" else self.fail_open_route_outbound
+        from fsguard.outbound import dial_parts, dialled_number  # here: fsguard.outbound imports this module
+
+        number, plain = dialled_number(dnis, region), dnis.strip()
+        if number is not None:
+            parts = dial_parts(number)
+        elif _PLAIN_DIGITS.match(plain):
+            parts = (plain, plain.lstrip("+"), plain.lstrip("+"))
+        elif template.format(number="", digits="", national="") == template.format(number="1", digits="1",
+                                                                                    national="1"):
+            parts = ("", "", "")  # a route that does not name the number: nothing unsafe goes into it
+        else:
+            return "hangup INVALID_NUMBER_FORMAT"
+        return template.format(number=parts[0], digits=parts[1], national=parts[2])
+
 
 ROUTE_APPS = ("transfer", "callcenter", "bridge")
+#: a dialled string that may go into a dial string as it is (no gateway/URI syntax); the outbound
+#: stage dials such a string unchecked when it is not a number it can read
+_PLAIN_DIGITS = re.compile(r"^\+?[0-9]{1,20}$")
 
 
 def validate_target(target: str, key: str) -> None:
@@ -516,7 +571,10 @@ class RecordingSettings:
     retention: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RETENTION))
     #: play the consent announcement before the recording starts (rules may override)
     consent: bool = True
-    #: the announcement (a file or ``say:`` / ``tone_stream://`` string, as for playback)
+    #: the announcement (a file or ``say:`` / ``tone_stream://`` string, as for playback). The default
+    #: is a PLACEHOLDER: FreeSWITCH's stock English sounds have no such prompt. Until it names a
+    #: recording of your own legal wording, FreeSWITCH cannot play it and calls that need the
+    #: notice are not recorded (verdict recording.consent_failed; docs/recording.rst)
     consent_prompt: str = "ivr/ivr-this_call_may_be_recorded.wav"
     #: "answer": answer, then announce (the caller surely hears it; billed from the answer) or
     #: "early": announce in early media (unbilled, but only heard where the carrier passes 183 media)

@@ -252,8 +252,9 @@ class Pipeline:
             verdict = Verdict(Outcome.ERROR, f"{kind} in {stage}: failing closed", code,
                               action=f"hangup {self.policy.fail_closed_cause}")
         else:
-            verdict = Verdict(Outcome.ERROR, f"{kind} in {stage}: failing open", code,
-                              action=self.policy.fail_open_route)
+            # an agent's outbound call fails open by going out as dialled, not into the inbound queue
+            route = self.policy.fail_open_for(call.direction, call.dnis, self.app.settings.outbound, call.region)
+            verdict = Verdict(Outcome.ERROR, f"{kind} in {stage}: failing open", code, action=route)
         verdict.details = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         return self._record(decision, stage, verdict, started or time.perf_counter())
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, TypeVar
 
 import gevent
 import structlog
-from sqlalchemy import ColumnElement, and_, delete, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -41,6 +41,7 @@ from fsguard.db import Database
 from fsguard.inbound import FreeSWITCHAPI, InboundError, uuid_record
 from fsguard.models import CallRecord, StageVerdict, utcnow
 from fsguard.models.recordings import Recording, RecordingMask
+from fsguard.writer import Writer
 
 log = structlog.get_logger("fsguard.recording")
 
@@ -199,12 +200,13 @@ def remove_file(path: str, root: Path) -> bool:
 
 
 def open_recording(db: Database, **values: Any) -> int:
-    """Write the recording's row before FreeSWITCH is told to record; returns its id."""
-    with db.begin() as s:
-        rec = Recording(**values)
-        s.add(rec)
-        s.flush()
-        return rec.id
+    """Write the recording's row before FreeSWITCH is told to record; returns its id.
+
+    A plain INSERT ... RETURNING on a connection of its own: this is on the call's way to the
+    queue, and the ORM's unit of work would cost more than the statement."""
+    with db.engine.begin() as conn:
+        return int(conn.execute(insert(Recording.__table__).returning(Recording.__table__.c.id),  # type: ignore[arg-type]
+                                values).scalar_one())
 
 
 def finalize(db: Database, call_uuid: str, *, ended_at: datetime | None = None, abandoned: bool = False,
@@ -225,23 +227,47 @@ def finalize(db: Database, call_uuid: str, *, ended_at: datetime | None = None, 
     with db.begin() as s:
         if facts.status == "missing" and abandoned:
             s.execute(delete(Recording).where(Recording.id == rid))
-            log.info("recording.discarded", call=call_uuid, reason="the caller hung up before the recording began")
+            _log_closed(call_uuid, path, facts, discarded=True)
             return None
-        error = "; ".join(e for e in (facts.error, note) if e)
         s.execute(update(Recording).where(Recording.id == rid, Recording.ended_at.is_(None)).values(
-            ended_at=end, status=facts.status, size_bytes=facts.size_bytes, sha256=facts.sha256,
-            duration=facts.duration, error=error))
+            **_closing_values(facts, end, note)))
         s.execute(update(RecordingMask).where(RecordingMask.recording_id == rid,
                                               RecordingMask.ended_at.is_(None)).values(ended_at=end))
         rec = s.get(Recording, rid, populate_existing=True)
         assert rec is not None
         data = as_dict(rec)
-    if facts.status == "complete":
+    _log_closed(call_uuid, path, facts)
+    return data
+
+
+def finalize_queued(writer: Writer, call_uuid: str, recording_id: int, path: str, *, abandoned: bool = False) -> None:
+    """:func:`finalize` at a call's hang-up, when the stage knows its recording: the file is
+    inspected (in a thread) and the closing rows go to the call writer with the call's own end,
+    instead of three statements and a commit of their own for every call."""
+    facts = in_thread(inspect_file, path)
+    end = utcnow()
+    if facts.status == "missing" and abandoned:
+        writer.submit("recording_discard", {"_key": recording_id})
+        _log_closed(call_uuid, path, facts, discarded=True)
+        return
+    writer.submit("recording_end", {"_key": recording_id, **_closing_values(facts, end, "")})
+    writer.submit("mask_end", {"_key": recording_id, "ended_at": end})
+    _log_closed(call_uuid, path, facts)
+
+
+def _closing_values(facts: FileFacts, end: datetime, note: str) -> dict[str, Any]:
+    return {"ended_at": end, "status": facts.status, "size_bytes": facts.size_bytes, "sha256": facts.sha256,
+            "duration": facts.duration, "error": "; ".join(e for e in (facts.error, note) if e)}
+
+
+def _log_closed(call_uuid: str, path: str, facts: FileFacts, *, discarded: bool = False) -> None:
+    if discarded:
+        log.info("recording.discarded", call=call_uuid, reason="the caller hung up before the recording began")
+    elif facts.status == "complete":
         log.info("recording.complete", call=call_uuid, path=path, size_bytes=facts.size_bytes,
                  duration=facts.duration, sha256=facts.sha256)
     else:
         log.warning("recording.problem", call=call_uuid, path=path, status=facts.status, error=facts.error)
-    return data
 
 
 def finalize_stale(db: Database, settings: Settings, now: datetime | None = None) -> int:

@@ -94,7 +94,8 @@ class CallServer:
             greenlet.kill(ShuttingDown, block=False)
         self.pool.join(timeout=max(self.settings.esl.command_timeout, 1.0) + 1)
         self.pool.kill(block=True, timeout=1)
-        log.info("server.stopped")
+        self.app.writer.close(timeout=max(self.settings.esl.command_timeout, 5.0))
+        log.info("server.stopped", rows_written=self.app.writer.rows_written, batches=self.app.writer.batches)
         self._tell("stopped")
 
     def serve_forever(self) -> None:

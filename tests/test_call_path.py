@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from fsguard import cli, records
-from fsguard.esl import OutboundSession
+from fsguard.esl import EVENTS_NOT_READ, EVENTS_READ, OutboundSession
 from fsguard.models import CallRecord
 from fsguard.pipeline import STAGES, Stage, Verdict
 from fsguard.testing import transcripts as tx
@@ -39,7 +39,7 @@ def test_a_call_is_routed_to_the_default_target_and_recorded(fs, guard, db, cli_
     assert result.route == "transfer default XML queues"
     assert result.ok, result.violations
     commands = [c.splitlines()[0] for c in result.commands]
-    assert commands[:4] == ["connect", "resume", "myevents", "linger"]
+    assert commands[:5] == ["connect", "resume", "myevents", "nixevent " + " ".join(EVENTS_NOT_READ), "linger"]
     settle(guard)
     call = stored(db, result.uuid)
     assert call is not None
@@ -54,6 +54,15 @@ def test_a_call_is_routed_to_the_default_target_and_recorded(fs, guard, db, cli_
     for key in ("uuid", "ani", "dnis", "direction", "started_at", "action", "hangup_cause", "billsec", "verdicts"):
         assert key in mine
     assert mine["verdicts"][0]["stage"] == "routing"
+
+
+def test_freeswitch_sends_only_the_channel_events_fsguard_reads(fs, guard):
+    """Each unread event is 2-5 KB that FreeSWITCH would serialise and fsguard would have to skip."""
+    result = fs.call(Caller(ani="15551234567", dnis="5000"))
+    assert result.outcome == "routed" and result.ok, result
+    sent = set(result.event_names)
+    assert sent and sent <= EVENTS_READ, sent - EVENTS_READ
+    assert "CHANNEL_HANGUP_COMPLETE" in sent
 
 
 @pytest.fixture
@@ -167,14 +176,23 @@ def test_the_database_down_during_a_call_still_routes_it(fs_factory, settings, d
     fs, guard = fs_factory()
     from sqlalchemy.exc import OperationalError
 
-    def down(*args, **kwargs):
-        raise OperationalError("INSERT", {}, Exception("connection refused"))
+    writer = guard.app.writer
+    real_write, failures = writer._write_batch, []
 
-    monkeypatch.setattr(records, "record_decision", down)
+    def down_twice(batch):
+        if len(failures) < 2:
+            failures.append(len(batch))
+            raise OperationalError("INSERT", {}, Exception("connection refused"))
+        real_write(batch)
+
+    monkeypatch.setattr(writer, "_write_batch", down_twice)
     result = fs.call(Caller())
     assert result.outcome == "routed" and result.route == "transfer default XML queues"
     settle(guard)
-    assert guard.app.metrics.db_errors._value.get() >= 1
+    assert writer.wait_idle(10)
+    assert guard.app.metrics.db_errors._value.get() >= 2 and len(failures) == 2
+    stored_call = stored(db, result.uuid)
+    assert stored_call is not None and stored_call.outcome == "routed" and stored_call.ended_at is not None
 
 
 def test_a_stage_that_cannot_reach_the_database_fails_open(fs_factory, settings, monkeypatch):

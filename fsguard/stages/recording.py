@@ -41,7 +41,7 @@ from fsguard.call import Call, CallGone
 from fsguard.config import RecordingSettings
 from fsguard.models import utcnow
 from fsguard.pipeline import CallEnd, Stage, Verdict
-from fsguard.recordings import finalize, open_recording, party_number, recording_path, recording_root, retain_until
+from fsguard.recordings import finalize, finalize_queued, open_recording, party_number, recording_path, recording_root, retain_until
 
 if TYPE_CHECKING:
     from fsguard.app import App
@@ -221,8 +221,11 @@ class RecordingStage(Stage):
         facts = call.facts.get("recording")
         if call.replay or not facts:
             return
-        if facts.get("recorded") or facts.get("mode") == "on_demand":
-            finalize(self.db, call.uuid, abandoned=call.final_action is None)
+        abandoned = call.final_action is None
+        if facts.get("recorded"):
+            finalize_queued(self.app.writer, call.uuid, facts["id"], facts["path"], abandoned=abandoned)
+        elif facts.get("mode") == "on_demand":   # started (or not) by an agent: look it up
+            finalize(self.db, call.uuid, abandoned=abandoned)
 
     def _queue(self, call: Call) -> str:
         """The queue named by the dialplan (recording starts before routing picks one)."""
