@@ -191,10 +191,13 @@ class Call:
         self._pending.extend(("export", f"{k}={v}") for k, v in variables.items())
 
     def record(self, path: str, *, stereo: bool = True) -> None:
-        """Record the whole call, caller and agent on separate channels when ``stereo``."""
+        """Record the whole call, caller and agent on separate channels when ``stereo``.
+
+        Queued like :meth:`set`: ``record_session`` only starts a media bug and returns, so it goes
+        in the same write as the route (or before whatever the next stage plays), not in a round
+        trip of its own."""
         self._pending.append(("set", f"RECORD_STEREO={'true' if stereo else 'false'}"))
         self._pending.append(("record_session", path))
-        self.flush()
 
     def flush(self) -> None:
         """Send queued variables and applications now (one write, one reply each)."""

@@ -204,6 +204,9 @@ class PlainEvent(Mapping[str, str]):
     def __len__(self) -> int:
         return len(self._parsed())
 
+    def __bool__(self) -> bool:
+        return True   # an event always has headers; ``event or {}`` must not parse it whole
+
     def __repr__(self) -> str:
         return f"PlainEvent({self.get('Event-Name')!r}, {len(self.body)} bytes)"
 
