@@ -1,6 +1,6 @@
 """The ``fsguard`` command.
 
-Each area adds its subcommands from a module listed in COMMAND_MODULES (``register(subparsers)``),
+Each area adds its subcommands from a module in fsguard/commands/ (``register(subparsers)``),
 so this file stays the entry point and the core commands: serve, db, calls.
 A command that fails for a reason the user can fix raises CLIError: one line, exit 1, no traceback.
 """
@@ -19,12 +19,14 @@ from fsguard import __version__  # noqa: E402
 from fsguard.config import ConfigError, Settings, load_settings  # noqa: E402
 
 def command_modules() -> list[str]:
-    """Every module in fsguard/commands/ adds its subcommands with ``register(subparsers)``."""
+    """Every module in fsguard/commands/ adds its subcommands with ``register(subparsers)``;
+    one whose name starts with ``_`` holds helpers the others share and is not an area."""
     import pkgutil
 
     import fsguard.commands
 
-    return sorted(f"fsguard.commands.{m.name}" for m in pkgutil.iter_modules(fsguard.commands.__path__))
+    return sorted(f"fsguard.commands.{m.name}" for m in pkgutil.iter_modules(fsguard.commands.__path__)
+                  if not m.name.startswith("_"))
 
 
 class CLIError(Exception):
@@ -76,6 +78,18 @@ class Context:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+def print_json_or_text(as_json: bool, data: Any, text: Callable[[], str]) -> None:
+    """A command's answer: ``data`` as JSON for scripts (``--json``), else ``text()`` for people.
+
+    One call, so that every command with ``--json`` prints exactly one of the two; ``text`` is
+    called only when it is printed (the words may need more of the data than the JSON does).
+    """
+    if as_json:
+        print_json(data)
+    else:
+        print(text())
 
 
 def print_table(rows: list[list[Any]], headers: list[str]) -> None:
@@ -149,10 +163,7 @@ def cmd_calls(ctx: Context) -> int:
         if call is None:
             raise CLIError(f"no call {ctx.args.uuid}")
         data = records.call_as_dict(call)
-        if ctx.args.json:
-            print_json(data)
-        else:
-            print(explain(data))
+        print_json_or_text(ctx.args.json, data, lambda: explain(data))
         return 0
     calls = [records.call_as_dict(c) for c in records.recent_calls(ctx.db, ctx.args.limit)]
     if ctx.args.json:

@@ -187,6 +187,27 @@ def sim_for(target: Target, **kw) -> FakeFreeSWITCH:
     return FakeFreeSWITCH(target.address, **kw)
 
 
+RunCall = Callable[..., tuple[SimResult, Conn]]
+
+
+@pytest.fixture
+def run_call(target_factory) -> RunCall:
+    """``run_call(script, caller=None, **sim_options)``: one call into a target running ``script``.
+
+    Most tests here are a script and what must hold afterwards; this is the part in between:
+    the call from a fresh simulator, the script's own assertions re-raised (Target.check),
+    then the result and the target's side of the channel for the test to look at.
+    """
+
+    def run(script: Callable[[Conn], None], caller: Caller | None = None, **sim_options) -> tuple[SimResult, Conn]:
+        target = target_factory(script)
+        result = sim_for(target, **sim_options).call(caller)
+        target.check()
+        return result, target.conns[0]
+
+    return run
+
+
 def standard_setup(conn: Conn, linger: str | None = "linger", events: str = "myevents") -> wire.Frame:
     """connect, myevents, linger: what fsguard does first."""
     conn.command("connect")
@@ -330,7 +351,7 @@ def test_sofia_connect_reply_has_the_captured_structure():
 
 
 @needs_captures
-def test_full_flow_frames_match_full_txt(target_factory):
+def test_full_flow_frames_match_full_txt(run_call):
     uuids = {}
 
     def script(conn: Conn) -> None:
@@ -352,11 +373,7 @@ def test_full_flow_frames_match_full_txt(target_factory):
         assert conn.reply().get("Reply-Text") == "+OK bye"
         conn.drain()
 
-    target = target_factory(script)
-    sim = sim_for(target, split_events=0.5)
-    result = sim.call(Caller(endpoint="loopback", digits="42"))
-    target.check()
-    conn = target.conns[0]
+    result, conn = run_call(script, Caller(endpoint="loopback", digits="42"), split_events=0.5)
     assert result.outcome == "hungup" and result.hangup_cause == "CALL_REJECTED"
     assert result.variables["code"] == "42" and result.variables["read_result"] == "success"
     assert result.heard == ["tone_stream://%(100,0,350)", "silence_stream://250"]
@@ -381,7 +398,7 @@ def test_full_flow_frames_match_full_txt(target_factory):
     assert "variable_billsec" in hc.names() and "variable_billmsec" in hc.names()
 
 
-def test_event_frames_are_sometimes_split_between_header_and_body(target_factory):
+def test_event_frames_are_sometimes_split_between_header_and_body(run_call):
     """FreeSWITCH sends an event's header block and body with two send()s (fs-1.11)."""
 
     def script(conn: Conn) -> None:
@@ -393,17 +410,15 @@ def test_event_frames_are_sometimes_split_between_header_and_body(target_factory
         conn.sendmsg("hangup")
         finish(conn)
 
-    target = target_factory(script)
-    sim_for(target, split_events=1.0).call()
-    target.check()
+    _, conn = run_call(script, split_events=1.0)
     head = re.compile(rb"Content-Length: \d+\nContent-Type: text/event-plain\n\n$")
-    assert any(head.search(chunk) for chunk in target.conns[0].chunks)
+    assert any(head.search(chunk) for chunk in conn.chunks)
 
 
 # --------------------------------------------------------------------------- connect and first command
 
 
-def test_connect_reply_and_command_replies(target_factory):
+def test_connect_reply_and_command_replies(run_call):
     got = {}
 
     def script(conn: Conn) -> None:
@@ -426,9 +441,7 @@ def test_connect_reply_and_command_replies(target_factory):
         conn.sendmsg("hangup", "USER_BUSY")
         conn.drain()
 
-    target = target_factory(script)
-    result = sim_for(target).call(Caller(name="Ann\r\nX: 1"))
-    target.check()
+    result, conn = run_call(script, Caller(name="Ann\r\nX: 1"))
     data = got["data"]
     assert data.get("Content-Type") == "command/reply" and data.get("Reply-Text") == "+OK\n"
     assert [k for k, _ in data.headers][-4:] == ["Content-Type", "Reply-Text", "Socket-Mode", "Control"]
@@ -443,11 +456,11 @@ def test_connect_reply_and_command_replies(target_factory):
     assert got["nix"] == "+OK events nixed"
     assert got["resume"] == "+OK"
     assert result.outcome == "hungup" and result.hangup_cause == "USER_BUSY"
-    assert "CHANNEL_EXECUTE" not in target.conns[0].event_names()
+    assert "CHANNEL_EXECUTE" not in conn.event_names()
     assert any("unknown command" in v for v in result.violations)
 
 
-def test_command_before_connect_is_processed_but_not_answered(target_factory):
+def test_command_before_connect_is_processed_but_not_answered(run_call):
     got = {}
 
     def script(conn: Conn) -> None:
@@ -460,99 +473,83 @@ def test_command_before_connect_is_processed_but_not_answered(target_factory):
         conn.sendmsg("hangup")
         conn.drain()
 
-    target = target_factory(script)
-    result = sim_for(target).call()
-    target.check()
+    result, _ = run_call(script)
     assert got["first"].get("Reply-Text") == "+OK"
     assert sum("command before connect" in v for v in result.violations) == 2
     assert result.answered and result.outcome == "hungup"
 
 
-def test_no_connect_at_all_strands_the_channel(target_factory):
+def test_no_connect_at_all_strands_the_channel(run_call):
     def script(conn: Conn) -> None:
         conn.drain(timeout=10)  # sends nothing
 
-    target = target_factory(script)
-    result = sim_for(target, min_real_timeout=0.3).call()
-    target.check()
+    result, conn = run_call(script, min_real_timeout=0.3)
     assert result.outcome == "stranded"
     assert any("no command within" in v for v in result.violations)
-    assert target.conns[0].frames[-1].get("Content-Disposition") == "disconnect"
+    assert conn.frames[-1].get("Content-Disposition") == "disconnect"
 
 
 # --------------------------------------------------------------------------- closing: stranded, fallback, routed
 
 
-def test_close_without_instruction_is_stranded(target_factory):
+def test_close_without_instruction_is_stranded(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn)
         conn.close()
 
-    target = target_factory(script)
-    result = sim_for(target).call()
-    target.check()
+    result, _ = run_call(script)
     assert result.outcome == "stranded"
     assert any("without any instruction" in v for v in result.violations)
 
 
-def test_exit_without_instruction_is_stranded_too(target_factory):
+def test_exit_without_instruction_is_stranded_too(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn)
         conn.command("exit")
         assert conn.reply().get("Reply-Text") == "+OK bye"
         conn.drain()
 
-    target = target_factory(script)
-    result = sim_for(target).call()
-    target.check()
+    result, _ = run_call(script)
     assert result.outcome == "stranded"
 
 
-def test_resume_then_close_falls_back(target_factory):
+def test_resume_then_close_falls_back(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn)
         conn.command("resume")
         conn.reply()
         conn.close()
 
-    target = target_factory(script)
-    result = sim_for(target).call()
-    target.check()
+    result, _ = run_call(script)
     assert result.outcome == "fallback" and result.violations == []
     assert result.variables["socket_resume"] == "true"
 
 
-def test_close_after_an_application_falls_back(target_factory):
+def test_close_after_an_application_falls_back(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn)
         conn.sendmsg("answer")
         conn.until_event("CHANNEL_EXECUTE_COMPLETE")
         conn.close()
 
-    target = target_factory(script)
-    result = sim_for(target).call()
-    target.check()
+    result, _ = run_call(script)
     assert result.outcome == "fallback" and result.answered
 
 
-def test_transfer_is_routed_and_events_keep_coming(target_factory):
+def test_transfer_is_routed_and_events_keep_coming(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn)
         conn.sendmsg("answer")
         conn.sendmsg("export", "fsguard_customer_id=42")
         conn.sendmsg("transfer", "default XML queues")
-        conn.until_event("CHANNEL_HANGUP_COMPLETE")
-        conn.command("exit")
-        conn.drain()
+        finish(conn)
 
-    target = target_factory(script)
-    result = sim_for(target).call(Caller(talk_time=3.0))
-    target.check()
+    result, conn = run_call(script, Caller(talk_time=3.0))
     assert result.outcome == "routed" and result.route == "transfer default XML queues"
     assert result.exported == {"fsguard_customer_id": "42"}
     assert result.variables["export_vars"] == "fsguard_customer_id"
     assert 2.9 <= result.billsec <= 3.5
-    names = target.conns[0].event_names()
+    names = conn.event_names()
     i = names.index("CHANNEL_UNPARK")
     assert names[i - 2 : i + 4] == [
         "CHANNEL_EXECUTE", "CHANNEL_EXECUTE_COMPLETE", "CHANNEL_UNPARK", "CHANNEL_EXECUTE_COMPLETE",
@@ -560,30 +557,26 @@ def test_transfer_is_routed_and_events_keep_coming(target_factory):
     assert names[-1] == "CHANNEL_HANGUP_COMPLETE" and result.hangup_by == "caller"
 
 
-def test_transfer_then_close_keeps_the_route(target_factory):
+def test_transfer_then_close_keeps_the_route(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn)
         conn.sendmsg("transfer", "default XML queues")
         conn.command("exit")  # pipelined: the queued transfer still runs
         conn.drain()
 
-    target = target_factory(script)
-    result = sim_for(target).call(Caller(talk_time=0.5))
-    target.check()
+    result, _ = run_call(script, Caller(talk_time=0.5))
     assert result.outcome == "routed" and result.violations == []
     assert result.hangup_cause == "NORMAL_CLEARING"
 
 
-def test_callcenter_and_bridge_routes(target_factory):
+def test_callcenter_and_bridge_routes(target_factory, run_call):
     def cc(conn: Conn) -> None:
         standard_setup(conn)
         conn.sendmsg("callcenter", "support@default")
         conn.until_event("CHANNEL_HANGUP_COMPLETE")
         conn.close()
 
-    t = target_factory(cc)
-    r = sim_for(t).call(Caller(talk_time=2.0))
-    t.check()
+    r, _ = run_call(cc, Caller(talk_time=2.0))
     assert (r.outcome, r.route, r.answered) == ("routed", "callcenter support@default", True)
     assert 1.9 <= r.billsec <= 2.5
 
@@ -607,7 +600,7 @@ def test_callcenter_and_bridge_routes(target_factory):
 # --------------------------------------------------------------------------- billing, early media, digits
 
 
-def test_billsec_counts_from_answer_not_from_early_media(target_factory):
+def test_billsec_counts_from_answer_not_from_early_media(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn)
         conn.sendmsg("pre_answer")
@@ -616,13 +609,9 @@ def test_billsec_counts_from_answer_not_from_early_media(target_factory):
         conn.sendmsg("answer")
         conn.sendmsg("sleep", "1500")
         conn.sendmsg("hangup", "NORMAL_CLEARING")
-        conn.until_event("CHANNEL_HANGUP_COMPLETE")
-        conn.command("exit")
-        conn.drain()
+        finish(conn)
 
-    target = target_factory(script)
-    result = sim_for(target).call()
-    target.check()
+    result, _ = run_call(script)
     assert result.early_media and result.answered
     assert result.heard == ["say:en number iterated 42"]
     assert 1.5 <= result.billsec <= 1.7
@@ -630,19 +619,15 @@ def test_billsec_counts_from_answer_not_from_early_media(target_factory):
     assert int(result.variables["progress_mediamsec"]) < int(result.variables["answermsec"])
 
 
-def test_unanswered_rejection_is_unbilled_and_playback_pre_answers(target_factory):
+def test_unanswered_rejection_is_unbilled_and_playback_pre_answers(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn)
         conn.sendmsg("playback", "ivr/ivr-call_rejected.wav")
         conn.sendmsg("hangup", "CALL_REJECTED")
-        conn.until_event("CHANNEL_HANGUP_COMPLETE")
-        conn.command("exit")
-        conn.drain()
+        finish(conn)
 
-    target = target_factory(script)
-    result = sim_for(target).call()
-    target.check()
-    names = target.conns[0].event_names()
+    result, conn = run_call(script)
+    names = conn.event_names()
     assert names.index("CHANNEL_PROGRESS_MEDIA") < names.index("CHANNEL_HANGUP")  # implicit pre_answer
     assert result.early_media and not result.answered and result.billsec == 0
     assert result.heard == ["ivr/ivr-call_rejected.wav"]
@@ -652,7 +637,7 @@ def test_unanswered_rejection_is_unbilled_and_playback_pre_answers(target_factor
     ("digits", "expected_result", "expected_code"),
     [("auto", "success", "37"), ("99", "failure", None), (None, "timeout", None)],
 )
-def test_caller_keys_the_code_it_heard(target_factory, digits, expected_result, expected_code):
+def test_caller_keys_the_code_it_heard(run_call, digits, expected_result, expected_code):
     def script(conn: Conn) -> None:
         standard_setup(conn)
         conn.sendmsg("pre_answer")
@@ -667,41 +652,34 @@ def test_caller_keys_the_code_it_heard(target_factory, digits, expected_result, 
         conn.sendmsg("hangup")
         finish(conn)
 
-    target = target_factory(script)
-    result = sim_for(target).call(Caller(digits=digits))
-    target.check()
+    result, conn = run_call(script, Caller(digits=digits))
     assert result.variables["read_result"] == expected_result
     assert result.variables.get("code") == expected_code
     assert result.heard[:3] == ["digits/3.wav", "digits/7.wav", "ivr/enter_code.wav"]
-    dtmf = [f.event() for f in target.conns[0].frames if f.content_type == "text/event-plain" and f.event().name == "DTMF"]
+    dtmf = [f.event() for f in conn.frames if f.content_type == "text/event-plain" and f.event().name == "DTMF"]
     assert "".join(str(e.get("DTMF-Digit")) for e in dtmf) == {"auto": "37", "99": "99", None: ""}[digits]
 
 
 # --------------------------------------------------------------------------- hang-ups and linger
 
 
-def test_unknown_application_kills_the_channel(target_factory):
+def test_unknown_application_kills_the_channel(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn)
         conn.sendmsg("no_such_app_xyz", "1", uuid="bad-1")
         assert conn.reply().get("Reply-Text") == "+OK"
-        conn.until_event("CHANNEL_HANGUP_COMPLETE")
-        conn.command("exit")
-        conn.drain()
+        finish(conn)
 
-    target = target_factory(script)
-    result = sim_for(target).call()
-    target.check()
+    result, conn = run_call(script)
     assert result.hangup_cause == "DESTINATION_OUT_OF_ORDER"
     assert any("unknown application" in v for v in result.violations)
-    conn = target.conns[0]
     assert not any(f.content_type == "text/event-plain" and f.event().get("Application-UUID") == "bad-1" for f in conn.frames)
     kinds = [f.content_type if f.content_type != "text/event-plain" else f.event().name for f in conn.frames]
     # badapp.txt: the linger notice comes first, then the hang-up events
     assert kinds.index("text/disconnect-notice") < kinds.index("CHANNEL_HANGUP")
 
 
-def test_caller_hangup_with_linger_completes_the_running_app(target_factory):
+def test_caller_hangup_with_linger_completes_the_running_app(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn)
         conn.sendmsg("answer")
@@ -713,67 +691,58 @@ def test_caller_hangup_with_linger_completes_the_running_app(target_factory):
         conn.command("exit")
         conn.drain()
 
-    target = target_factory(script)
-    result = sim_for(target).call(Caller(hangup_after=1.0))
-    target.check()
+    result, conn = run_call(script, Caller(hangup_after=1.0))
     assert result.outcome == "caller_hangup" and result.hangup_by == "caller"
     assert result.late_commands and result.violations == []
-    names = [f.content_type if f.content_type != "text/event-plain" else f.event().name for f in target.conns[0].frames]
+    names = [f.content_type if f.content_type != "text/event-plain" else f.event().name for f in conn.frames]
     i = names.index("CHANNEL_HANGUP")
     assert names[i : i + 3] == ["CHANNEL_HANGUP", "text/disconnect-notice", "CHANNEL_EXECUTE_COMPLETE"]
-    complete = [f.event() for f in target.conns[0].frames
+    complete = [f.event() for f in conn.frames
                 if f.content_type == "text/event-plain" and f.event().get("Application-UUID") == "pagd"][-1]
     assert complete.get("variable_read_result") == "failure"
 
 
-def test_linger_race_sends_the_notice_before_the_hangup_events(target_factory):
+def test_linger_race_sends_the_notice_before_the_hangup_events(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn)
         conn.sendmsg("answer")
         conn.until_event("CHANNEL_EXECUTE_COMPLETE")
         conn.until(lambda f: f.get("Content-Disposition") == "linger")
-        conn.until_event("CHANNEL_HANGUP_COMPLETE")
-        conn.command("exit")
-        conn.drain()
+        finish(conn)
 
-    target = target_factory(script)
-    sim_for(target, linger_race=True).call(Caller(hangup_after=0.5))
-    names = [f.content_type if f.content_type != "text/event-plain" else f.event().name for f in target.conns[0].frames]
+    _, conn = run_call(script, Caller(hangup_after=0.5), linger_race=True)
+    names = [f.content_type if f.content_type != "text/event-plain" else f.event().name for f in conn.frames]
     assert names.index("text/disconnect-notice") < names.index("CHANNEL_HANGUP")
 
 
-def test_without_linger_a_caller_hangup_closes_at_once(target_factory):
+def test_without_linger_a_caller_hangup_closes_at_once(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn, linger=None)
         conn.sendmsg("answer")
         conn.sendmsg("play_and_get_digits", "2 2 1 15000 # silence_stream://250 silence_stream://250 code \\d+")
         conn.drain()
 
-    target = target_factory(script)
-    result = sim_for(target).call(Caller(hangup_after=1.0))
-    target.check()
-    names = target.conns[0].event_names()
+    result, conn = run_call(script, Caller(hangup_after=1.0))
+    names = conn.event_names()
     assert names[-1] == "CHANNEL_HANGUP"  # no completion, no CHANNEL_HANGUP_COMPLETE (03c)
-    assert target.conns[0].frames[-1].get("Content-Disposition") == "disconnect"
+    assert conn.frames[-1].get("Content-Disposition") == "disconnect"
     assert result.outcome == "caller_hangup"
 
 
-def test_linger_n_closes_by_itself(target_factory):
+def test_linger_n_closes_by_itself(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn, linger="linger 3")
         conn.command("sendmsg\ncall-command: hangup\nhangup-cause: NORMAL_CLEARING")
         conn.drain()  # never sends exit: FreeSWITCH closes after 3 channel seconds
 
-    target = target_factory(script)
-    result = sim_for(target).call()
-    target.check()
-    frames = target.conns[0].frames
+    result, conn = run_call(script)
+    frames = conn.frames
     assert frames[-2].get("Content-Disposition") == "linger" and frames[-2].get("Linger-Time") == "3"
     assert frames[-1].get("Content-Disposition") == "disconnect"
     assert result.outcome == "hungup" and result.violations == []
 
 
-def test_exit_and_commands_after_exit(target_factory):
+def test_exit_and_commands_after_exit(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn)
         conn.sendmsg("hangup")
@@ -781,14 +750,12 @@ def test_exit_and_commands_after_exit(target_factory):
         conn.send("exit\n\nsendmsg\ncall-command: execute\nexecute-app-name: log\n\n")
         conn.drain()
 
-    target = target_factory(script)
-    result = sim_for(target).call()
-    target.check()
+    result, conn = run_call(script)
     assert any("command after exit" in v for v in result.violations)
-    assert target.conns[0].frames[-1].body == wire.GOODBYE
+    assert conn.frames[-1].body == wire.GOODBYE
 
 
-def test_raw_channel_name_injects_into_the_linger_notice(target_factory):
+def test_raw_channel_name_injects_into_the_linger_notice(run_call):
     """fs-1.11/14d: a From user of 1555%0D%0AContent-Length%3A%2030 decoded by mod_sofia."""
     got = {}
 
@@ -801,17 +768,15 @@ def test_raw_channel_name_injects_into_the_linger_notice(target_factory):
         conn.command("exit")
         conn.drain()
 
-    target = target_factory(script)
-    result = sim_for(target).call(Caller(ani="1555\r\nContent-Length: 30"))
-    target.check()
+    result, conn = run_call(script, Caller(ani="1555\r\nContent-Length: 30"))
     # the raw reply injects a header a Content-Length-trusting reader would obey
     assert got["getvar"] == b"Content-Type: command/reply\nReply-Text: 1555\r\nContent-Length: 30\n\n"
     assert any("getvar of caller-controlled" in v for v in result.violations)
-    raw = bytes(target.conns[0].raw)
+    raw = bytes(conn.raw)
     assert b"Channel-Name: sofia/lab/1555\r\nContent-Length: 30@192.0.2.10\nLinger-Time: 2\nContent-Length: 0\n\n" in raw
 
 
-def test_json_events(target_factory):
+def test_json_events(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn, events="myevents json")
         conn.sendmsg("answer")
@@ -820,16 +785,14 @@ def test_json_events(target_factory):
         conn.sendmsg("hangup")
         finish(conn)
 
-    target = target_factory(script)
-    sim_for(target).call()
-    target.check()
-    frames = [f for f in target.conns[0].frames if f.content_type == "text/event-json"]
+    _, conn = run_call(script)
+    frames = [f for f in conn.frames if f.content_type == "text/event-json"]
     assert frames and all(json.loads(f.body) for f in frames)
     hc = frames[-1].event()
     assert [k for k, _ in hc.headers].count("Hangup-Cause") == 2  # duplicates kept, like cJSON
 
 
-def test_app_arg_with_newline_is_a_violation(target_factory):
+def test_app_arg_with_newline_is_a_violation(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn)
         conn.sendmsg("set", "name=Eve\nexecute-app-name: hangup")
@@ -837,9 +800,7 @@ def test_app_arg_with_newline_is_a_violation(target_factory):
         conn.sendmsg("hangup")
         finish(conn)
 
-    target = target_factory(script)
-    result = sim_for(target).call()
-    target.check()
+    result, _ = run_call(script)
     assert any("repeats 'execute-app-name'" in v for v in result.violations)
 
 
@@ -870,9 +831,7 @@ def test_many_concurrent_calls(target_factory):
         conn.reply()
         conn.sendmsg("answer")
         conn.sendmsg("transfer", "default XML queues")
-        conn.until_event("CHANNEL_HANGUP_COMPLETE")
-        conn.command("exit")
-        conn.drain()
+        finish(conn)
 
     target = target_factory(script)
     sim = sim_for(target, split_events=0.3)
@@ -883,14 +842,12 @@ def test_many_concurrent_calls(target_factory):
     assert all(r.decision_latency is not None for r in results)
 
 
-def test_a_call_always_ends(target_factory):
+def test_a_call_always_ends(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn)  # then does nothing at all
         conn.drain(timeout=10)
 
-    target = target_factory(script)
-    result = sim_for(target, max_call_time=10, min_real_timeout=0.3).call()
-    target.check()
+    result, _ = run_call(script, max_call_time=10, min_real_timeout=0.3)
     assert result.outcome == "protocol_error"
     assert any("did not end" in v for v in result.violations)
 
@@ -906,7 +863,7 @@ def test_spawn_returns_a_result(target_factory):
     assert isinstance(g.get(timeout=10), SimResult)
 
 
-def test_uuid_break_stops_the_prompt_and_the_next_app_runs(target_factory):
+def test_uuid_break_stops_the_prompt_and_the_next_app_runs(run_call):
     def script(conn: Conn) -> None:
         standard_setup(conn)
         conn.sendmsg("playback", "ivr/long_prompt.wav", uuid="long")
@@ -921,17 +878,15 @@ def test_uuid_break_stops_the_prompt_and_the_next_app_runs(target_factory):
         conn.sendmsg("transfer", "default XML queues")
         finish(conn)
 
-    target = target_factory(script)
-    result = sim_for(target).call(Caller(talk_time=0.5, playback_durations={
+    result, _ = run_call(script, Caller(talk_time=0.5, playback_durations={
         "ivr/long_prompt.wav": 500.0, "ivr/other_prompt.wav": 500.0}))
-    target.check()
     assert result.outcome == "routed" and result.violations == []
     assert [a for a, _ in result.apps] == ["playback", "playback", "break", "transfer"]
     assert result.billsec < 5
 
 
 @needs_captures
-def test_channel_data_raw_is_sent_verbatim_and_adopted(target_factory):
+def test_channel_data_raw_is_sent_verbatim_and_adopted(run_call):
     captured = transcripts.connect_reply("full.txt")
     got = {}
 
@@ -943,17 +898,15 @@ def test_channel_data_raw_is_sent_verbatim_and_adopted(target_factory):
         conn.sendmsg("hangup")
         conn.drain()
 
-    target = target_factory(script)
-    result = sim_for(target).call(Caller(channel_data_raw=captured))
-    target.check()
+    result, conn = run_call(script, Caller(channel_data_raw=captured))
     assert got["raw"] == captured
     assert result.uuid == "619b3e65-3f47-4c89-94e8-a6ad76c0a671"
-    hangup = next(f.event() for f in target.conns[0].frames
+    hangup = next(f.event() for f in conn.frames
                   if f.content_type == "text/event-plain" and f.event().name == "CHANNEL_HANGUP")
     assert hangup.get("Unique-ID") == result.uuid and hangup.get("Channel-Name") == "loopback/5000-b"
 
 
-def test_static_full_mode_replies_after_the_application(target_factory):
+def test_static_full_mode_replies_after_the_application(run_call):
     got = {}
 
     def script(conn: Conn) -> None:
@@ -964,9 +917,7 @@ def test_static_full_mode_replies_after_the_application(target_factory):
         got["before_reply"] = conn.event_names()
         conn.close()
 
-    target = target_factory(script)
-    result = sim_for(target, mode="full").call()
-    target.check()
+    result, _ = run_call(script, mode="full")
     assert got["mode"] == "static"
     assert got["before_reply"][-1] == "CHANNEL_EXECUTE_COMPLETE"  # sendmsg returned after the app
     assert result.outcome == "fallback"  # static mode: closing continues the dialplan

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 from typing import Any
 
 from fsguard.cli import CLIError, Context, print_json, print_table
+from fsguard.commands._common import area_parser, open_input, routing_traits
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("customers", help="customers for routing: VIPs, own agents and queues, regions",
-                              description="The customers routing looks callers up in (by number).")
-    sub = p.add_subparsers(dest="customers_command", metavar="COMMAND", required=True)
+    sub = area_parser(subparsers, "customers", func=cmd_customers,
+                      help="customers for routing: VIPs, own agents and queues, regions",
+                      description="The customers routing looks callers up in (by number).")
 
     a = sub.add_parser("add", help="add a customer, or update the one owning the numbers / account",
                        description="Add a customer with NUMBER(s), or update the customer these numbers (or "
@@ -59,7 +59,6 @@ def register(subparsers: Any) -> None:
                                    "too), or with --account the customer and all their numbers.")
     r.add_argument("number", nargs="?", metavar="NUMBER")
     r.add_argument("--account")
-    p.set_defaults(func=cmd_customers)
 
 
 def cmd_customers(ctx: Context) -> int:
@@ -102,28 +101,20 @@ def _add(ctx: Context) -> int:
 
 
 def _summary(c: Any) -> str:
+    """A saved customer on one line, numbers first: what ``customers add`` just wrote."""
     parts = [", ".join(c.numbers) or "(no numbers)"]
     if c.name:
         parts.append(c.name)
     if c.vip:
         parts.append("VIP")
-    if c.agent:
-        parts.append(f"own agent {c.agent}")
-    if c.queue:
-        parts.append(f"own queue {c.queue}")
-    if c.region:
-        parts.append(f"region {c.region}")
-    return "; ".join(parts)
+    return "; ".join(parts + routing_traits(c))
 
 
 def _import(ctx: Context) -> int:
     from fsguard import customers
 
     args = ctx.args
-    try:
-        stream = sys.stdin if args.file == "-" else Path(args.file).open(encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        raise CLIError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    stream = open_input(args.file)
 
     class Abort(Exception):
         pass

@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from fsguard import lists
 from fsguard.cli import SERVE_HOOKS, CLIError, Context, print_json, print_table
+from fsguard.commands._common import area_parser, open_input
 
 log = structlog.get_logger("fsguard.screening")
 
@@ -36,10 +36,9 @@ PURGE_EVERY = 900.0
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("lists", help="allow / block / do-not-originate lists",
-                              description="The lists screening reads: allow, block (levels 0-5 soft, 6+ hard) "
-                                          "and do-not-originate (our own inbound-only numbers).")
-    sub = p.add_subparsers(dest="lists_command", metavar="COMMAND", required=True)
+    sub = area_parser(subparsers, "lists", help="allow / block / do-not-originate lists",
+                      description="The lists screening reads: allow, block (levels 0-5 soft, 6+ hard) "
+                                  "and do-not-originate (our own inbound-only numbers).")
 
     add = sub.add_parser("add", help="add or replace an entry",
                          description="Numbers in any usual form are stored in E.164; a prefix ends with * (+1900*).")
@@ -264,10 +263,7 @@ def cmd_import(ctx: Context) -> int:
                 "action": args.action}
     defaults = {k: v for k, v in defaults.items() if v not in (None, "")}
     progress = _Progress()
-    try:
-        handle = sys.stdin if args.file == "-" else open(Path(args.file), newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise CLIError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    handle = open_input(args.file)
     try:
         with handle:
             report = lists.read_csv(handle, defaults=defaults, region=_region(ctx), added_by=lists.operator(),

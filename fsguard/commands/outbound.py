@@ -16,15 +16,16 @@ import os
 from typing import Any
 
 from fsguard.cli import CLIError, Context, print_json, print_table
+from fsguard.commands._common import area_parser
 
 #: the longest freeze an operator can set by hand (a typo of --days 7000 should not pass silently)
 MAX_DAYS = 3650
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("outbound", help="agents dialling out: frozen numbers and call attempts",
-                              description="Numbers agents may not dial (frozen), and every outbound attempt.")
-    sub = p.add_subparsers(dest="outbound_command", metavar="COMMAND", required=True)
+    sub = area_parser(subparsers, "outbound", func=cmd_outbound,
+                      help="agents dialling out: frozen numbers and call attempts",
+                      description="Numbers agents may not dial (frozen), and every outbound attempt.")
 
     f = sub.add_parser("freeze", help="stop agents dialling a number",
                        description="Freeze NUMBER: agents hear an announcement and the call is not dialled. "
@@ -45,7 +46,6 @@ def register(subparsers: Any) -> None:
     a.add_argument("number")
     a.add_argument("--limit", type=int, default=50)
     a.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_outbound)
 
 
 def cmd_outbound(ctx: Context) -> int:

@@ -20,6 +20,7 @@ import gevent
 import structlog
 
 from fsguard import cli, erasure, recordings
+from fsguard.commands._common import area_parser
 from fsguard.config import parse_duration
 from fsguard.numbers import InvalidNumber
 
@@ -27,9 +28,9 @@ log = structlog.get_logger("fsguard.recording")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("recordings", help="recordings: list, show, legal hold, purge, pause/resume, on-demand",
-                       description="Recordings made under the recording policy, their retention and legal holds.")
-    rs = p.add_subparsers(dest="recordings_command", metavar="ACTION", required=True)
+    rs = area_parser(sub, "recordings", func=cmd_recordings, metavar="ACTION",
+                     help="recordings: list, show, legal hold, purge, pause/resume, on-demand",
+                     description="Recordings made under the recording policy, their retention and legal holds.")
 
     ls = rs.add_parser("list", help="recent recordings, newest first")
     ls.add_argument("--number", help="only this caller's (or called party's) recordings")
@@ -66,7 +67,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     vf = rs.add_parser("verify", help="hash recordings again and compare with the SHA-256 taken at the end of the call")
     vf.add_argument("uuid", nargs="?")
     vf.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_recordings)
 
     e = sub.add_parser("erase", help="erase a number's personal data on request (recordings, call records, ...)",
                        description="Remove recordings and personal data of NUMBER: call records are anonymised "
@@ -101,10 +101,7 @@ def cmd_recordings(ctx: cli.Context) -> int:
             return 0
         if action == "show":
             data = recordings.show(db, args.uuid)
-            if args.json:
-                cli.print_json(data)
-            else:
-                print(describe(data))
+            cli.print_json_or_text(args.json, data, lambda: describe(data))
             return 0
         if action == "hold":
             data = recordings.hold(db, args.uuid, args.reason)
@@ -117,10 +114,7 @@ def cmd_recordings(ctx: cli.Context) -> int:
             return 0
         if action == "purge":
             report = recordings.purge(db, settings, dry_run=args.dry_run)
-            if args.json:
-                cli.print_json(report.as_dict())
-            else:
-                print(purge_text(report))
+            cli.print_json_or_text(args.json, report.as_dict(), lambda: purge_text(report))
             return 0 if report.ok else 1
         if action in ("pause", "resume", "start", "stop"):
             if action == "start":
@@ -136,12 +130,7 @@ def cmd_recordings(ctx: cli.Context) -> int:
             return 0
         if action == "verify":
             results = recordings.verify(db, args.uuid)
-            if args.json:
-                cli.print_json(results)
-            else:
-                for r in results:
-                    print(f"{'ok ' if r['ok'] else 'BAD'} {r['uuid']}  {r['problem'] or r['path']}")
-                print(f"{sum(r['ok'] for r in results)} of {len(results)} recording(s) intact")
+            cli.print_json_or_text(args.json, results, lambda: verify_text(results))
             return 0 if all(r["ok"] for r in results) else 1
     except recordings.RecordingError as exc:
         raise cli.CLIError(str(exc)) from None
@@ -156,10 +145,7 @@ def cmd_erase(ctx: cli.Context) -> int:
                                dry_run=ctx.args.dry_run)
     except InvalidNumber as exc:
         raise cli.CLIError(str(exc)) from None
-    if ctx.args.json:
-        cli.print_json(report.as_dict())
-    else:
-        print(report.text())
+    cli.print_json_or_text(ctx.args.json, report.as_dict(), report.text)
     return 0 if report.ok else 1
 
 
@@ -207,6 +193,13 @@ def purge_text(report: recordings.PurgeReport) -> str:
     for f in report.failed:
         lines.append(f"  FAILED {f['uuid']}: {f['error']}; its record is kept, the next purge tries again")
     lines.append(f"{len(report.deleted)} {verb}, {len(report.held)} kept under legal hold, {len(report.failed)} failed")
+    return "\n".join(lines)
+
+
+def verify_text(results: list[dict[str, Any]]) -> str:
+    """``recordings verify`` in words: a line a recording, then how many are intact."""
+    lines = [f"{'ok ' if r['ok'] else 'BAD'} {r['uuid']}  {r['problem'] or r['path']}" for r in results]
+    lines.append(f"{sum(r['ok'] for r in results)} of {len(results)} recording(s) intact")
     return "\n".join(lines)
 
 

@@ -47,10 +47,7 @@ def cmd_replay(ctx: cli.Context) -> int:
     finally:
         if bar is not None:
             bar.close()
-    if args.json:
-        cli.print_json(report.as_dict())
-    else:
-        print(report)
+    cli.print_json_or_text(args.json, report.as_dict(), lambda: str(report))
     return 0
 
 

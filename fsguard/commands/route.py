@@ -16,12 +16,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fsguard.cli import CLIError, Context, print_json, print_table
+from fsguard.commands._common import area_parser, routing_traits
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("route", help="the routing table: which rule would win for a caller, and why",
-                              description="Explain the routing decision for a caller, or print the table.")
-    sub = p.add_subparsers(dest="route_command", metavar="COMMAND", required=True)
+    sub = area_parser(subparsers, "route", func=cmd_route,
+                      help="the routing table: which rule would win for a caller, and why",
+                      description="Explain the routing decision for a caller, or print the table.")
     e = sub.add_parser("explain", help="which rule would route NUMBER, and why",
                        description="Look NUMBER up like a call would and walk the routing table.")
     e.add_argument("number", metavar="NUMBER", help="the caller, E.164 or as dialled in node.default_region")
@@ -37,7 +38,6 @@ def register(subparsers: Any) -> None:
     e.add_argument("--json", action="store_true")
     t = sub.add_parser("table", help="the routing table in effect, with business hours")
     t.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_route)
 
 
 def _table(ctx: Context) -> Any:
@@ -157,15 +157,8 @@ def _explain(ctx: Context) -> int:
 
 
 def _describe(c: Any) -> str:
-    parts = [c.name or "(no name)"]
-    parts.append("VIP" if c.vip else "not VIP")
-    if c.agent:
-        parts.append(f"own agent {c.agent}")
-    if c.queue:
-        parts.append(f"own queue {c.queue}")
-    if c.region:
-        parts.append(f"region {c.region}")
-    return "; ".join(parts)
+    """The caller's customer record as routing reads it: VIP or not is said either way."""
+    return "; ".join([c.name or "(no name)", "VIP" if c.vip else "not VIP"] + routing_traits(c))
 
 
 def _print_table(ctx: Context) -> int:
