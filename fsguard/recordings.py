@@ -204,7 +204,8 @@ def open_recording(db: Database, **values: Any) -> int:
 
     A plain INSERT ... RETURNING on a connection of its own: this is on the call's way to the
     queue, and the ORM's unit of work would cost more than the statement."""
-    with db.engine.begin() as conn:
+    with db.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")   # one statement: no BEGIN/COMMIT
         return int(conn.execute(insert(Recording.__table__).returning(Recording.__table__.c.id),  # type: ignore[arg-type]
                                 values).scalar_one())
 

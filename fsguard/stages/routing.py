@@ -88,7 +88,7 @@ class RoutingStage(Stage):
         local: CustomerInfo | None = None
         local_error: str | None = None
         try:
-            with self.db.begin() as session:
+            with self.db.autocommit() as session:
                 local = customers.find(session, call.ani)
         except DatabaseError as exc:
             if self.settings.policy.on_error != "open":

@@ -176,13 +176,14 @@ class ScreeningStage(Stage):
 
     def _consult_lists(self, call: Call, number: str | None, dnis: str, inputs: dict[str, Any]
                        ) -> tuple[lists.Match, dict[str, lists.Counts], tuple[str, str, int] | None]:
-        """ONE short transaction: count this call, read the list, and block a flood at once."""
+        """Count this call, read the list, and block a flood at once: each statement atomic on its
+        own (the count is an upsert, the block a conditional upsert), so no transaction around them."""
         if number is None:
             return lists.Match(), {}, None
         keys = ["*", dnis] if dnis in self.flood_dnis and dnis != "*" else ["*"]
         stored = inputs.get("flood") if call.replay else None
         auto: tuple[str, str, int] | None = None
-        with self.db.begin() as session:
+        with self.db.autocommit() as session:
             if stored:
                 counts = {k: lists.Counts(*v) for k, v in stored.items()}
             else:
