@@ -33,7 +33,7 @@ from typing import Any
 
 import gevent
 import structlog
-from sqlalchemy import Engine, create_engine, delete, func, select, text
+from sqlalchemy import Engine, bindparam, create_engine, delete, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
@@ -111,13 +111,16 @@ class CustomerInfo:
                    added_via=row.source)
 
 
+#: built once: it runs for every inbound call
+_FIND = (select(Customer.id, Customer.account_id, Customer.name, Customer.vip, Customer.queue, Customer.agent,
+                Customer.region)
+         .join(CustomerNumber, CustomerNumber.customer_id == Customer.id)
+         .where(CustomerNumber.number == bindparam("number")))
+
+
 def find(session: Session, number: str) -> CustomerInfo | None:
     """The customer who owns ``number`` (E.164): one primary-key probe, joined."""
-    row = session.execute(
-        select(Customer.id, Customer.account_id, Customer.name, Customer.vip, Customer.queue, Customer.agent,
-               Customer.region)
-        .join(CustomerNumber, CustomerNumber.customer_id == Customer.id)
-        .where(CustomerNumber.number == number)).first()
+    row = session.execute(_FIND, {"number": number}).first()
     if row is None:
         return None
     return CustomerInfo(id=row.id, account_id=row.account_id, name=row.name, vip=row.vip, queue=row.queue,

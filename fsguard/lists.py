@@ -37,7 +37,7 @@ from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from phonenumbers import PhoneMetadata
-from sqlalchemy import and_, case, delete, func, or_, select, text
+from sqlalchemy import and_, bindparam, case, delete, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -219,9 +219,15 @@ def _candidates(session: Session, numbers_: Iterable[str], dnis: str, now: datet
     if not keys:
         return []
     dnis_values = [ANY_DNIS] if dnis == ANY_DNIS else [ANY_DNIS, dnis]
-    stmt = select(ListEntry).where(ListEntry.number.in_(sorted(keys)), ListEntry.dnis.in_(dnis_values),
-                                   or_(ListEntry.expires_at.is_(None), ListEntry.expires_at > now))
-    return list(session.scalars(stmt.execution_options(populate_existing=True)))
+    return list(session.scalars(_CANDIDATES, {"keys": sorted(keys), "dnis": dnis_values, "now": now}))
+
+
+#: built once: this query runs for every call, and building it anew (operators, coercions, a
+#: cache key) cost more than running it
+_CANDIDATES = select(ListEntry).where(
+    ListEntry.number.in_(bindparam("keys", expanding=True)), ListEntry.dnis.in_(bindparam("dnis", expanding=True)),
+    or_(ListEntry.expires_at.is_(None), ListEntry.expires_at > bindparam("now", type_=ListEntry.expires_at.type)),
+).execution_options(populate_existing=True)
 
 
 def lookup(session: Session, number_e164: str, dnis: str | None, *, now: datetime | None = None) -> ListEntry | None:
@@ -668,12 +674,17 @@ def count_call(session: Session, number: str, dnis_keys: Sequence[str], *, now: 
     keys = sorted(set(dnis_keys))   # always the same order: two rows are locked without deadlock
     params: dict[str, Any] = {"number": number, "bucket": bucket, "hour_start": _window_start(bucket, HOUR),
                               "day_start": _window_start(bucket, DAY)}
-    values = []
     for i, key in enumerate(keys):
         params[f"dnis{i}"] = key
-        values.append(f"(:number, :dnis{i}, :bucket, 1, 0)")
-    rows = session.execute(text(_COUNT_CALL.format(values=", ".join(values))), params)
+    rows = session.execute(_count_call_statement(len(keys)), params)
     return {d: Counts(hour=int(calls) + int(hour), day=int(calls) + int(day)) for d, calls, hour, day in rows}
+
+
+@lru_cache(maxsize=8)
+def _count_call_statement(keys: int) -> Any:
+    """The count upsert for one or more dialled-number keys, built once per number of keys."""
+    values = ", ".join(f"(:number, :dnis{i}, :bucket, 1, 0)" for i in range(keys))
+    return text(_COUNT_CALL.format(values=values))
 
 
 def count_short_call(session: Session, number: str, *, window_seconds: float, now: float) -> int:

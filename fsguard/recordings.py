@@ -206,8 +206,10 @@ def open_recording(db: Database, **values: Any) -> int:
     queue, and the ORM's unit of work would cost more than the statement."""
     with db.engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")   # one statement: no BEGIN/COMMIT
-        return int(conn.execute(insert(Recording.__table__).returning(Recording.__table__.c.id),  # type: ignore[arg-type]
-                                values).scalar_one())
+        return int(conn.execute(_OPEN, values).scalar_one())
+
+
+_OPEN = insert(Recording.__table__).returning(Recording.__table__.c.id)  # type: ignore[arg-type]
 
 
 def finalize(db: Database, call_uuid: str, *, ended_at: datetime | None = None, abandoned: bool = False,
