@@ -188,6 +188,10 @@ class Call:
         Queued like :meth:`set`; what was exported is kept in ``exports`` for the call record.
         """
         self.exports.update(variables)
+        # a later stage's value replaces a queued one (screening's risk, then routing's final risk)
+        names = {f"{k}=" for k in variables}
+        self._pending = [(app, arg) for app, arg in self._pending
+                         if app != "export" or arg[:arg.find("=") + 1] not in names]
         self._pending.extend(("export", f"{k}={v}") for k, v in variables.items())
 
     def record(self, path: str, *, stereo: bool = True) -> None:

@@ -48,6 +48,10 @@ EVENTS_NOT_READ = ("CHANNEL_APPLICATION", "CHANNEL_BRIDGE", "CHANNEL_CREATE", "C
                    "CHANNEL_EXECUTE", "CHANNEL_ORIGINATE", "CHANNEL_UUID", "CHANNEL_OUTGOING", "CHANNEL_PARK",
                    "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "CHANNEL_STATE", "CHANNEL_UNBRIDGE",
                    "CHANNEL_UNPARK", "DETECTED_SPEECH", "NOTALK", "TALK")
+#: read only while a stage waits for an application: subscribed to (``event``) in the same write
+#: as the application, unsubscribed in the next write that waits for nothing. A routed call's
+#: exports and route would otherwise bring back one 2-5 KB completion each that nobody reads.
+COMPLETION = "CHANNEL_EXECUTE_COMPLETE"
 
 #: variables a caller can put text into; never ``getvar`` these (the reply is not encoded)
 CALLER_CONTROLLED = frozenset(
@@ -367,6 +371,8 @@ class OutboundSession:
         self.events_read = 0
         #: events dropped unparsed (see _wanted)
         self.events_skipped = 0
+        #: whether FreeSWITCH currently sends CHANNEL_EXECUTE_COMPLETE (see COMPLETION)
+        self.completions_subscribed = True
         #: the application we are waiting on, if a wait was interrupted it is still running
         self.running: str | None = None
         self.on_event: Callable[[Headers], None] | None = None
@@ -521,7 +527,7 @@ class OutboundSession:
         bytes FreeSWITCH would write about a call are events nobody here looks at.
         """
         myevents = "myevents json" if self.event_format == "json" else "myevents"
-        self.send("connect", "resume", myevents, "nixevent " + " ".join(EVENTS_NOT_READ), "linger")
+        self.send("connect", "resume", myevents, "nixevent " + " ".join(EVENTS_NOT_READ + (COMPLETION,)), "linger")
         connect = self.reply()
         if "Unique-ID" not in connect.headers:
             raise ProtocolError("connect reply carries no channel data")
@@ -530,9 +536,8 @@ class OutboundSession:
         if "\n\n" in name:
             self.reader.raw_channel_name = name.encode("utf-8")
         for name in ("resume", "myevents", "nixevent", "linger"):
-            text = self.reply().headers.get("Reply-Text", "")
-            if not text.startswith("+OK"):
-                self.log.warning("esl.command_refused", command=name, reply=text)
+            self._expect_ok(name)
+        self.completions_subscribed = False
         return self.channel
 
     @staticmethod
@@ -554,11 +559,23 @@ class OutboundSession:
         self.poll()
         if self.hungup:
             raise CallGone(f"channel gone before {apps[0][0]}")
-        self.send(*(self._sendmsg(app, arg, str(uuidlib.uuid4())) for app, arg in apps))
+        commands = [self._sendmsg(app, arg, str(uuidlib.uuid4())) for app, arg in apps]
+        unsubscribe = self.completions_subscribed and not self.awaiting
+        if unsubscribe:
+            commands.insert(0, f"nixevent {COMPLETION}")
+        self.send(*commands)
+        if unsubscribe:
+            self.completions_subscribed = False
+            self._expect_ok("nixevent")
         for app, _ in apps:
             text = self.reply().headers.get("Reply-Text", "")
             if not text.startswith("+OK"):
                 raise CommandFailed(f"{app} refused: {text}")
+
+    def _expect_ok(self, command: str) -> None:
+        text = self.reply().headers.get("Reply-Text", "")
+        if not text.startswith("+OK"):
+            self.log.warning("esl.command_refused", command=command, reply=text)
 
     def execute(self, app: str, arg: str = "", *, wait: bool = True, timeout: float | None = None) -> Headers | None:
         """Run a dialplan application on the channel.
@@ -574,7 +591,15 @@ class OutboundSession:
         if wait:
             self.awaiting.add(app_uuid)
         try:
-            reply = self.command(self._sendmsg(app, arg, app_uuid))
+            if wait and not self.completions_subscribed:
+                # in the same write, before the application: FreeSWITCH reads commands in order
+                self.send(f"event {'json' if self.event_format == 'json' else 'plain'} {COMPLETION}",
+                          self._sendmsg(app, arg, app_uuid))
+                self.completions_subscribed = True
+                self._expect_ok("event")
+                reply = self.reply()
+            else:
+                reply = self.command(self._sendmsg(app, arg, app_uuid))
             text = reply.headers.get("Reply-Text", "")
             if not text.startswith("+OK"):
                 raise CommandFailed(f"{app} refused: {text}")

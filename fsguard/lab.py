@@ -125,6 +125,9 @@ dir = "{dir}/recordings"
 mode = "all"
 purpose = "evidence"
 consent = true
+# a stock FreeSWITCH sound ("Recording started."), so that a real FreeSWITCH run with this file
+# records; a site records its own legal wording (docs/recording.rst)
+consent_prompt = "ivr/ivr-recording_started.wav"
 
 [[recording.rules]]
 name = "agents' calls"

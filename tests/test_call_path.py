@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from fsguard import cli, records
-from fsguard.esl import EVENTS_NOT_READ, EVENTS_READ, OutboundSession
+from fsguard.esl import COMPLETION, EVENTS_NOT_READ, EVENTS_READ, OutboundSession
 from fsguard.models import CallRecord
 from fsguard.pipeline import STAGES, Stage, Verdict
 from fsguard.testing import transcripts as tx
@@ -39,7 +39,8 @@ def test_a_call_is_routed_to_the_default_target_and_recorded(fs, guard, db, cli_
     assert result.route == "transfer default XML queues"
     assert result.ok, result.violations
     commands = [c.splitlines()[0] for c in result.commands]
-    assert commands[:5] == ["connect", "resume", "myevents", "nixevent " + " ".join(EVENTS_NOT_READ), "linger"]
+    nixevent = "nixevent " + " ".join(EVENTS_NOT_READ + (COMPLETION,))
+    assert commands[:5] == ["connect", "resume", "myevents", nixevent, "linger"]
     settle(guard)
     call = stored(db, result.uuid)
     assert call is not None
@@ -63,6 +64,8 @@ def test_freeswitch_sends_only_the_channel_events_fsguard_reads(fs, guard):
     sent = set(result.event_names)
     assert sent and sent <= EVENTS_READ, sent - EVENTS_READ
     assert "CHANNEL_HANGUP_COMPLETE" in sent
+    # nothing waited for an application: the variables and the route brought no completions back
+    assert COMPLETION not in sent
 
 
 @pytest.fixture
@@ -126,10 +129,38 @@ class AlwaysRejects(Stage):
         return Verdict.reject("test rejects everyone", "test.reject", action="hangup CALL_REJECTED")
 
 
+class Greets(Stage):
+    name = "greets"
+
+    def run(self, call):
+        call.export(fsguard_greeted="yes")
+        call.pre_answer()
+        call.play("ivr/ivr-welcome.wav")
+        return Verdict.carry_on("greeted", "test.greeted")
+
+
 @pytest.fixture
 def test_stages(monkeypatch):
     monkeypatch.setitem(STAGES, "explodes", f"{__name__}:Explodes")
     monkeypatch.setitem(STAGES, "rejects", f"{__name__}:AlwaysRejects")
+    monkeypatch.setitem(STAGES, "greets", f"{__name__}:Greets")
+
+
+def test_completions_are_subscribed_only_while_a_stage_waits_for_an_application(fs_factory, settings, test_stages):
+    settings.policy.stages = ["greets", "routing"]
+    fs, guard = fs_factory()
+    result = fs.call(Caller())
+    assert result.outcome == "routed" and result.ok, result.violations
+    heads = [c.splitlines()[0] + (" " + c.splitlines()[2] if c.startswith("sendmsg") else "") for c in result.commands]
+    subscribe, unsubscribe = heads.index(f"event plain {COMPLETION}"), heads.index(f"nixevent {COMPLETION}")
+    # the export goes before it, pre_answer right after it; the route comes after the unsubscription
+    assert heads[subscribe - 1] == "sendmsg execute-app-name: export"
+    assert heads[subscribe + 1] == "sendmsg execute-app-name: pre_answer"
+    assert subscribe < heads.index("sendmsg execute-app-name: playback") < unsubscribe
+    assert heads[-2:] == ["sendmsg execute-app-name: transfer", "exit"]
+    # pre_answer's, playback's, and the export's: queued just before, it ran once the subscription
+    # was on (async mode runs queued applications on the channel's next tick); none for the route
+    assert result.event_names.count(COMPLETION) == 3
 
 
 def test_a_stage_that_raises_fails_open(fs_factory, settings, db, test_stages):

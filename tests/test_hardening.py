@@ -329,8 +329,10 @@ def test_completions_of_queued_applications_are_not_kept_for_the_life_of_the_cal
     queued: list[str] = []
 
     def respond(command: str) -> bytes:
-        app_uuid = next(line.split(": ", 1)[1] for line in command.splitlines() if line.startswith("Event-UUID: "))
-        queued.append(app_uuid)
+        app_uuid = next((line.split(": ", 1)[1] for line in command.splitlines() if line.startswith("Event-UUID: ")),
+                        None)
+        if app_uuid:
+            queued.append(app_uuid)
         return wire.command_reply("+OK")
 
     sock = ScriptedSocket(respond, [65536])
