@@ -19,9 +19,10 @@ from typing import Any
 #: (category, pattern on "function (file:line)"), tried on each frame from the leaf up
 CATEGORIES: list[tuple[str, re.Pattern[str]]] = [
     ("event and frame parsing", re.compile(
-        r"(parse_headers|parse_event_plain|parse_event_json|FrameReader|_dispatch|_event) \(fsguard/esl\.py"
+        r"(parse_headers|parse_event_plain|parse_event_json|plain_header|PlainEvent|_wanted|FrameReader|_dispatch"
+        r"|_event) \(fsguard/esl\.py"
         r"|urllib/parse\.py|json/decoder\.py|^loads \(json/")),
-    ("database", re.compile(r"sqlalchemy/|psycopg|sqlite3|fsguard/records\.py|fsguard/db\.py")),
+    ("database", re.compile(r"sqlalchemy/|psycopg|sqlite3|fsguard/records\.py|fsguard/db\.py|fsguard/writer\.py")),
     ("logging", re.compile(r"structlog/|logging/__init__\.py|fsguard/logs\.py|json/encoder\.py|^dumps \(json/")),
     ("metrics", re.compile(r"prometheus_client/")),
     ("socket I/O and the gevent hub", re.compile(r"gevent/|socket\.py|selectors")),
@@ -39,7 +40,7 @@ IDLE = re.compile(r"acquire_with_timeout \(gevent/_threading\.py|_Condition\.wai
 
 
 #: frames that run once FreeSWITCH has its instruction: the call's record, its end, after_call hooks
-AFTER_DECISION = re.compile(r"fsguard/records\.py|after_call|App\._end|record_end|finalize")
+AFTER_DECISION = re.compile(r"fsguard/records\.py|fsguard/writer\.py|after_call|App\._end|record_end|finalize")
 
 
 def summarise(raw: str, top: int = 15) -> dict[str, Any]:

@@ -83,6 +83,7 @@ class App:
             decision = self.pipeline.decide(call)
             self.metrics.decision_seconds.observe((decision.decision_ms or 0) / 1000)
             written = records.record_decision(self.writer, call, decision, self.settings.node.id, started_at)
+            call.forget_channel_data()
             self.deciding.discard(me)
             if not self.stopping and (decision.outcome != "abandoned" or not session.hangup_complete):
                 self.held.add(me)

@@ -134,6 +134,19 @@ class Call:
                 "context": self.context, "privacy": self.privacy, "anonymous": self.anonymous,
                 "ani_valid": self.ani_valid, **self.facts.get("inputs", {})}
 
+    def forget_channel_data(self) -> None:
+        """Let go of the channel's variables once the call is decided and written down.
+
+        The connect reply carries every channel variable (200-odd headers, held twice: as sent and
+        as ``variables``); a call then held in a queue for minutes needs none of them, only its
+        uuid and what the stages concluded. At 100 calls a second and 3-minute calls that is
+        18,000 calls held at once.
+        """
+        kept = {"Unique-ID": self.uuid}
+        self.channel = self.session.channel = kept
+        self.variables = {}
+        self.sip_headers = {}
+
     # ----------------------------------------------------------- actions
 
     def _run(self, app: str, arg: str = "", *, timeout: float | None = None) -> Headers:

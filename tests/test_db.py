@@ -1,0 +1,41 @@
+"""The database layer's own promises: SQLite checkpoints kept off the calls' way."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import gevent
+from sqlalchemy import text
+
+from fsguard.config import DatabaseSettings
+from fsguard.db import Database
+
+
+def test_a_serving_sqlite_database_checkpoints_in_the_background_not_in_a_calls_commit(
+        sqlite_template: Path, tmp_path: Path) -> None:
+    path = tmp_path / "fsguard.db"
+    path.write_bytes(sqlite_template.read_bytes())
+    db = Database(DatabaseSettings(url=f"sqlite:///{path}"))
+    try:
+        db.start_checkpointer(interval=0.05)
+        with db.autocommit() as session:
+            # no connection serving a call checkpoints on its own any more
+            assert session.execute(text("PRAGMA wal_autocheckpoint")).scalar_one() == 0
+            for i in range(200):
+                session.execute(text("INSERT INTO call_counters (number, dnis, bucket, calls, short_calls) "
+                                     "VALUES (:n, '*', 1, 1, 0)"), {"n": f"+1212555{i:04d}"})
+        gevent.sleep(0.3)
+        # the rows are in the database file itself, not only in its write-ahead log: a copy of the
+        # file alone (no -wal beside it) has them
+        alone = tmp_path / "alone.db"
+        alone.write_bytes(path.read_bytes())
+        probe = sqlite3.connect(alone)
+        assert probe.execute("SELECT count(*) FROM call_counters").fetchone()[0] == 200
+        probe.close()
+        db.stop_checkpointer()
+        with db.autocommit() as session:   # stopped: SQLite's own checkpoints again
+            assert session.execute(text("PRAGMA wal_autocheckpoint")).scalar_one() == 1000
+    finally:
+        db.stop_checkpointer()
+        db.dispose()
