@@ -26,6 +26,7 @@ import re  # noqa: E402
 import uuid as uuidlib  # noqa: E402
 from typing import Any  # noqa: E402
 
+import gevent  # noqa: E402
 from gevent.server import StreamServer  # noqa: E402
 
 from fsguard import cli  # noqa: E402
@@ -51,7 +52,11 @@ def stats(app: Any, server: Any, full: bool) -> dict[str, Any]:
 
         gc.collect()
         objects = gc.get_objects()
-        data["greenlets"] = sum(1 for o in objects if isinstance(o, greenlet.greenlet) and not o.dead)
+        # gevent greenlets only: the thread pool's workers (one greenlet per thread, up to the
+        # pool's size, started on demand) are threads, not calls left behind
+        data["greenlets"] = sum(1 for o in objects if isinstance(o, gevent.Greenlet) and not o.dead)
+        data["threads_greenlets"] = sum(1 for o in objects if isinstance(o, greenlet.greenlet)
+                                        and not isinstance(o, gevent.Greenlet) and not o.dead)
         data["sessions"] = sum(1 for o in objects if isinstance(o, OutboundSession))
         data["gc_objects"] = len(objects)
         del objects

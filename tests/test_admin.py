@@ -18,6 +18,7 @@ from fsguard.config import ConfigError, DatabaseSettings
 from fsguard.db import Database
 from fsguard.pipeline import STAGES, Stage
 from fsguard.testing.simulator import Caller, FakeFreeSWITCH
+from fsguard.testing.waiting import settle
 
 TOKEN = "s3cret-token-for-the-tests-0123"
 
@@ -53,12 +54,6 @@ def request(address: tuple[str, int], method: str, path: str, *, token: str | No
     reply = Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
     conn.close()
     return reply
-
-
-def settle(guard) -> None:
-    with gevent.Timeout(5, AssertionError("fsguard did not let go of its calls")):
-        while guard.app.deciding or guard.app.held or guard.server.active:
-            gevent.sleep(0.01)
 
 
 @pytest.fixture

@@ -16,21 +16,11 @@ from fsguard.models import CallRecord
 from fsguard.pipeline import STAGES, Stage, Verdict
 from fsguard.testing import transcripts as tx
 from fsguard.testing.simulator import Caller, FakeFreeSWITCH
+from fsguard.testing.waiting import settle, wait_for
 
 
 def stored(db, uuid: str) -> CallRecord | None:
     return records.find_call(db, uuid)
-
-
-def wait_for(predicate, timeout: float = 3.0) -> None:
-    with gevent.Timeout(timeout, AssertionError("condition not reached")):
-        while not predicate():
-            gevent.sleep(0.01)
-
-
-def settle(guard) -> None:
-    """Wait until fsguard has let go of every call (end written, socket closed)."""
-    wait_for(lambda: not guard.app.deciding and not guard.app.held and guard.server.active == 0)
 
 
 def test_a_call_is_routed_to_the_default_target_and_recorded(fs, guard, db, cli_env, capsys):

@@ -19,6 +19,7 @@ from fsguard.call import direction_of
 from fsguard.config import ConfigError, Settings, load_settings
 from fsguard.pipeline import STAGES, Pipeline, Stage, Verdict
 from fsguard.testing.simulator import Caller, FakeFreeSWITCH
+from fsguard.testing.waiting import settle, wait_for
 
 NUMBER = "+15557654321"
 DIALLED = f"bridge sofia/gateway/carrier/{NUMBER}"
@@ -54,16 +55,6 @@ def agent(dnis: str = NUMBER, **kw) -> Caller:
               "variables": {"fsguard_direction": "outbound"}, "talk_time": 5.0, "ring_time": 1.0}
     fields.update(kw)
     return Caller(**fields)
-
-
-def wait_for(predicate, timeout: float = 5.0) -> None:
-    with gevent.Timeout(timeout, AssertionError("condition not reached")):
-        while not predicate():
-            gevent.sleep(0.01)
-
-
-def settle(guard) -> None:
-    wait_for(lambda: not guard.app.deciding and not guard.app.held and guard.server.active == 0)
 
 
 def simulator(guard, time_scale: float = 0.005) -> FakeFreeSWITCH:

@@ -25,6 +25,7 @@ from fsguard.models import OutboundAttempt, OutboundFreeze, utcnow
 from fsguard.pipeline import CallEnd
 from fsguard.stages.outbound import OutboundStage, far_end
 from fsguard.testing.simulator import Caller, FakeFreeSWITCH
+from fsguard.testing.waiting import settle, wait_for
 
 NUMBER = "+15557654321"
 OTHER = "+15557650000"
@@ -33,17 +34,6 @@ ANNOUNCEMENT = OutboundSettings().announcement
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def wait_for(predicate, timeout: float = 5.0) -> None:
-    with gevent.Timeout(timeout, AssertionError("condition not reached")):
-        while not predicate():
-            gevent.sleep(0.01)
-
-
-def settle(guard) -> None:
-    """Wait until fsguard has finished with every call (after_call done, socket closed)."""
-    wait_for(lambda: not guard.app.deciding and not guard.app.held and guard.server.active == 0)
 
 
 def agent(dnis: str = NUMBER, **kw) -> Caller:

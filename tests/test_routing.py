@@ -23,6 +23,7 @@ from fsguard.customers import CircuitBreaker, TTLCache
 from fsguard.pipeline import STAGES, Stage, Verdict
 from fsguard.routing_table import Hours, RouteFacts, build_table, caller_region
 from fsguard.testing.simulator import Caller, FakeFreeSWITCH
+from fsguard.testing.waiting import settle, wait_for
 
 NY = ZoneInfo("America/New_York")
 #: a Monday at 10:00 and at 20:00 in New York, and a Saturday
@@ -72,16 +73,6 @@ def _fresh_crm_clients():
 def test_stages(monkeypatch):
     monkeypatch.setitem(STAGES, "risky", f"{__name__}:Risky")
     monkeypatch.setitem(STAGES, "verifies", f"{__name__}:Verifies")
-
-
-def wait_for(predicate, timeout: float = 5.0) -> None:
-    with gevent.Timeout(timeout, AssertionError("condition not reached")):
-        while not predicate():
-            gevent.sleep(0.01)
-
-
-def settle(guard) -> None:
-    wait_for(lambda: not guard.app.deciding and not guard.app.held and guard.server.active == 0)
 
 
 def add(db, number: str, **fields) -> None:
