@@ -66,6 +66,8 @@ class Database:
                 cur.execute("PRAGMA synchronous=NORMAL")
                 if self.checkpointer is not None:
                     cur.execute("PRAGMA wal_autocheckpoint=0")   # the checkpointer's thread does it
+                # a log restarted after a burst is cut back to this size, not kept at its largest
+                cur.execute("PRAGMA journal_size_limit=67108864")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.execute(f"PRAGMA busy_timeout={int(s.statement_timeout * 1000)}")
                 cur.close()
@@ -133,7 +135,13 @@ class Database:
         conn = sqlite3.connect(path, check_same_thread=False, timeout=5.0)
         while not stop.wait(interval):
             try:
+                # the bulk (copying the pages, syncing the file) in a thread, off the calls' way
                 hub.threadpool.apply(conn.execute, ("PRAGMA wal_checkpoint(PASSIVE)",))
+                # then, on the hub, the few frames the calls wrote meanwhile: nothing can be written
+                # during this one, so it finishes the log, and the next write starts the log
+                # afresh. Without it the checkpoint never catches up with a steady load and the
+                # log grows without bound (2 GB in six minutes at 300 calls a second).
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error as exc:
                 log.warning("db.checkpoint_failed", error=str(exc))
         # only here, never in a finally: a greenlet killed while its thread checkpoints must not
