@@ -22,8 +22,6 @@ monkey.patch_all()
 import gc  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import re  # noqa: E402
-import uuid as uuidlib  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402

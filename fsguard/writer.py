@@ -37,18 +37,6 @@ from fsguard.db import Database
 log = structlog.get_logger("fsguard.writer")
 
 
-@dataclass(frozen=True)
-class Statement:
-    """One kind of row: a statement run with ``executemany`` over a batch's rows of that kind.
-
-    Kinds run in the order they were declared in (a call's row before its verdicts, both before
-    the update at its end): rows of one call queued in order are written in order.
-    """
-
-    name: str
-    build: Callable[[], Any]
-
-
 def _insert(table: Table) -> Callable[[], Any]:
     return lambda: insert(table)
 
@@ -86,7 +74,10 @@ class Writer:
         self.retry_seconds = retry_seconds
         self.max_batch = max_batch
         self.on_error = on_error
-        self.statements: dict[str, Statement] = {}
+        #: kind of row -> the statement run with ``executemany`` over a batch's rows of that kind.
+        #: Kinds run in the order they were declared in (a call's row before its verdicts, both
+        #: before the update at its end): rows of one call queued in order are written in order.
+        self.statements: dict[str, Callable[[], Any]] = {}
         self._compiled: dict[str, Any] = {}
         self.queue: deque[Ticket] = deque()
         self._wake = gevent.event.Event()
@@ -99,7 +90,7 @@ class Writer:
         self.rows_written = 0
 
     def declare(self, name: str, build: Callable[[], Any]) -> None:
-        self.statements[name] = Statement(name, build)
+        self.statements[name] = build
 
     def declare_insert(self, name: str, table: Table) -> None:
         self.declare(name, _insert(table))
@@ -127,10 +118,6 @@ class Writer:
         if self._greenlet is None or self._greenlet.dead:
             self._greenlet = gevent.spawn(self._run)
         return ticket
-
-    @property
-    def pending(self) -> int:
-        return len(self.queue)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is written (or given up on)."""
@@ -187,7 +174,7 @@ class Writer:
     def _statement(self, kind: str) -> Any:
         stmt = self._compiled.get(kind)
         if stmt is None:
-            stmt = self._compiled[kind] = self.statements[kind].build()
+            stmt = self._compiled[kind] = self.statements[kind]()
         return stmt
 
     def _write_batch(self, batch: list[Ticket]) -> None:

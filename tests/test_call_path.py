@@ -6,7 +6,6 @@ import gc
 import json
 import socket
 
-import gevent
 import pytest
 from sqlalchemy import select
 
@@ -299,21 +298,11 @@ def test_shutdown_gives_calls_being_decided_the_fail_open_route(settings, start_
     assert refused.outcome == "refused"
 
 
-def test_a_call_that_hangs_up_during_a_stage_is_recorded_as_abandoned(settings, start_guard, db, monkeypatch):
-    class Prompt(Stage):
-        name = "prompt"
-
-        def run(self, call):
-            call.pre_answer()
-            call.play("ivr/welcome.wav")
-            return Verdict.carry_on()
-
-    globals()["Prompt"] = Prompt
-    monkeypatch.setitem(STAGES, "prompt", f"{__name__}:Prompt")
-    settings.policy.stages = ["prompt", "routing"]
+def test_a_call_that_hangs_up_during_a_stage_is_recorded_as_abandoned(settings, start_guard, db, test_stages):
+    settings.policy.stages = ["greets", "routing"]
     guard = start_guard()
     fs = FakeFreeSWITCH(guard.address, time_scale=0.005)
-    result = fs.call(Caller(hangup_after=1.0, playback_durations={"ivr/welcome.wav": 30.0}))
+    result = fs.call(Caller(hangup_after=1.0, playback_durations={"ivr/ivr-welcome.wav": 30.0}))
     assert result.outcome == "caller_hangup"
     settle(guard)
     call = stored(db, result.uuid)

@@ -23,7 +23,7 @@ from fsguard.customers import CircuitBreaker, TTLCache
 from fsguard.pipeline import STAGES, Stage, Verdict
 from fsguard.routing_table import Hours, RouteFacts, build_table, caller_region
 from fsguard.testing.simulator import Caller, FakeFreeSWITCH
-from fsguard.testing.waiting import settle, wait_for
+from fsguard.testing.waiting import settle
 
 NY = ZoneInfo("America/New_York")
 #: a Monday at 10:00 and at 20:00 in New York, and a Saturday
