@@ -154,7 +154,9 @@ def test_an_unknown_caller_goes_to_the_default_queue(settings, start_guard, db):
     assert result.exported["fsguard_customer_id"] == ""
     assert result.exported["fsguard_vip"] == "false"
     assert result.exported["fsguard_region"] == "US-IL"
-    assert "cc_base_score" not in result.variables and "cc_export_vars" not in result.variables
+    assert "cc_base_score" not in result.variables
+    # the default target is a queue too (queues.xml): its agent sees what fsguard learned
+    assert set(result.variables["cc_export_vars"].split(",")) >= set(result.exported)
     call, verdict = routing_verdict(db, result.uuid)
     assert verdict.code == "default" and "default target" in verdict.reason
     assert verdict.details["customer"] is None and verdict.details["crm"] == "not configured"

@@ -135,8 +135,8 @@ class RoutingStage(Stage):
             "fsguard_route_rule": decision.rule or "default",
         }
         call.export(**{k: _safe(v) for k, v in values.items()})
-        if decision.queue is None:
-            return  # not a mod_callcenter queue: nothing more to tell it
+        # listed for mod_callcenter even when the target is a dialplan transfer: the default target
+        # (transfer default XML queues) reaches a queue too, and its agent must see the same
         listed = _safe(call.var("cc_export_vars"))
         names = [n for n in listed.split(",") if n and n not in EXPORTS] + list(EXPORTS)
         call.set(cc_export_vars=",".join(names))
