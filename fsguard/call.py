@@ -226,6 +226,10 @@ class Call:
         """Send the call on: ``transfer default XML queues``, ``callcenter support@default``, ``bridge ...``."""
         app, _, arg = target.strip().partition(" ")
         self.final_action = target
+        if app == "bridge" and not any(a == "set" and v.startswith("hangup_after_bridge=") for a, v in self._pending):
+            # a bridge ends back in the socket application: without this the caller's (or the
+            # agent's) leg stays up, silent, after the far end hangs up (seen on FreeSWITCH 1.10.12)
+            self._pending.append(("set", "hangup_after_bridge=true"))
         self._pending.append((app, arg))
         self.flush()
 
