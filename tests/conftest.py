@@ -82,6 +82,13 @@ def migrate_conn_upgrade(conn: Any) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    realfs_skipped = [r for r in terminalreporter.stats.get("skipped", [])
+                      if "FreeSWITCH is not installed" in str(getattr(r, "longrepr", ""))]
+    if realfs_skipped:
+        terminalreporter.write_sep("!", f"REAL-FREESWITCH SUITE SKIPPED ({len(realfs_skipped)} tests): "
+                                   "FreeSWITCH is not installed", red=True)
+        terminalreporter.write_line("  install it with ../shared/freeswitch/install (what .ci/run does), "
+                                    "or point FREESWITCH at a FreeSWITCH 1.10 binary")
     if _pg_problem:
         terminalreporter.write_sep("!", "PostgreSQL leg SKIPPED: no server could be reached or started", red=True)
         terminalreporter.write_line(f"  {PG_ADMIN_URL}: {_pg_problem}")

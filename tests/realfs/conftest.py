@@ -17,7 +17,6 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import gevent
 import pytest
@@ -28,26 +27,15 @@ from fsguard.db import Database
 from fsguard.server import CallServer
 from fsguard.testing.freeswitch import CallPlacer, EventSocketClient, Ports, RealFreeSWITCH, find_freeswitch
 
-_missing: str | None = None
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _missing:
-        terminalreporter.write_sep("!", "REAL-FREESWITCH SUITE SKIPPED: " + _missing, red=True)
-        terminalreporter.write_line("  install it with ../shared/freeswitch/install (what .ci/run does), "
-                                    "or point FREESWITCH at a FreeSWITCH 1.10 binary")
-
 
 @pytest.fixture(scope="session")
 def freeswitch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealFreeSWITCH]:
     """One real FreeSWITCH for the whole session (about a second to start)."""
-    global _missing
     binary = find_freeswitch()
     if binary is None:
-        _missing = "FreeSWITCH is not installed"
         if os.environ.get("CI"):
             pytest.fail("FreeSWITCH is not installed under CI: .ci/run must run ../shared/freeswitch/install")
-        pytest.skip(_missing)
+        pytest.skip("FreeSWITCH is not installed")  # one loud line at the end: tests/conftest.py
     fs = RealFreeSWITCH(binary, tmp_path_factory.mktemp("freeswitch"), Ports.pick()).start()
     try:
         yield fs
