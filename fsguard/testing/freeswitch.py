@@ -509,3 +509,37 @@ def _parse_sip(data: bytes) -> SIPResponse | None:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return SIPResponse(int(first[1]), first[2] if len(first) > 2 else "", headers, data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fsguard.testing.freeswitch prompts DIR | invite ...``: the lab's two helpers."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fsguard.testing.freeswitch",
+                                     description="helpers for the FreeSWITCH lab (conf/freeswitch/)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    prompts = sub.add_parser("prompts", help="write the prompt files fsguard plays (tones) under DIR/en/us/callie")
+    prompts.add_argument("dir", type=Path)
+    invite = sub.add_parser("invite", help="send a real SIP INVITE to the lab's profile and print the responses")
+    invite.add_argument("--port", type=int, default=int(os.environ.get("FSGUARD_LAB_SIP_PORT", "5080")))
+    invite.add_argument("--user", required=True, help="the From user part (the caller id number)")
+    invite.add_argument("--display", default=None, help="the From display name, written as given")
+    invite.add_argument("--to", default="18005550100")
+    invite.add_argument("--talk", type=float, default=3.0, help="seconds to stay on an answered call")
+    args = parser.parse_args(argv)
+    if args.command == "prompts":
+        print(make_prompts(args.dir))
+        return 0
+    try:
+        call = sip_invite(args.port, user=args.user, display=args.display, to=args.to,
+                          answered=lambda _: time.sleep(args.talk))
+    except TimeoutError as exc:
+        print(f"invite: {exc}")
+        return 1
+    for response in call.responses:
+        print(response.status, response.reason)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
