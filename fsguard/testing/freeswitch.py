@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 import os
+import random
+import re
 import shutil
 import signal
 import socket
@@ -99,18 +101,34 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+def _bindable(port: int, kinds: tuple[int, ...] = (socket.SOCK_STREAM, socket.SOCK_DGRAM)) -> bool:
+    for kind in kinds:
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def free_sip_port() -> int:
+    """A port free for both UDP and TCP (mod_sofia binds both), below the ephemeral range, where
+    the outgoing connections of other programs cannot take it between now and FreeSWITCH's start."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(200):
+        port = rng.randrange(10000, 19990)
+        if _bindable(port):
+            return port
+    raise RuntimeError("no free SIP port between 10000 and 20000")
+
+
 def _free_rtp_base() -> int:
-    """The start of 200 consecutive UDP ports that are free now, outside the ephemeral range."""
-    for base in range(20000, 30000, 200):
-        ok = True
-        for port in (base, base + 100, base + 198):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
+    """The start of 200 UDP ports, all free now, picked at random between 20000 and 30000 so that
+    FreeSWITCHes started side by side (tests, the benchmark, a lab) do not share media ports."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(100):
+        base = rng.randrange(20000, 30000 - 200, 200)
+        if all(_bindable(port, (socket.SOCK_DGRAM,)) for port in range(base, base + 200, 2)):
             return base
     raise RuntimeError("no free block of RTP ports between 20000 and 30000")
 
@@ -127,7 +145,11 @@ class Ports:
 
     @classmethod
     def pick(cls, nodes: int = 2) -> Ports:
-        return cls(esl=free_port(), sip=free_port(socket.SOCK_DGRAM), agents=free_port(socket.SOCK_DGRAM),
+        sip = free_sip_port()
+        agents = free_sip_port()
+        while agents == sip:
+            agents = free_sip_port()
+        return cls(esl=free_port(), sip=sip, agents=agents,
                    rtp_start=_free_rtp_base(), targets=tuple(free_port() for _ in range(nodes)))
 
     @property
@@ -190,7 +212,8 @@ class RealFreeSWITCH:
                 raise RuntimeError(f"FreeSWITCH exited with {self.process.returncode} at start; see {self.log_file}")
             try:
                 with EventSocketClient(self.esl_address, subscribe=False) as client:
-                    if "RUNNING" in client.api("sofia status"):
+                    status = client.api("sofia status")
+                    if all(re.search(rf"^\s*{name}\s+profile\s.*RUNNING", status, re.M) for name in ("lab", "agents")):
                         return self
             except OSError:
                 pass

@@ -64,12 +64,17 @@ def placer(fs_events: EventSocketClient) -> CallPlacer:
 
 
 @pytest.fixture
-def realfs_settings(freeswitch: RealFreeSWITCH, tmp_path: Path, sqlite_template: Path) -> Settings:
-    """fsguard's settings for a real-FreeSWITCH test: the whole default chain, on SQLite."""
-    path = tmp_path / "fsguard.db"
-    shutil.copy(sqlite_template, path)
+def realfs_settings(request: pytest.FixtureRequest, freeswitch: RealFreeSWITCH, tmp_path: Path,
+                    sqlite_template: Path) -> Settings:
+    """fsguard's settings for a real-FreeSWITCH test: the whole default chain, on SQLite, or on
+    PostgreSQL for a test parametrized indirectly with ``"postgresql"``."""
     s = Settings()
-    s.database.url = f"sqlite:///{path}"
+    if getattr(request, "param", "sqlite") == "postgresql":
+        s.database.url = request.getfixturevalue("db_url_postgresql")
+    else:
+        path = tmp_path / "fsguard.db"
+        shutil.copy(sqlite_template, path)
+        s.database.url = f"sqlite:///{path}"
     s.node.id = "realfs"
     s.esl.listen = f"127.0.0.1:{freeswitch.ports.targets[0]}"
     s.esl.inbound = freeswitch.esl_address
@@ -77,6 +82,23 @@ def realfs_settings(freeswitch: RealFreeSWITCH, tmp_path: Path, sqlite_template:
     s.recording.dir = str(freeswitch.recordings / tmp_path.name)
     s.http.enabled = False
     return s
+
+
+@pytest.fixture
+def db_url_postgresql(pg_base_url: str | None) -> str:
+    """This run's PostgreSQL database, emptied; the test fails (never skips) without a server."""
+    if pg_base_url is None:
+        pytest.fail("PostgreSQL is unavailable: the real-FreeSWITCH PostgreSQL scenarios need it")
+    from sqlalchemy import create_engine, text
+
+    from fsguard.models import Base
+
+    engine = create_engine(pg_base_url)
+    with engine.begin() as conn:
+        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return pg_base_url
 
 
 @pytest.fixture

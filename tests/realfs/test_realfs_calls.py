@@ -46,9 +46,13 @@ def agent_ready(client: EventSocketClient, agent: str = "1000@default") -> None:
     assert "+OK" in client.api(f"callcenter_config agent set status {agent} Available")
 
 
+BOTH_DATABASES = pytest.mark.parametrize("realfs_settings", ["sqlite", "postgresql"], indirect=True)
+
+
 # ===================================================================== routed to an agent
 
 
+@BOTH_DATABASES
 def test_ordinary_caller_is_queued_and_talks_to_a_logged_in_agent(
         start_fsguard: Callable[..., App], fs_events: EventSocketClient, placer: CallPlacer) -> None:
     app = start_fsguard()
@@ -83,6 +87,7 @@ def test_ordinary_caller_is_queued_and_talks_to_a_logged_in_agent(
 # ===================================================================== hard blocks over SIP
 
 
+@BOTH_DATABASES
 @pytest.mark.parametrize("action, status, cause", [
     (None, 603, "CALL_REJECTED"),
     ("busy", 486, "USER_BUSY"),
