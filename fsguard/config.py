@@ -232,7 +232,7 @@ class PolicySettings:
 ROUTE_APPS = ("transfer", "callcenter", "bridge")
 #: a dialled string that may go into a dial string as it is (no gateway/URI syntax); the outbound
 #: stage dials such a string unchecked when it is not a number it can read
-_PLAIN_DIGITS = re.compile(r"^\+?[0-9]{1,20}$")
+_PLAIN_DIGITS = re.compile(r"^\+?[0-9]{1,20}\Z")
 
 
 def validate_target(target: str, key: str) -> None:
@@ -412,7 +412,7 @@ def sound_seconds(sound: str, known: dict[str, float] | None = None) -> float | 
     if text.startswith("silence_stream://"):
         ms = re.match(r"(\d+)", text[len("silence_stream://"):])
         return int(ms.group(1)) / 1000 if ms and int(ms.group(1)) > 0 else None   # 0 or less: endless
-    m = re.match(r"tone_stream://%\((\d+),(\d+),[\d.,+]+\)(?:;loops=(\d+))?$", text)
+    m = re.match(r"tone_stream://%\((\d+),(\d+),[\d.,+]+\)(?:;loops=(\d+))?\Z", text)
     if m:
         return (int(m.group(1)) + int(m.group(2))) * int(m.group(3) or 1) / 1000
     return None

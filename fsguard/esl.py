@@ -567,10 +567,14 @@ class OutboundSession:
         if unsubscribe:
             self.completions_subscribed = False
             self._expect_ok("nixevent")
+        refused: list[str] = []
         for app, _ in apps:
+            # every reply is read, even after a refusal: one left unread would answer the next command
             text = self.reply().headers.get("Reply-Text", "")
             if not text.startswith("+OK"):
-                raise CommandFailed(f"{app} refused: {text}")
+                refused.append(f"{app} refused: {text}")
+        if refused:
+            raise CommandFailed("; ".join(refused))
 
     def _expect_ok(self, command: str) -> None:
         text = self.reply().headers.get("Reply-Text", "")

@@ -25,7 +25,7 @@ from fsguard.config import ESLSettings, parse_hostport
 
 log = structlog.get_logger("fsguard.inbound")
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 RECORD_ACTIONS = ("start", "stop", "mask", "unmask")
 
 

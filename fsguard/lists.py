@@ -64,8 +64,8 @@ DAY = 86400
 
 #: the actions an operator can give a hard block, and what FreeSWITCH is told
 _NAMED_ACTIONS = {"reject": "hangup CALL_REJECTED", "busy": "hangup USER_BUSY"}
-_TARGET = re.compile(r"^[A-Za-z0-9_+*#.@:=/-]+( [A-Za-z0-9_+*#.@:=/-]+){0,2}$")
-_CAUSE = re.compile(r"^[A-Z_]{3,40}$")
+_TARGET = re.compile(r"^[A-Za-z0-9_+*#.@:=/-]+( [A-Za-z0-9_+*#.@:=/-]+){0,2}\Z")
+_CAUSE = re.compile(r"^[A-Z_]{3,40}\Z")
 
 
 class ListError(ValueError):

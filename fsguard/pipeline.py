@@ -179,9 +179,34 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001 - whatever failed, the call still gets an instruction
             final = self._failure(call, decision, exc, stage="pipeline")
         if decision.outcome != "abandoned":
-            self._instruct(call, decision, final)
+            try:
+                self._instruct(call, decision, final)
+            except CallGone:
+                decision.outcome = "abandoned"
+            except Exception as exc:  # noqa: BLE001 - the instruction itself failed: still one route
+                self._instruct_failed(call, decision, exc)
         decision.decided = time.perf_counter()
         return decision
+
+    def _instruct_failed(self, call: Call, decision: Decision, exc: Exception) -> None:
+        """Sending the instruction failed (FreeSWITCH refused it, an argument could not be sent):
+        drop what was queued with it and send the call's fail-open (or fail-closed) route alone.
+
+        If even that cannot be sent, the socket closes on a channel that had ``resume``: the
+        dialplan's fallback takes it."""
+        verdict = self._failure(call, decision, exc, stage="instruct")
+        decision.outcome = "failed_closed" if self.policy.on_error == "closed" else "failed_open"
+        decision.action = verdict.action
+        call._pending.clear()
+        call.final_action = verdict.action
+        assert verdict.action is not None
+        app, _, arg = verdict.action.partition(" ")
+        try:
+            call.session.send_apps([(app, arg)])
+        except CallGone:
+            decision.outcome = "abandoned"
+        except Exception as again:  # noqa: BLE001 - resume was sent: closing hands the call back
+            call.log.error("pipeline.fail_open_failed", error=f"{type(again).__name__}: {again}")
 
     def _run_stages(self, call: Call, decision: Decision) -> Verdict | None:
         remaining = list(self.stages)

@@ -48,7 +48,7 @@ log = structlog.get_logger("fsguard.recording")
 #: recordings looked at per query by purge
 PURGE_BATCH = 1000
 
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _T = TypeVar("_T")
 
 

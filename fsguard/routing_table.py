@@ -53,7 +53,7 @@ __all__ = ["Region", "caller_region", "Hours", "Rule", "RouteFacts", "RouteDecis
 #: the target that means "the caller's own agent, else their own queue"
 CUSTOMER = "customer"
 #: what a queue or agent name may contain (it goes into a dial string: nothing else gets in)
-NAME_RE = re.compile(r"^[A-Za-z0-9_.+\-]{1,64}(@[A-Za-z0-9_.\-]{1,64})?$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_.+\-]{1,64}(@[A-Za-z0-9_.\-]{1,64})?\Z")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 # ------------------------------------------------------------------ regions

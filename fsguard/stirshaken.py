@@ -129,7 +129,7 @@ def from_verstat(value: str, where: str, attestation_hint: str | None = None) ->
     low = value.strip().lower()
     details = {"verstat": value, "from": where}
     if low.startswith("tn-validation-passed"):
-        level = low.rsplit("-", 1)[-1].upper() if re.search(r"-passed-[abc]$", low) else None
+        level = low.rsplit("-", 1)[-1].upper() if re.search(r"-passed-[abc]\Z", low) else None
         level = level or (attestation_hint if attestation_hint in ("A", "B", "C") else None)
         text = f"attestation {level}" if level else "attestation level not given"
         return StirResult("passed", level, "", "verstat", f"caller id verified upstream ({value}; {text})", details)

@@ -38,7 +38,7 @@ from fsguard.pipeline import CallEnd, Stage, Verdict
 log = structlog.get_logger("fsguard.outbound")
 
 #: a dialled string that may go into a dial string as it is (no gateway/URI syntax)
-_PLAIN_DIGITS = re.compile(r"^\+?[0-9]{1,20}$")
+_PLAIN_DIGITS = re.compile(r"^\+?[0-9]{1,20}\Z")
 
 
 class OutboundStage(Stage):
