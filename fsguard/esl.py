@@ -15,9 +15,12 @@ because of defects a call guard cannot live with, each covered by a test in test
   greenlet reads the socket when it waits for something, and nothing else runs per call.
 * a hang-up is noticed only at the next command (its issue #59); here pending input is read
   without blocking before every command, so a command is never sent to a channel known to be gone.
-* a ``Content-Length`` injected through the raw ``Channel-Name:`` of a linger notice
-  (FreeSWITCH sends that value unencoded) desynchronises the stream; here the last
-  ``Content-Length`` of a header block wins, which is the one FreeSWITCH itself wrote.
+* the linger notice's ``Channel-Name:`` is written raw (mod_sofia URL-decodes the SIP From user
+  into the channel name), so a caller can end the notice early and forge frames after it, or
+  inject a ``Content-Length``. Here the notice is recognised by what FreeSWITCH itself writes
+  (its fixed headers around the channel name known from the ``connect`` reply, cut at 511 bytes
+  as mod_event_socket's 512-byte buffer does), whatever bytes the caller put in the name; and
+  hang-up events count only when they carry the channel's own ``Unique-ID``.
 
 The session is deliberately synchronous from the caller's point of view: ``execute`` returns when
 the application has finished, which is what lets a stage read like the call flow.
@@ -53,6 +56,10 @@ EVENTS_NOT_READ = ("CHANNEL_APPLICATION", "CHANNEL_BRIDGE", "CHANNEL_CREATE", "C
 #: exports and route would otherwise bring back one 2-5 KB completion each that nobody reads.
 COMPLETION = "CHANNEL_EXECUTE_COMPLETE"
 
+#: what fsguard asks for (a bare ``linger``: until the final events are read); the notice says it
+#: back as ``Linger-Time: -1``
+LINGER_TIME = -1
+
 #: variables a caller can put text into; never ``getvar`` these (the reply is not encoded)
 CALLER_CONTROLLED = frozenset(
     {"caller_id_name", "caller_id_number", "effective_caller_id_name", "effective_caller_id_number",
@@ -85,13 +92,15 @@ class CallGone(ESLError, OutboundSessionHasGoneAway):
 
 
 class Frame:
-    """One Event Socket frame: the outer header block and its body, if any."""
+    """One Event Socket frame: the outer header block and its body, if any (and for a command
+    reply, the header block as sent: the ``connect`` reply's encoded values are read from it)."""
 
-    __slots__ = ("headers", "body")
+    __slots__ = ("headers", "body", "raw")
 
-    def __init__(self, headers: Headers, body: bytes = b"") -> None:
+    def __init__(self, headers: Headers, body: bytes = b"", raw: bytes | None = None) -> None:
         self.headers = headers
         self.body = body
+        self.raw = raw
 
     @property
     def content_type(self) -> str:
@@ -233,6 +242,82 @@ def parse_event_json(body: bytes) -> Headers:
     return headers
 
 
+#: mod_event_socket formats the linger notice into ``char disco_buf[512]`` with snprintf: a notice
+#: longer than 511 bytes is cut there, without its last headers and its blank line
+NOTICE_MAX = 511
+NOTICE_HEAD = b"Content-Type: text/disconnect-notice\nControlled-Session-UUID: "
+_HEX = b"0123456789ABCDEF"
+
+#: a run of bytes the notice must hold, each alternative a possibility
+NoticeToken = tuple[bytes, ...]
+
+
+def raw_value_tokens(encoded: bytes) -> list[NoticeToken]:
+    """What FreeSWITCH may hold raw for a value it sent URL-encoded, as tokens to match.
+
+    ``switch_url_encode`` does not double-encode: a ``%`` followed by two upper-case hex digits is
+    copied as it is. So each ``%XX`` of the encoded value stands for the byte it encodes OR for
+    those three characters, and only the bytes FreeSWITCH writes raw can tell which.
+    """
+    tokens: list[NoticeToken] = []
+    run = bytearray()
+    i, n = 0, len(encoded)
+    while i < n:
+        pair = encoded[i + 1:i + 3]
+        if encoded[i] == 0x25 and len(pair) == 2 and all(c in b"0123456789ABCDEFabcdef" for c in pair):
+            byte = bytes((int(pair, 16),))
+            if run:
+                tokens.append((bytes(run),))
+                run.clear()
+            literal = pair[0] in _HEX and pair[1] in _HEX
+            tokens.append((byte, encoded[i:i + 3]) if literal else (byte,))
+            i += 3
+        else:
+            run.append(encoded[i])
+            i += 1
+    if run:
+        tokens.append((bytes(run),))
+    return tokens
+
+
+def linger_notice_tokens(encoded_uuid: bytes, encoded_name: bytes, linger_time: int) -> list[NoticeToken]:
+    """The linger notice exactly as mod_event_socket.c writes it, for one channel."""
+    return ([(NOTICE_HEAD,)] + raw_value_tokens(encoded_uuid)
+            + [(b"\nContent-Disposition: linger\nChannel-Name: ",)] + raw_value_tokens(encoded_name)
+            + [(b"\nLinger-Time: %d\nContent-Length: 0\n\n" % linger_time,)])
+
+
+def match_notice(buf: bytes | bytearray, tokens: list[NoticeToken]) -> int | None:
+    """Where the linger notice at the start of ``buf`` ends: its length, -1 when more bytes are
+    needed to know, None when ``buf`` does not start with this notice.
+
+    Every way the tokens can be read is followed at once (a set of positions: polynomial, whatever
+    the caller put in the name). Of the readings that fit, the longest is FreeSWITCH's: a reading
+    that ends later would have to match FreeSWITCH's own next frame, which no caller writes.
+    """
+    positions = {0}
+    pending = False
+    have = len(buf)
+    for token in tokens:
+        following: set[int] = set()
+        for start in positions:
+            if start >= NOTICE_MAX:
+                following.add(start)   # cut by snprintf: the rest was never written
+                continue
+            for alt in token:
+                stop = min(start + len(alt), NOTICE_MAX)
+                if stop > have:
+                    if buf[start:have] == alt[:have - start]:
+                        pending = True
+                    continue
+                if buf[start:stop] == alt[:stop - start]:
+                    following.add(stop)
+        positions = following
+        if not positions:
+            return -1 if pending else None
+    return -1 if pending else max(positions)
+
+
 class FrameReader:
     """Sans-IO frame reader: feed it bytes as they arrive, get whole frames back.
 
@@ -248,17 +333,22 @@ class FrameReader:
         #: where the search for the end of the header block resumes (a block trickled in byte
         #: by byte is scanned once, not once per byte)
         self._scan = 0
-        #: the channel's name as FreeSWITCH will write it RAW in a linger notice, when it holds a
-        #: blank line (a caller's LF LF): the notice's header block is then read past it
-        self.raw_channel_name: bytes | None = None
+        #: the linger notice this channel will get, as tokens (see :func:`linger_notice_tokens`):
+        #: recognised by FreeSWITCH's own bytes around the raw channel name, once
+        self.notice: list[NoticeToken] | None = None
 
     @property
     def buffered(self) -> int:
         return len(self._buf)
 
-    def _past_raw_name(self, end: int) -> int:
-        assert self.raw_channel_name is not None
-        return _notice_block_end(self._buf, end, self.raw_channel_name)
+    def _linger_notice(self) -> int | None:
+        """The length of the linger notice at the start of the buffer (-1: more bytes needed)."""
+        assert self.notice is not None
+        buf = self._buf
+        head = min(len(buf), len(NOTICE_HEAD))
+        if buf[:head] != NOTICE_HEAD[:head]:
+            return None
+        return match_notice(buf, self.notice)
 
     def feed(self, data: bytes) -> list[Frame]:
         self._buf += data
@@ -273,6 +363,16 @@ class FrameReader:
                 frames.append(Frame(self._pending, body))
                 self._pending = None
                 continue
+            if self.notice is not None and buf[:1] == b"C":
+                length = self._linger_notice()
+                if length == -1:
+                    break
+                if length is not None:
+                    del buf[:length]
+                    self.notice, self._scan = None, 0
+                    frames.append(Frame({"Content-Type": "text/disconnect-notice",
+                                         "Content-Disposition": "linger"}))
+                    continue
             end = buf.find(b"\n\n", max(0, self._scan - 1))
             if end < 0:
                 if len(buf) > self.max_bytes:
@@ -280,10 +380,6 @@ class FrameReader:
                 self._scan = len(buf)
                 break
             self._scan = 0
-            if self.raw_channel_name is not None:
-                end = self._past_raw_name(end)
-                if end < 0:
-                    break
             block = bytes(buf[:end])
             del buf[: end + 2]
             if not block.strip():
@@ -298,7 +394,10 @@ class FrameReader:
             length = headers.get("Content-Length")
             # A command reply never has a body; a Content-Length in one can only be caller text
             # that FreeSWITCH echoed raw (a getvar reply), so it is not trusted.
-            if length is None or length == "0" or ctype == "command/reply":
+            if ctype == "command/reply":
+                frames.append(Frame(headers, raw=block))
+                continue
+            if length is None or length == "0":
                 frames.append(Frame(headers))
                 continue
             if not (length.isascii() and length.isdigit()) or len(length) > 10:
@@ -314,22 +413,18 @@ class FrameReader:
         return frames
 
 
-def _notice_block_end(buf: bytearray, end: int, name: bytes) -> int:
-    """Where a disconnect notice's header block really ends when its raw Channel-Name holds LF LF.
-
-    Returns ``end`` unchanged for any other block, and -1 when more bytes are needed.
-    """
-    if b"Content-Type: text/disconnect-notice" not in buf[:end]:
-        return end
-    start = buf.find(b"\nChannel-Name: ", 0, end + 2)
-    if start < 0:
-        return end
-    value = start + len(b"\nChannel-Name: ")
-    if len(buf) < value + len(name):
-        return -1
-    if buf[value:value + len(name)] != name:
-        return end
-    return buf.find(b"\n\n", value + len(name))
+def _raw_value(block: bytes | None, name: bytes) -> bytes:
+    """A header's value in a header block as sent (still URL-encoded)."""
+    if not block:
+        return b""
+    key = name + b": "
+    at = 0 if block.startswith(key) else block.find(b"\n" + key) + 1
+    if at == 0 and not block.startswith(key):
+        return b""
+    start = at + len(key)
+    stop = block.find(b"\n", start)
+    value = block[start:stop if stop >= 0 else len(block)]
+    return value[:-1] if value.endswith(b"\r") else value
 
 
 def _check_arg(text: str) -> str:
@@ -475,12 +570,17 @@ class OutboundSession:
                 self.completions[app_uuid] = event
         elif name == "DTMF":
             self.dtmf.append(event.get("DTMF-Digit", ""))
-        elif name == "CHANNEL_ANSWER":
-            self.answered = True
-        elif name == "CHANNEL_HANGUP":
-            self.hangup_event = event
-        elif name == "CHANNEL_HANGUP_COMPLETE":
-            self.hangup_complete = event
+        elif name in ("CHANNEL_ANSWER", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"):
+            if self.channel and event.get("Unique-ID") != self.uuid:
+                # myevents sends this channel's events only: another uuid (or none) is a forgery
+                self.log.warning("esl.foreign_event", event_name=name, event_uuid=event.get("Unique-ID"))
+                return
+            if name == "CHANNEL_ANSWER":
+                self.answered = True
+            elif name == "CHANNEL_HANGUP":
+                self.hangup_event = self.hangup_event or event
+            elif self.hangup_complete is None:
+                self.hangup_complete = event   # the first: FreeSWITCH sends it once
         if self.on_event is not None:
             self.on_event(event)
 
@@ -532,9 +632,8 @@ class OutboundSession:
         if "Unique-ID" not in connect.headers:
             raise ProtocolError("connect reply carries no channel data")
         self.channel = connect.headers
-        name = self.channel.get("Channel-Name", "")
-        if "\n\n" in name:
-            self.reader.raw_channel_name = name.encode("utf-8")
+        self.reader.notice = linger_notice_tokens(_raw_value(connect.raw, b"Unique-ID"),
+                                                  _raw_value(connect.raw, b"Channel-Name"), LINGER_TIME)
         for name in ("resume", "myevents", "nixevent", "linger"):
             self._expect_ok(name)
         self.completions_subscribed = False

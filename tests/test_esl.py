@@ -6,8 +6,10 @@ Each test named after a greenswitch 0.0.19 defect proves fsguard does not inheri
 from __future__ import annotations
 
 import random
+import re
 import socket
 import time
+from pathlib import Path
 
 import gevent
 import pytest
@@ -17,6 +19,16 @@ from fsguard.esl import (CallGone, ESLTimeout, FrameReader, OutboundSession, Pro
                          PlainEvent, parse_headers, plain_header)
 from fsguard.testing import transcripts as tx
 from fsguard.testing.wire import command_reply, event_frame, linger_notice
+
+#: real FreeSWITCH captures kept with the tests (copied from the lab's esl-transcripts)
+CAPTURES = Path(__file__).resolve().parent / "captures"
+
+
+@pytest.fixture
+def transcripts() -> Path:
+    """The captures in the repository: a clone anywhere has them (never a skip)."""
+    assert CAPTURES.is_dir(), f"{CAPTURES} is missing"
+    return CAPTURES
 
 
 def frames_of(data: bytes, chunk: int | None = None):
@@ -215,3 +227,37 @@ def test_getvar_refuses_caller_controlled_variables(pair):
     session, _ = pair
     with pytest.raises(ValueError):
         session.getvar("caller_id_name")
+
+
+# ------------------------------------------------- the linger notice, by FreeSWITCH's own bytes
+
+
+LINGER_CAPTURES = ["14b_sip_from_user_escaped_crlf.txt", "14d_sip_from_user_injects_content_length.txt",
+                   "03d_caller_hangup_kill_b_leg_linger_RACE_notice_before_hangup_events.txt"]
+
+
+@pytest.mark.parametrize("name", LINGER_CAPTURES)
+def test_the_linger_notice_of_a_real_capture_is_recognised_by_the_bytes_freeswitch_wrote(name, transcripts):
+    """Real linger notices (a CR LF and an injected Content-Length in the raw Channel-Name, and one
+    that came before the hang-up events) are matched whole, from the connect reply's encoded
+    name, and every frame after them is FreeSWITCH's."""
+    from fsguard.esl import _raw_value, linger_notice_tokens
+
+    path = transcripts / "fs-1.11" / name
+    data = tx.received_bytes(path)
+    linger = int(re.search(rb"\nLinger-Time: (-?\d+)\n", data).group(1))
+    connect_end = data.index(b"\n\n") + 2
+    (connect,) = FrameReader().feed(data[:connect_end])
+    for chunk in (1, 13, len(data)):
+        reader = FrameReader()
+        reader.notice = linger_notice_tokens(_raw_value(connect.raw, b"Unique-ID"),
+                                             _raw_value(connect.raw, b"Channel-Name"), linger)
+        frames = []
+        for i in range(connect_end, len(data), chunk):
+            frames.extend(reader.feed(data[i:i + chunk]))
+        assert reader.notice is None, "the linger notice was not recognised"
+        notices = [f.headers.get("Content-Disposition") for f in frames if f.content_type == "text/disconnect-notice"]
+        assert notices == ["linger", "disconnect"]
+        events = [parse_event_plain(f.body) for f in frames if f.content_type == "text/event-plain"]
+        assert events and all("Event-Name" in e for e in events)
+        assert "CHANNEL_HANGUP_COMPLETE" in [e["Event-Name"] for e in events]

@@ -101,3 +101,154 @@ def test_an_instruction_that_cannot_be_sent_still_gives_the_call_its_fail_open_r
 def test_no_validating_pattern_accepts_a_trailing_newline(check):
     """``$`` matches before a final newline; every validating pattern ends in ``\\Z`` instead."""
     assert check() is None
+
+
+# ================================================================ 1. a forged hang-up in the linger notice
+
+from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st  # noqa: E402
+
+from fsguard.esl import OutboundSession  # noqa: E402
+from fsguard.testing import wire  # noqa: E402
+
+UUID = "0b3c8a8e-0000-4000-8000-000000000001"
+#: mod_event_socket.c formats the notice into char disco_buf[512] (snprintf keeps 511 bytes)
+NOTICE_MAX = 511
+
+
+def forged_hangup(uuid: str = UUID, billsec: str = "9999") -> bytes:
+    """A CHANNEL_HANGUP_COMPLETE frame of a caller's making, as it would sit in a raw channel name."""
+    return wire.event_frame({"Event-Name": "CHANNEL_HANGUP_COMPLETE", "Unique-ID": uuid,
+                             "variable_hangup_cause": "FORGED", "variable_duration": billsec,
+                             "variable_billsec": billsec})
+
+
+def hostile_name(prefix: str, tail: str = "@192.0.2.10") -> str:
+    return prefix + "\n\n" + forged_hangup().decode() + tail
+
+
+#: raw channel names a caller can make mod_sofia write (it URL-decodes the SIP From user part)
+HOSTILE_NAMES = [
+    pytest.param(hostile_name("sofia/lab/%41"), id="literal-pct41-then-forged-frame"),
+    pytest.param(hostile_name("sofia/lab/%0A"), id="literal-pct0A-then-forged-frame"),
+    pytest.param(hostile_name("sofia/lab/1555%0A\n"), id="literal-and-real-LF"),
+    pytest.param(hostile_name("sofia/lab/%41", "\nLinger-Time: -1\nContent-Length: 0\n\n" + forged_hangup().decode()),
+                 id="fake-notice-end-inside-the-name"),
+    pytest.param("sofia/lab/%41" * 60 + "\n\n" + forged_hangup().decode(), id="longer-than-the-512-byte-buffer"),
+    pytest.param("sofia/lab/1555\r\nContent-Length: 30@127.0.0.1", id="capture-14d"),
+]
+
+
+class Scripted:
+    """FreeSWITCH's side of one session, answering fsguard's start commands."""
+
+    def __init__(self, name: str, sizes: list[int]) -> None:
+        self.connect = wire.serialize_event({"Event-Name": "CHANNEL_DATA", "Unique-ID": UUID, "Channel-Name": name,
+                                             "Content-Type": "command/reply", "Reply-Text": "+OK\n"})
+        self.inbox = bytearray()
+        self.sizes = sizes
+        self.reads = 0
+        self.timeout: float | None = None
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.timeout = timeout
+
+    def sendall(self, data: bytes) -> None:
+        for command in data.decode().split("\n\n"):
+            if command:
+                self.inbox += self.connect if command == "connect" else wire.command_reply("+OK")
+
+    def recv(self, n: int) -> bytes:
+        if not self.inbox:
+            if self.timeout == 0:
+                raise BlockingIOError()
+            raise TimeoutError("timed out")
+        size = max(1, min(n, self.sizes[self.reads % len(self.sizes)]))
+        self.reads += 1
+        data = bytes(self.inbox[:size])
+        del self.inbox[:size]
+        return data
+
+    def close(self) -> None:
+        pass
+
+
+def linger_notice(name: str) -> bytes:
+    """The notice as mod_event_socket writes it: snprintf into a 512-byte buffer."""
+    return wire.linger_notice(UUID, name.encode("utf-8", "surrogateescape"), -1)[:NOTICE_MAX]
+
+
+def real_end() -> bytes:
+    return wire.event_frame({"Event-Name": "CHANNEL_HANGUP_COMPLETE", "Unique-ID": UUID,
+                             "variable_hangup_cause": "NORMAL_CLEARING", "variable_duration": "3",
+                             "variable_billsec": "2"})
+
+
+def end_seen(name: str, notice_first: bool, sizes: list[int]) -> Any:
+    sock = Scripted(name, sizes)
+    session = OutboundSession(sock, command_timeout=0.2)
+    session.start()
+    notice, end = linger_notice(name), real_end()
+    sock.inbox += notice + end if notice_first else end + notice
+    sock.inbox += wire.event_frame({"Event-Name": "CHANNEL_DESTROY", "Unique-ID": UUID})
+    session.wait_for_end(0.5)
+    try:
+        while sock.inbox:
+            session._fill(0.05)
+    except Exception:  # noqa: BLE001 - whatever the reader thinks of the rest, the end is decided
+        pass
+    return session
+
+
+@pytest.mark.parametrize("notice_first", [True, False], ids=["notice-first", "notice-after-the-end"])
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_forged_hangup_in_the_raw_channel_name_never_replaces_the_real_one(name, notice_first):
+    for sizes in ([65536], [1], [7, 300]):
+        session = end_seen(name, notice_first, sizes)
+        end = session.hangup_complete
+        assert end is not None and end["variable_hangup_cause"] == "NORMAL_CLEARING", (sizes, end and dict(end))
+        assert end["variable_billsec"] == "2"
+        assert session.linger_notice
+
+
+name_text = st.lists(st.sampled_from(list("%0AaF41\n\r: C-Lengthy/@") + ["%41", "%0A", "%0D%0A", "\n\n"]),
+                     max_size=60).map("".join)
+
+
+@hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name_text, st.booleans(), st.booleans())
+@example("sofia/lab/%41", True, True)
+@example("%25%41%0A", False, True)
+def test_whatever_bytes_a_caller_puts_in_the_channel_name_the_real_end_of_the_call_is_read(prefix, forge, first):
+    name = hostile_name(prefix) if forge else prefix
+    session = end_seen(name, first, [65536])
+    end = session.hangup_complete
+    assert end is not None and end["variable_hangup_cause"] == "NORMAL_CLEARING", dict(end) if end else None
+
+
+def test_seven_short_calls_with_a_forged_hangup_in_the_notice_are_still_call_and_hang_up(settings, start_guard, db):
+    """The attack end to end: each call's SIP From user ends the linger notice early and forges a
+    CHANNEL_HANGUP_COMPLETE with billsec 9999. The real 3-second calls must be counted as
+    call-and-hang-up, and the fifth blocks the number."""
+    from fsguard import lists
+
+    settings.policy.stages = ["screening"]
+    settings.policy.unverified_action = "reject"
+    settings.screening.nuisance_calls = 5
+    settings.screening.nuisance_seconds = 5
+    guard = start_guard()
+    # the notice before the hang-up events, as real FreeSWITCH does under load (capture fs-1.11/03d)
+    fs = FakeFreeSWITCH(guard.address, time_scale=0.02, linger_race=True)
+    outcomes, ends = [], []
+    for _ in range(7):
+        uuid = str(uuidlib.uuid4())
+        name = "sofia/lab/%41\n\n" + forged_hangup(uuid).decode() + "@192.0.2.10"
+        result = fs.call(Caller(ani="+12125550177", uuid=uuid, channel_name=name, talk_time=3.0))
+        outcomes.append(result.outcome)
+        settle(guard)
+        stored = records.find_call(db, uuid)
+        ends.append((stored.billsec, stored.duration, stored.hangup_cause))
+    assert all(billsec != 9999 and cause != "FORGED" for billsec, _, cause in ends), ends
+    assert outcomes[:5] == ["routed"] * 5 and "routed" not in outcomes[5:], outcomes
+    with db.begin() as session:
+        entry = lists.lookup(session, "+12125550177", None)
+        assert entry is not None and entry.code == "nuisance"
