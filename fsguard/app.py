@@ -64,7 +64,24 @@ class App:
     def session_for(self, sock: Any) -> OutboundSession:
         esl = self.settings.esl
         return OutboundSession(sock, command_timeout=esl.command_timeout, max_frame_bytes=esl.max_frame_bytes,
-                               event_format=esl.event_format, log=log)
+                               event_format=esl.event_format, log=log, connect_timeout=esl.connect_timeout)
+
+    def connect(self, session: OutboundSession) -> bool:
+        """Start the session (``connect`` and the rest, waiting ``esl.connect_timeout`` for the reply).
+
+        False, with the socket closed, when the peer never answers or does not speak the Event
+        Socket: such a connection was never a call, so it never took a call's slot."""
+        try:
+            session.start()
+            return True
+        except ProtocolError as exc:
+            log.warning("esl.connect_failed", error=str(exc), kind="ProtocolError")
+            self.metrics.esl_errors.labels(kind="ProtocolError").inc()
+        except (ESLError, OSError) as exc:
+            log.info("esl.connect_failed", error=str(exc), kind=type(exc).__name__)
+            self.metrics.esl_errors.labels(kind=type(exc).__name__).inc()
+        session.close()
+        return False
 
     def handle(self, session: OutboundSession) -> None:
         """Everything fsguard does with one channel. Never raises."""
@@ -78,7 +95,8 @@ class App:
         self.deciding.add(me)
         self.metrics.active_calls.inc()
         try:
-            session.start()
+            if not session.started:
+                session.start()
             call = self._call(session)
             decision = self.pipeline.decide(call)
             self.metrics.decision_seconds.observe((decision.decision_ms or 0) / 1000)
@@ -160,7 +178,8 @@ class App:
         settings = self.settings
         direction, route = "unknown", None
         try:
-            session.start()
+            if not session.started:
+                session.start()
             structlog.contextvars.bind_contextvars(uuid=session.uuid)
             direction = direction_of(session.channel, settings.node.outbound_contexts)
             route = settings.policy.fail_open_for(direction, session.channel.get("Caller-Destination-Number", ""),

@@ -59,6 +59,9 @@ class ESLSettings:
     max_calls: int = 2000
     #: seconds to wait for any reply from FreeSWITCH before giving up on the call
     command_timeout: float = 5.0
+    #: seconds a connection may take to answer ``connect`` (FreeSWITCH answers at once); a peer that
+    #: stays silent longer is closed. Until it answers it is not a call: it takes no esl.max_calls slot
+    connect_timeout: float = 2.0
     #: "plain" or "json": the format of events after ``myevents`` (the connect reply is always plain)
     event_format: str = "plain"
     #: largest header block or body accepted from FreeSWITCH, in bytes
@@ -81,6 +84,8 @@ class ESLSettings:
             raise ConfigError("esl.max_calls: must be at least 1")
         if self.command_timeout <= 0:
             raise ConfigError("esl.command_timeout: must be positive")
+        if self.connect_timeout <= 0:
+            raise ConfigError("esl.connect_timeout: must be positive")
 
 
 @dataclass

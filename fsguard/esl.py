@@ -442,9 +442,11 @@ class OutboundSession:
     """
 
     def __init__(self, sock: Any, *, command_timeout: float = 5.0, max_frame_bytes: int = 1_048_576,
-                 event_format: str = "plain", log: Any = None) -> None:
+                 event_format: str = "plain", log: Any = None, connect_timeout: float | None = None) -> None:
         self.sock = sock
         self.command_timeout = command_timeout
+        #: how long the peer may take to answer ``connect`` (FreeSWITCH answers at once)
+        self.connect_timeout = connect_timeout or command_timeout
         self.event_format = event_format
         self.log = log or structlog.get_logger("fsguard.esl")
         self.reader = FrameReader(max_frame_bytes)
@@ -477,6 +479,11 @@ class OutboundSession:
     @property
     def uuid(self) -> str:
         return self.channel.get("Unique-ID", "")
+
+    @property
+    def started(self) -> bool:
+        """FreeSWITCH has answered ``connect``: this connection is a channel."""
+        return bool(self.channel)
 
     @property
     def hungup(self) -> bool:
@@ -628,7 +635,7 @@ class OutboundSession:
         """
         myevents = "myevents json" if self.event_format == "json" else "myevents"
         self.send("connect", "resume", myevents, "nixevent " + " ".join(EVENTS_NOT_READ + (COMPLETION,)), "linger")
-        connect = self.reply()
+        connect = self.reply(self.connect_timeout)
         if "Unique-ID" not in connect.headers:
             raise ProtocolError("connect reply carries no channel data")
         self.channel = connect.headers

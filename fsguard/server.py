@@ -1,9 +1,11 @@
 """The outbound Event Socket server: FreeSWITCH's ``socket`` application connects here, one TCP
 connection per channel, and each connection gets one greenlet.
 
-Admission is explicit: the greenlet pool is larger than ``esl.max_calls`` so the server never
-stops accepting (a full pool would leave FreeSWITCH's connection in the kernel backlog, the caller
-waiting in silence); a call over the limit is connected and given the fail-open route at once.
+Admission is explicit: the greenlets are not pooled, so the server never stops accepting (a full
+pool would leave FreeSWITCH's connection in the kernel backlog, the caller waiting in silence). A
+connection is a call once FreeSWITCH has answered ``connect``: a peer that stays silent is closed
+after ``esl.connect_timeout`` and never holds one of the ``esl.max_calls`` slots; a call over the
+limit is given the fail-open route at once.
 On SIGTERM the listener closes (FreeSWITCH then tries the next node of ``h1|h2`` or its fallback),
 calls being decided get up to ``esl.drain_seconds`` to finish, and the process exits 0.
 """
@@ -18,7 +20,7 @@ from typing import Any, Callable
 import gevent
 import gevent.event
 import structlog
-from gevent.pool import Pool
+from gevent.pool import Group
 from gevent.server import StreamServer
 
 from fsguard.app import App, ShuttingDown
@@ -26,19 +28,19 @@ from fsguard.config import Settings, parse_hostport
 
 log = structlog.get_logger("fsguard.server")
 
-#: greenlets kept free above max_calls to refuse over-capacity calls quickly
-REFUSAL_HEADROOM = 256
-
-
 class CallServer:
     def __init__(self, app: App, listen: str | None = None) -> None:
         self.app = app
         self.settings: Settings = app.settings
         host, port = parse_hostport(listen or self.settings.esl.listen, "esl.listen")
         self.max_calls = self.settings.esl.max_calls
-        self.pool = Pool(self.max_calls + REFUSAL_HEADROOM)
-        self.server = StreamServer((host, port), self._accept, spawn=self.pool, backlog=2048)
+        #: every connection's greenlet (unbounded: admission is decided after the connect reply;
+        #: a silent peer costs a greenlet and a socket for esl.connect_timeout at most)
+        self.pool = Group()
+        self.server = StreamServer((host, port), self._accept, spawn=self.pool.spawn, backlog=2048)
         self.active = 0
+        #: connections still waiting for their connect reply (not calls yet)
+        self.connecting = 0
         self.stopping = False
         self.on_reload: Callable[[], Settings] | None = None
         #: told "listening", "stopping", "stopped", "reloading", "reloaded" or "reload_failed"
@@ -66,6 +68,16 @@ class CallServer:
     def _accept(self, sock: socket.socket, address: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = self.app.session_for(sock)
+        if self.stopping:
+            self.app.refuse(session, "shutdown")
+            return
+        self.connecting += 1
+        try:
+            connected = self.app.connect(session)
+        finally:
+            self.connecting -= 1
+        if not connected:
+            return
         if self.stopping:
             self.app.refuse(session, "shutdown")
             return

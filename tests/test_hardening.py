@@ -551,8 +551,8 @@ def pooled(db: Database) -> int:
 
 def assert_let_go(guard: Any, db: Database, sockets_before: int | None = None) -> None:
     """fsguard holds nothing of the calls it had: greenlets, sessions, sockets, DB connections."""
-    wait_for(lambda: not guard.app.deciding and not guard.app.held and guard.server.active == 0,
-             what="fsguard letting go of every call")
+    wait_for(lambda: not guard.app.deciding and not guard.app.held and guard.server.active == 0
+             and guard.server.connecting == 0, what="fsguard letting go of every call")
     gc.collect()
     sessions = [o for o in gc.get_objects() if isinstance(o, OutboundSession)]
     assert not sessions, f"{len(sessions)} OutboundSession objects still alive"
@@ -574,6 +574,7 @@ def assert_serves_next_call(guard: Any, db: Database) -> None:
 def quick(settings):
     """Short ESL timeouts so a lost reply costs a fraction of a second."""
     settings.esl.command_timeout = 0.3
+    settings.esl.connect_timeout = 0.3
     settings.esl.drain_seconds = 0.5
     settings.database.write_wait_seconds = 0.3
     return settings

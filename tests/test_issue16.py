@@ -30,8 +30,8 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "c
 
 
 def settle(guard: Any) -> None:
-    wait_for(lambda: not guard.app.deciding and not guard.app.held and guard.server.active == 0,
-             what="fsguard letting go of every call")
+    wait_for(lambda: not guard.app.deciding and not guard.app.held and guard.server.active == 0
+             and guard.server.connecting == 0, what="fsguard letting go of every call")
     assert guard.app.writer.wait_idle(10), "the writer did not catch up"
 
 
@@ -252,3 +252,46 @@ def test_seven_short_calls_with_a_forged_hangup_in_the_notice_are_still_call_and
     with db.begin() as session:
         entry = lists.lookup(session, "+12125550177", None)
         assert entry is not None and entry.code == "nuisance"
+
+
+# ================================================================ 6. silent sockets and call slots
+
+import socket as _socket  # noqa: E402
+import time  # noqa: E402
+
+
+def test_peers_that_never_answer_connect_take_no_call_slot(settings, start_guard, db):
+    """300 peers connect and say nothing; with max_calls = 5 a hard-blocked caller must still be
+    screened and rejected (before: it waited behind them and was given the fail-open route)."""
+    from fsguard import lists
+
+    settings.policy.stages = ["screening", "routing"]
+    settings.esl.max_calls = 5
+    settings.esl.connect_timeout = 1.0
+    with db.begin() as session:
+        lists.add(session, lists.make_spec("+12125550166", kind="block", level=9, reason="issue 16"))
+    guard = start_guard()
+    silent = []
+    for _ in range(300):
+        peer = _socket.create_connection(guard.address)
+        silent.append(peer)
+    try:
+        # 261: what the pool held before (max_calls + 256 greenlets): fsguard has taken them in
+        wait_for(lambda: len(guard.server.pool) >= 261, what="fsguard taking the connections")
+        started = time.monotonic()
+        result = FakeFreeSWITCH(guard.address, time_scale=TS).call(Caller(ani="+12125550166"))
+        waited = time.monotonic() - started
+        print(f"hard-blocked caller behind 300 silent peers: {result.outcome} after {waited:.3f} s")
+        assert result.outcome == "hungup" and result.hangup_cause == "CALL_REJECTED", (result.outcome, result.route)
+        assert not result.answered
+        # a silent peer is let go of after esl.connect_timeout
+        wait_for(lambda: guard.server.connecting == 0, timeout=10, what="silent peers closed")
+        for peer in silent[:20]:
+            peer.settimeout(2)
+            data = peer.recv(65536)
+            while data:
+                data = peer.recv(65536)
+    finally:
+        for peer in silent:
+            peer.close()
+    settle(guard)
