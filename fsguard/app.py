@@ -19,7 +19,7 @@ import gevent
 import structlog
 
 from fsguard import records
-from fsguard.call import Call, direction_of
+from fsguard.call import Call, IdentityTrust, direction_of
 from fsguard.config import Settings
 from fsguard.db import Database
 from fsguard.esl import CallGone, ESLError, OutboundSession, ProtocolError
@@ -45,6 +45,7 @@ class App:
         self.writer = records.make_writer(self.db, retry_seconds=settings.database.write_retry_seconds,
                                           on_error=self.metrics.db_errors.inc)
         self.pipeline = Pipeline.from_settings(self)
+        self.identity_trust = _identity_trust(settings)
         #: calls still being decided / calls routed and followed to their end
         self.deciding: set[gevent.Greenlet] = set()
         self.held: set[gevent.Greenlet] = set()
@@ -60,6 +61,7 @@ class App:
         except Exception:
             self.settings = previous
             raise
+        self.identity_trust = _identity_trust(settings)
 
     def session_for(self, sock: Any) -> OutboundSession:
         esl = self.settings.esl
@@ -140,7 +142,8 @@ class App:
 
     def _call(self, session: OutboundSession) -> Call:
         node = self.settings.node
-        call = Call(session, default_region=node.default_region, outbound_contexts=node.outbound_contexts)
+        call = Call(session, default_region=node.default_region, outbound_contexts=node.outbound_contexts,
+                    trust=self.identity_trust)
         structlog.contextvars.bind_contextvars(uuid=call.uuid, ani=call.ani or call.presented_number, dnis=call.dnis)
         call.log = session.log = log
         return call
@@ -211,6 +214,11 @@ class App:
                  risk=call.risk, hangup_cause=end.hangup_cause if end else None,
                  billsec=end.billsec if end else None)
         structlog.contextvars.clear_contextvars()
+
+
+def _identity_trust(settings: Settings) -> IdentityTrust:
+    screening = settings.screening
+    return IdentityTrust(screening.trusted_networks, screening.trusted_gateways)
 
 
 def monotonic_ms() -> float:

@@ -12,13 +12,14 @@ pipeline records the hang-up as the caller abandoning during that stage.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fsguard import numbers
 from fsguard.esl import CallGone, Headers, OutboundSession
 
-__all__ = ["Call", "CallGone", "direction_of"]
+__all__ = ["Call", "CallGone", "IdentityTrust", "direction_of"]
 
 #: seconds allowed on top of an application's own duration before fsguard gives up on it
 APP_MARGIN = 5.0
@@ -42,11 +43,40 @@ def direction_of(channel: Mapping[str, str], outbound_contexts: Iterable[str] = 
     return "outbound" if channel.get("Caller-Context", "") in tuple(outbound_contexts) else "inbound"
 
 
+#: channel variables carrying a network-asserted identity, most trusted first
+ASSERTED_IDENTITY = ("sip_P-Asserted-Identity", "sip_h_P-Asserted-Identity", "sip_Remote-Party-ID")
+
+
+class IdentityTrust:
+    """Which peers may assert a caller's identity (screening.trusted_networks / trusted_gateways).
+
+    P-Asserted-Identity is a promise between networks that trust each other (RFC 3325): believed
+    from the carriers and SBCs an operator names, as Kamailio and carriers do, never from anyone
+    who can send an INVITE."""
+
+    def __init__(self, networks: Iterable[str] = (), gateways: Iterable[str] = ()) -> None:
+        self.networks = tuple(ipaddress.ip_network(n.strip(), strict=False) for n in networks)
+        self.gateways = frozenset(g.strip() for g in gateways if g.strip())
+
+    def trusts(self, variables: Mapping[str, str]) -> bool:
+        gateway = variables.get("sip_gateway_name", "")
+        if gateway and gateway in self.gateways:
+            return True
+        if not self.networks:
+            return False
+        try:
+            address = ipaddress.ip_address(variables.get("sip_network_ip", "").strip())
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+
 class Call:
     """One channel: its facts (read once from the ``connect`` reply) and its actions."""
 
     def __init__(self, session: OutboundSession, *, default_region: str = "US",
-                 outbound_contexts: tuple[str, ...] | list[str] = ("default",), log: Any = None) -> None:
+                 outbound_contexts: tuple[str, ...] | list[str] = ("default",), log: Any = None,
+                 trust: IdentityTrust | None = None) -> None:
         self.session = session
         self.log = log
         ch = session.channel
@@ -65,7 +95,14 @@ class Call:
         self.privacy_name: bool = _flag(ch.get("Caller-Privacy-Hide-Name"))
         region = default_region
         self.region = region
-        #: the network's number for the caller: P-Asserted-Identity, else the ANI, else the caller id
+        #: the number a network asserts (P-Asserted-Identity, Remote-Party-ID), '' when none does
+        self.asserted_number: str = self._asserted_number()
+        #: whether that assertion comes from a trusted peer (see IdentityTrust)
+        self.identity_trusted: bool = bool(self.asserted_number) and trust is not None and trust.trusts(self.variables)
+        asserted = numbers.parse(self.asserted_number, region) if self.asserted_number else None
+        self.asserted_e164: str | None = asserted.e164 if asserted is not None else None
+        #: the network's number for the caller: a trusted peer's asserted identity, else the ANI,
+        #: else the caller id
         self.network_number: str = self._network_number()
         number = numbers.parse(self.network_number, region)
         self.number = number
@@ -94,11 +131,16 @@ class Call:
         #: variables and applications queued for the next write to FreeSWITCH
         self._pending: list[tuple[str, str]] = []
 
-    def _network_number(self) -> str:
+    def _asserted_number(self) -> str:
         v = self.variables
-        for key in ("sip_P-Asserted-Identity", "sip_h_P-Asserted-Identity", "sip_Remote-Party-ID"):
+        for key in ASSERTED_IDENTITY:
             if v.get(key):
                 return numbers.number_from_uri(v[key])
+        return ""
+
+    def _network_number(self) -> str:
+        if self.asserted_number and self.identity_trusted:
+            return self.asserted_number
         ani = self.channel.get("Caller-ANI", "")
         if ani and not numbers.is_anonymous(ani):
             return ani
@@ -129,7 +171,9 @@ class Call:
         Stages add the channel facts they decide on (e.g. STIR/SHAKEN verstat) to
         ``facts["inputs"]`` so that a replay can decide again from the record alone.
         """
-        return {"ani": self.ani, "presented": self.presented_number, "network": self.network_number,
+        asserted = {"asserted": self.asserted_number, "peer": self.variables.get("sip_network_ip", "")} \
+            if self.asserted_number and not self.identity_trusted else {}
+        return {"ani": self.ani, "presented": self.presented_number, "network": self.network_number, **asserted,
                 "caller_name": self.caller_name, "dnis": self.dnis, "direction": self.direction,
                 "context": self.context, "privacy": self.privacy, "anonymous": self.anonymous,
                 "ani_valid": self.ani_valid, **self.facts.get("inputs", {})}

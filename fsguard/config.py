@@ -253,6 +253,7 @@ def validate_target(target: str, key: str) -> None:
 SCREENING_RISK_POINTS: dict[str, int] = {
     "stir_A": 0, "stir_B": 20, "stir_C": 40, "stir_passed": 0, "stir_none": 10, "stir_failed": 50,
     "withheld": 10, "invalid": 30, "anonymous": 30, "soft_block_per_level": 10, "hard_block": 100, "dno": 100,
+    "untrusted_identity": 20,
 }
 #: what each STIR/SHAKEN outcome does (screening.stir_actions overrides some or all; a failure code
 #: such as stale_iat may be given its own action, else "failed" applies)
@@ -333,6 +334,14 @@ class ScreeningSettings:
     stir_identity_variables: list[str] = field(
         default_factory=lambda: ["sip_identity", "sip_h_Identity", "sip_i_identity"])
 
+    #: who may assert a caller's identity (P-Asserted-Identity, Remote-Party-ID): the networks of
+    #: the carriers and SBCs whose calls come in (the channel's sip_network_ip, e.g. "203.0.113.0/24")
+    #: and the FreeSWITCH gateways they come through (sip_gateway_name). From anyone else the
+    #: asserted number is not the caller's: the caller id is screened, the asserted number as well,
+    #: and the mismatch is a risk signal (untrusted_identity). Empty: nobody is trusted.
+    trusted_networks: list[str] = field(default_factory=list)
+    trusted_gateways: list[str] = field(default_factory=list)
+
     #: expired list entries are purged this long after they expire
     expired_retention: str = "30d"
 
@@ -379,6 +388,14 @@ class ScreeningSettings:
                 raise ConfigError(f"screening.stir_actions.{key}: expected pass, challenge or reject, got {value!r}")
         if self.stir_trust_store and not Path(self.stir_trust_store).exists():
             raise ConfigError(f"screening.stir_trust_store: {self.stir_trust_store} does not exist")
+        import ipaddress
+
+        for network in self.trusted_networks:
+            try:
+                ipaddress.ip_network(network.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(f"screening.trusted_networks: {network!r} is not an address or network "
+                                  "(e.g. 203.0.113.0/24)") from None
 
     def seconds(self, key: str) -> float:
         """A duration setting in seconds (``settings.screening.seconds("flood_ttl")``)."""

@@ -106,6 +106,8 @@ flood_level = 3
 flood_ttl = "24h"
 # withheld numbers are screened on the network number; a call with no number at all must verify
 anonymous_action = "challenge"
+# the carrier's network (the lab's calls come from 192.0.2.10): only its P-Asserted-Identity is believed
+trusted_networks = ["192.0.2.0/24"]
 # a caller presenting our own Do-Not-Originate number is spoofed
 dno_action = "reject"
 # a failed STIR/SHAKEN verification must verify (risk 50: the fraud team takes them)

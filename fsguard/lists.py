@@ -247,6 +247,8 @@ class Match:
     dno: ListEntry | None = None
     #: which number matched the DNO entry: "presented" or "network"
     dno_on: str = ""
+    #: the block entry of a number screened as well (an identity asserted by an untrusted peer)
+    also: ListEntry | None = None
 
     @property
     def allowed(self) -> bool:
@@ -254,13 +256,19 @@ class Match:
 
 
 def match_call(session: Session, ani: str | None, presented: str | None, dnis: str,
-               *, now: datetime | None = None) -> Match:
-    """The list's view of a call, for the screening stage: still one indexed query."""
+               *, now: datetime | None = None, also: str | None = None) -> Match:
+    """The list's view of a call, for the screening stage: still one indexed query.
+
+    ``also`` is a number whose blocks apply too but whose allow entries do not (what an untrusted
+    peer asserts the caller is: a blocked number stays blocked, a listed one earns nothing)."""
     now = now or utcnow()
-    rows = _candidates(session, [n for n in (ani, presented) if n], dnis, now)
+    rows = _candidates(session, [n for n in (ani, presented, also) if n], dnis, now)
     if not rows:
         return Match()
     match = Match(entry=_winner(rows, ani) if ani else None)
+    if also:
+        hit = _winner([e for e in rows if e.kind == "block"], also)
+        match.also = hit if hit is not None and hit.level > 0 else None
     dnos = [e for e in rows if e.kind == "dno"]
     for number, where in ((presented, "presented"), (ani, "network")):
         hit = _winner(dnos, number) if number else None

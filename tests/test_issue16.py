@@ -295,3 +295,62 @@ def test_peers_that_never_answer_connect_take_no_call_slot(settings, start_guard
         for peer in silent:
             peer.close()
     settle(guard)
+
+
+# ================================================================ 9. P-Asserted-Identity from anyone
+
+BLOCKED = "+12125550188"
+CLEAN = "+13125550100"
+
+
+@pytest.fixture
+def pai_line(settings, start_guard, db):
+    from fsguard import lists
+
+    settings.policy.stages = ["screening"]
+    settings.policy.unverified_action = "reject"
+    settings.screening.trusted_networks = ["203.0.113.0/24"]
+    settings.screening.trusted_gateways = ["carrier"]
+    with db.begin() as session:
+        lists.add(session, lists.make_spec(BLOCKED, kind="block", level=9, reason="issue 16"))
+    guard = start_guard()
+    return guard, FakeFreeSWITCH(guard.address, time_scale=TS)
+
+
+def pai(number: str) -> dict[str, str]:
+    return {"sip_P-Asserted-Identity": f"<sip:{number}@carrier.example;user=phone>"}
+
+
+def test_a_hard_blocked_caller_id_with_a_clean_pai_from_an_untrusted_peer_is_rejected(pai_line, db):
+    guard, fs = pai_line
+    result = fs.call(Caller(ani=BLOCKED, network_addr="198.51.100.7", variables=pai(CLEAN)))
+    assert result.outcome == "hungup" and result.hangup_cause == "CALL_REJECTED" and not result.answered, (
+        result.outcome, result.route)
+    settle(guard)
+    stored = records.find_call(db, result.uuid)
+    assert stored.ani == BLOCKED
+    signals = [s["code"] for s in stored.verdicts[0].details["signals"]]
+    assert "identity.untrusted" in signals and "blocklist.hard" in signals
+    assert stored.inputs["asserted"] == CLEAN and stored.inputs["peer"] == "198.51.100.7"
+
+
+def test_a_blocked_pai_from_an_untrusted_peer_still_counts_against_the_caller(pai_line, db):
+    guard, fs = pai_line
+    result = fs.call(Caller(ani=CLEAN, network_addr="198.51.100.7", variables=pai(BLOCKED)))
+    assert result.outcome == "hungup" and result.hangup_cause == "CALL_REJECTED", (result.outcome, result.route)
+
+
+@pytest.mark.parametrize("peer", [{"network_addr": "203.0.113.9"},
+                                  {"network_addr": "198.51.100.7", "variables": {"sip_gateway_name": "carrier"}}],
+                         ids=["trusted-network", "trusted-gateway"])
+def test_a_trusted_peers_pai_is_the_callers_identity(pai_line, db, peer):
+    """From the carrier, PAI is the caller: a withheld-number call is screened on it, and a caller
+    id that differs from it is not held against the caller."""
+    guard, fs = pai_line
+    variables = {**pai(CLEAN), **peer.get("variables", {})}
+    result = fs.call(Caller(ani=BLOCKED, network_addr=peer["network_addr"], variables=variables))
+    assert result.outcome == "routed", (result.outcome, result.route)
+    settle(guard)
+    stored = records.find_call(db, result.uuid)
+    assert stored.ani == CLEAN
+    assert "identity.untrusted" not in [s["code"] for s in stored.verdicts[0].details["signals"]]

@@ -136,6 +136,7 @@ def test_a_kind_is_required(fsguard):
 def phone(start_guard, settings):
     """A running fsguard with screening, and a way to place a call through the socket."""
     settings.policy.stages = ["screening"]
+    settings.screening.trusted_networks = ["192.0.2.0/24"]   # the simulated carrier: its PAI is believed
     guard = start_guard(settings)
     sim = FakeFreeSWITCH(guard.address, time_scale=0.005)
 

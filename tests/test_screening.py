@@ -78,6 +78,8 @@ def start_line(settings, start_guard, db) -> Callable[..., Line]:
     settings.policy.stages = ["screening"]
     settings.policy.unverified_action = "reject"
     settings.screening.nuisance_calls = 0   # switched on by the nuisance tests only
+    # the simulated carrier's network (the simulator's sip_network_ip): its P-Asserted-Identity is believed
+    settings.screening.trusted_networks = ["192.0.2.0/24"]
 
     def start(database: Database | None = None, time_scale: float = 0.005, **screening: Any) -> Line:
         for key, value in screening.items():

@@ -140,8 +140,14 @@ class ScreeningStage(Stage):
             screen.add("invalid_number", f"the caller number {call.network_number!r} cannot exist",
                        cfg.invalid_action, cfg.points("invalid"), self.hard_action)
 
+        untrusted = self._untrusted_identity(call, number)
+        if untrusted is not None:
+            screen.add("identity.untrusted", untrusted[1], points=cfg.points("untrusted_identity"))
+            inputs["asserted"] = untrusted[0]
+
         dnis = lists.dnis_key(call.dnis, self.region)
-        match, counts, auto = self._consult_lists(call, number, dnis, inputs)
+        match, counts, auto = self._consult_lists(call, number, dnis, inputs,
+                                                  untrusted[0] if untrusted is not None else None)
         entry = match.entry
         facts.update(list=lists.entry_dict(entry) if entry else None, allowed=match.allowed,
                      flood={k: {"hour": c.hour, "day": c.day} for k, c in counts.items()},
@@ -161,6 +167,8 @@ class ScreeningStage(Stage):
 
         if entry is not None and entry.kind == "block":
             self._blocked(screen, entry)
+        if match.also is not None:
+            self._blocked(screen, match.also, asserted=True)
 
         if auto is not None:
             code, reason, level = auto
@@ -174,12 +182,34 @@ class ScreeningStage(Stage):
 
     # ---------------------------------------------------------------- the list and the counters
 
-    def _consult_lists(self, call: Call, number: str | None, dnis: str, inputs: dict[str, Any]
+    def _untrusted_identity(self, call: Call, number: str | None) -> tuple[str, str] | None:
+        """(asserted number, reason) when a peer that is not trusted asserts an identity other
+        than the caller id screened (screening.trusted_networks / trusted_gateways)."""
+        if call.replay:
+            asserted = call.facts.get("inputs", {}).get("screening", {}).get("asserted")
+            return (asserted, f"identity {asserted} asserted by an untrusted peer") if asserted else None
+        if not call.asserted_number or call.identity_trusted:
+            return None
+        asserted = call.asserted_e164
+        if asserted is None or asserted == number:
+            return None
+        peer = call.var("sip_network_ip") or "an unknown peer"
+        gateway = call.var("sip_gateway_name")
+        source = f"{peer} (gateway {gateway})" if gateway else peer
+        return asserted, (f"P-Asserted-Identity {asserted} from {source}, not a trusted peer "
+                          f"(screening.trusted_networks / trusted_gateways): screened on the caller id "
+                          f"{number or 'none'}, and on the asserted number as well")
+
+    def _consult_lists(self, call: Call, number: str | None, dnis: str, inputs: dict[str, Any],
+                       also: str | None = None
                        ) -> tuple[lists.Match, dict[str, lists.Counts], tuple[str, str, int] | None]:
         """Count this call, read the list, and block a flood at once: each statement atomic on its
         own (the count is an upsert, the block a conditional upsert), so no transaction around them."""
         if number is None:
-            return lists.Match(), {}, None
+            if also is None:
+                return lists.Match(), {}, None
+            with self.db.autocommit() as session:
+                return lists.match_call(session, None, None, dnis, also=also), {}, None
         keys = ["*", dnis] if dnis in self.flood_dnis and dnis != "*" else ["*"]
         stored = inputs.get("flood") if call.replay else None
         auto: tuple[str, str, int] | None = None
@@ -189,7 +219,7 @@ class ScreeningStage(Stage):
             else:
                 counts = lists.count_call(session, number, keys, now=time.time())
             match = lists.match_call(session, number, call.presented_e164 if call.presented_e164 != number else None,
-                                     dnis)
+                                     dnis, also=also)
             if not match.allowed and match.dno is None:
                 auto = self._flood(session, call, number, dnis, counts, match.entry)
         inputs["flood"] = {k: [c.hour, c.day] for k, c in counts.items()}
@@ -232,13 +262,14 @@ class ScreeningStage(Stage):
             return code, reason, level
         return None
 
-    def _blocked(self, screen: _Screen, entry: ListEntry) -> None:
+    def _blocked(self, screen: _Screen, entry: ListEntry, *, asserted: bool = False) -> None:
         because = _because(entry)
+        whose = f"the asserted identity {entry.number} is " if asserted else ""
         if entry.level >= lists.HARD_LEVEL:
-            screen.add("blocklist.hard", f"blocked at level {entry.level} (hard){because}", "reject",
+            screen.add("blocklist.hard", f"{whose}blocked at level {entry.level} (hard){because}", "reject",
                        self.cfg.points("hard_block"), entry.action or self.hard_action)
         elif entry.level > 0:
-            screen.add("blocklist.soft", f"blocked at level {entry.level} (soft){because}",
+            screen.add("blocklist.soft", f"{whose}blocked at level {entry.level} (soft){because}",
                        *self._level_action(entry.level))
         else:
             screen.add("blocklist.pass", f"on the block list at level 0 (pass){because}")
