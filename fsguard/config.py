@@ -139,12 +139,17 @@ class LoggingSettings:
     level: str = "info"
     #: "auto" (pretty on a terminal, JSON otherwise), "json" or "console"
     format: str = "auto"
+    #: telephone numbers in log lines: "masked" (all but the last two digits, so a number erased on
+    #: request is not left behind in the logs) or "clear" (whole numbers, e.g. while debugging a route)
+    numbers: str = "masked"
 
     def validate(self) -> None:
         if self.level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"logging.level: expected debug, info, warning or error, got {self.level!r}")
         if self.format not in ("auto", "json", "console"):
             raise ConfigError(f"logging.format: expected auto, json or console, got {self.format!r}")
+        if self.numbers not in ("masked", "clear"):
+            raise ConfigError(f"logging.numbers: expected masked or clear, got {self.numbers!r}")
 
 
 @dataclass

@@ -4,8 +4,9 @@ number, area by area, and says what it did, what it kept and why.
 Built in (run first, in this order):
 
 * recordings: audio files and their rows are deleted, except recordings under legal hold;
-* call records: anonymised, not deleted - the caller's number, raw caller id, caller name and the
-  inputs and verdict texts that name the number are removed and the row is marked ``erased``, so
+* call records: anonymised, not deleted - the caller's number, raw caller id, caller name, and
+  the number wherever else it is written (the route, e.g. ``bridge sofia/gateway/carrier/NUMBER``,
+  the inputs, every verdict text) are removed and the row is marked ``erased``, so
   statistics (how many calls, when, with what outcome) stay right. The record of a call whose
   recording is under legal hold is kept as it is: it is part of what is held.
 
@@ -148,6 +149,29 @@ def scrub(value: Any, forms: list[str]) -> Any:
     return value
 
 
+def _text_columns(model: Any) -> list[str]:
+    """Every text column of a table but its keys: any of them can hold the number (the route
+    ``bridge sofia/gateway/carrier/NUMBER``, a verdict's reason)."""
+    names = []
+    for column in model.__table__.columns:
+        try:
+            is_text = column.type.python_type is str
+        except NotImplementedError:   # JSON documents: scrubbed key by key
+            is_text = False
+        if is_text and not column.primary_key and not column.foreign_keys:
+            names.append(column.key)
+    return names
+
+
+def _scrub_columns(row: Any, forms: list[str]) -> None:
+    for name in _text_columns(type(row)):
+        value = getattr(row, name)
+        if isinstance(value, str):
+            cleaned = scrub(value, forms)
+            if cleaned != value:
+                setattr(row, name, cleaned)
+
+
 def erase_calls(session: Session, e164: str, forms: list[str], held_calls: set[str]) -> list[str]:
     """Anonymise the call records of the number, except those kept with a held recording."""
     calls = list(session.scalars(select(CallRecord).where(calls_of_number(e164, forms),
@@ -163,10 +187,11 @@ def erase_calls(session: Session, e164: str, forms: list[str], held_calls: set[s
             call.caller_name = ""
         if call.direction == "outbound" and call.dnis in forms:  # an agent called the person
             call.dnis = ""
+        _scrub_columns(call, forms)
         call.inputs = scrub(dict(call.inputs or {}), forms)
         call.erased = True
         for verdict in call.verdicts:
-            verdict.reason = scrub(verdict.reason, forms)
+            _scrub_columns(verdict, forms)
             verdict.details = scrub(dict(verdict.details or {}), forms)
         anonymised += 1
     lines = []

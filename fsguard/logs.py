@@ -8,11 +8,41 @@ call's greenlet (each greenlet starts with empty contextvars under gevent).
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from typing import Any
 
 import structlog
 
 from fsguard.config import LoggingSettings
+
+#: a telephone number in any form a switch writes: 6 digits or more, with an optional +, not part
+#: of a longer word (a uuid's groups, a hex id) - ``+12125550147``, ``bridge .../carrier/2125550147``
+_NUMBER = re.compile(r"(?<![\w.-])\+?\d{6,}(?![\w.-])")
+
+
+def _mask_text(text: str) -> str:
+    return _NUMBER.sub(lambda m: re.sub(r"\d(?=\d{2})", "*", m.group()), text)
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, str):
+        return _mask_text(value) if _NUMBER.search(value) else value
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_mask(v) for v in value]
+    return value
+
+
+def mask_numbers(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: every telephone number in a line, all but its last two digits masked
+    (``+1*********47``). Numbers are personal data: a number erased on request (``fsguard erase``)
+    must not stay in the logs, which fsguard cannot rewrite. ``logging.numbers = "clear"`` turns it off."""
+    for key, value in event_dict.items():
+        if isinstance(value, (str, dict, list, tuple)):
+            event_dict[key] = _mask(value)
+    return event_dict
 
 
 def configure(settings: LoggingSettings | None = None, stream=None) -> None:  # type: ignore[no-untyped-def]
@@ -38,8 +68,9 @@ def configure(settings: LoggingSettings | None = None, stream=None) -> None:  # 
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(stream)
+    masking = [mask_numbers] if settings.numbers == "masked" else []
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(processors=[
-        structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer], foreign_pre_chain=shared))
+        structlog.stdlib.ProcessorFormatter.remove_processors_meta, *masking, renderer], foreign_pre_chain=shared))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

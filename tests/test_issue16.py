@@ -354,3 +354,70 @@ def test_a_trusted_peers_pai_is_the_callers_identity(pai_line, db, peer):
     stored = records.find_call(db, result.uuid)
     assert stored.ani == CLEAN
     assert "identity.untrusted" not in [s["code"] for s in stored.verdicts[0].details["signals"]]
+
+
+# ================================================================ 8. erasure leaves the number behind
+
+import io  # noqa: E402
+import json  # noqa: E402
+
+from sqlalchemy import text  # noqa: E402
+
+from fsguard import cli, logs  # noqa: E402
+from fsguard.config import LoggingSettings  # noqa: E402
+
+DIALLED = "+15551230002"
+
+
+def test_erasure_scrubs_the_number_from_every_column_and_the_log_never_had_it(settings, start_guard, db,
+                                                                              monkeypatch, capsys):
+    """An agent dials the person: the route (``bridge sofia/gateway/carrier/NUMBER``) is stored and
+    logged. After ``fsguard erase NUMBER`` no column of the call or its verdicts holds the number in
+    any form, and the daemon's log lines (masked by default) never held it."""
+    stream = io.StringIO()
+    logs.configure(LoggingSettings(format="json"), stream=stream)
+    settings.policy.stages = ["outbound", "routing"]
+    guard = start_guard()
+    result = FakeFreeSWITCH(guard.address, time_scale=TS).call(
+        Caller(ani="1001", dnis=DIALLED.lstrip("+"), context="default"))
+    assert result.route == f"bridge sofia/gateway/carrier/{DIALLED}", result.route
+    settle(guard)
+    forms = [DIALLED, DIALLED.lstrip("+"), DIALLED[2:]]
+    with db.begin() as session:
+        before = json.dumps([list(r) for r in session.execute(text("SELECT * FROM calls"))], default=str)
+    assert DIALLED[2:] in before
+
+    lines = [line for line in stream.getvalue().splitlines() if line.strip()]
+    assert any(result.uuid in line for line in lines)
+    leaked = [line for line in lines if any(f in line for f in forms)]
+    print(f"log lines holding the number: {len(leaked)} of {len(lines)}")
+    assert not leaked, f"{len(leaked)} log lines hold the number: {leaked[:3]}"
+    assert any("*********02" in line for line in lines)   # masked, last two digits kept for support
+
+    monkeypatch.delenv("FSGUARD_CONFIG", raising=False)
+    monkeypatch.setenv("FSGUARD_DATABASE_URL", settings.database.url)
+    monkeypatch.setenv("FSGUARD_RECORDING_DIR", settings.recording.dir)
+    assert cli.main(["erase", DIALLED]) == 0
+    with db.begin() as session:
+        rows = [list(r) for table in ("calls", "verdicts")
+                for r in session.execute(text(f"SELECT * FROM {table}"))]
+    dumped = json.dumps(rows, default=str)
+    assert not [f for f in forms if f in dumped], dumped
+    with db.begin() as session:
+        assert session.scalar(text("SELECT action FROM calls")) == "bridge sofia/gateway/carrier/[erased]"
+
+
+
+def test_numbers_can_be_logged_in_clear_when_the_operator_asks():
+    stream = io.StringIO()
+    logs.configure(LoggingSettings(format="json", numbers="clear"), stream=stream)
+    import structlog
+
+    structlog.get_logger("fsguard").info("call", ani="+12125550147", action="bridge sofia/gateway/carrier/15551230002")
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert line["ani"] == "+12125550147" and line["action"].endswith("15551230002")
+    stream = io.StringIO()
+    logs.configure(LoggingSettings(format="json"), stream=stream)
+    structlog.get_logger("fsguard").info("call", ani="+12125550147", uuid="0b3c8a8e-0000-4000-8000-000000000001")
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert line["ani"] == "+*********47" and line["uuid"] == "0b3c8a8e-0000-4000-8000-000000000001"
