@@ -21,7 +21,7 @@ import structlog
 from fsguard import records
 from fsguard.call import Call, IdentityTrust, direction_of
 from fsguard.config import Settings
-from fsguard.db import Database
+from fsguard.db import Database, DatabaseError
 from fsguard.esl import CallGone, ESLError, OutboundSession, ProtocolError
 from fsguard.metrics import Metrics
 from fsguard.pipeline import CallEnd, Decision, Pipeline, ShuttingDown
@@ -112,6 +112,8 @@ class App:
             for stage in decision.ran:
                 try:
                     stage.after_call(call, end)
+                except DatabaseError as exc:
+                    session.log.error("stage.after_call_failed", stage=stage.name, error=str(exc).splitlines()[0])
                 except Exception as exc:  # noqa: BLE001
                     session.log.error("stage.after_call_failed", stage=stage.name, error=str(exc), exc_info=True)
             # last: once this row is committed, so is everything the stages queued before it

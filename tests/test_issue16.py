@@ -421,3 +421,131 @@ def test_numbers_can_be_logged_in_clear_when_the_operator_asks():
     structlog.get_logger("fsguard").info("call", ani="+12125550147", uuid="0b3c8a8e-0000-4000-8000-000000000001")
     line = json.loads(stream.getvalue().splitlines()[-1])
     assert line["ani"] == "+*********47" and line["uuid"] == "0b3c8a8e-0000-4000-8000-000000000001"
+
+
+# ================================================================ 2. a database locked by another process
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+HOLD_LOCK = """
+import sys
+from sqlalchemy import create_engine, text
+url = sys.argv[1]
+engine = create_engine(url)
+conn = engine.connect()
+if engine.dialect.name == "sqlite":
+    conn.exec_driver_sql("BEGIN EXCLUSIVE")
+else:
+    conn.execute(text("LOCK TABLE call_counters IN ACCESS EXCLUSIVE MODE"))
+print("locked", flush=True)
+sys.stdin.read()   # until the test closes our stdin
+conn.rollback()
+"""
+
+
+def hold_lock(url: str) -> subprocess.Popen:
+    """Another process takes the database's write lock (SQLite) or the counters table (PostgreSQL)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == b"locked", "the lock holder could not take the lock"
+    return holder
+
+
+def test_a_database_locked_by_another_process_never_freezes_fsguard(settings, start_guard, db):
+    """While a call waits for the lock, everything else in fsguard goes on running (before, SQLite's
+    busy wait ran in C on the hub: every call, and /healthz, froze until it gave up). The call
+    waits at most database.statement_timeout, fails open, and its records are written once the
+    lock is gone."""
+    settings.policy.stages = ["screening", "routing"]
+    guard = start_guard()
+    assert FakeFreeSWITCH(guard.address, time_scale=TS).call(Caller(ani="+12125550101")).outcome == "routed"
+    settle(guard)
+    holder = hold_lock(db.url.render_as_string(hide_password=False))
+    try:
+        pending = FakeFreeSWITCH(guard.address, time_scale=TS).spawn(Caller(ani="+12125550102"))
+        wait_for(lambda: bool(guard.app.deciding), what="the call being decided")
+        ticks = 0
+        while guard.app.deciding:
+            gevent.sleep(0.01)
+            ticks += 1
+        result = pending.get(timeout=10)
+        print(f"greenlet turns while a call waited for the lock: {ticks}")
+        assert ticks >= 10, f"the hub ran only {ticks} times while the call waited for the database"
+        assert result.outcome == "routed" and result.route == settings.policy.fail_open_route, result.route
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    settle(guard)
+    stored = records.find_call(db, result.uuid)
+    assert stored is not None and stored.outcome == "failed_open"
+    assert [v.code for v in stored.verdicts] == ["error.database"]
+
+
+# ================================================================ 3. a database that refuses writes
+
+
+def chattr(flag: str, *paths: Any) -> None:
+    """``chattr +i`` / ``-i``: the immutable flag, which SQLite cannot write through (even as root)."""
+    done = subprocess.run(["chattr", flag, *[str(p) for p in paths if os.path.exists(p)]], capture_output=True)
+    assert done.returncode == 0, f"chattr {flag} failed: {done.stderr.decode().strip()} (needs root and ext4/xfs/btrfs)"
+
+
+@pytest.fixture
+def sqlite_file(tmp_path: Any, sqlite_template: Any) -> Any:
+    """A migrated SQLite database of the test's own (the immutable flag is a file's)."""
+    import shutil
+
+    path = tmp_path / "fsguard.db"
+    shutil.copy(sqlite_template, path)
+    yield path
+    chattr("-i", path, f"{path}-wal", f"{path}-shm")
+
+
+def test_a_database_made_read_only_neither_crashes_fsguard_nor_outlives_the_restore(tmp_path, sqlite_file):
+    """The real daemon, its database made immutable while calls flow, then writable again. Before:
+    SIGBUS ("Fatal Python error: Bus error") in 2 of 4 runs; otherwise never recovered (a
+    hard-blocked number routed after the restore, records abandoned, /readyz ready throughout)."""
+    from fsguard import lists
+    from fsguard.config import DatabaseSettings
+    from fsguard.db import Database
+    from test_process import Fsguard
+
+    url = f"sqlite:///{sqlite_file}"
+    db = Database(DatabaseSettings(url=url))
+    process = Fsguard(tmp_path, url, runner=False, stages=["screening", "routing"])
+    process.wait_alive = lambda: (gevent.sleep(0.05), process.proc.poll() is None)[1]
+    try:
+        fs = FakeFreeSWITCH(process.esl, time_scale=TS)
+        for i in range(5):   # connections opened, the WAL and its -shm mapped
+            assert fs.call(Caller(ani=f"+121255501{i:02d}")).outcome == "routed"
+        assert process.get("/readyz")["ready"] is True
+        files = [sqlite_file, f"{sqlite_file}-wal", f"{sqlite_file}-shm"]
+        chattr("+i", *files)
+        during = []
+        for i in range(8):
+            result = fs.call(Caller(ani=f"+121255502{i:02d}"))
+            assert process.wait_alive(), f"fsguard died (exit {process.proc.returncode}):\n" + "\n".join(process.raw[-5:])
+            assert result.outcome == "routed" and result.route == "transfer failopen XML default", result.outcome
+            during.append(result.uuid)
+            gevent.sleep(0.1)   # across the checkpointer's turns (one a second)
+        ready = process.get("/readyz")
+        assert ready["ready"] is False and ready["checks"]["database"] != "ok", ready
+        chattr("-i", *files)
+
+        with db.begin() as session:
+            lists.add(session, lists.make_spec("+12125550199", kind="block", level=9, reason="issue 16"))
+        wait_for(lambda: process.get("/readyz")["ready"] is True, timeout=10, what="ready again")
+        blocked = fs.call(Caller(ani="+12125550199"))
+        assert blocked.outcome == "hungup" and blocked.hangup_cause == "CALL_REJECTED", blocked.outcome
+        # the rows of the calls taken while the files refused writes were kept and written since
+        wait_for(lambda: all(records.find_call(db, u) is not None for u in during), timeout=20,
+                 what="the records kept during the outage written")
+        assert not [e for e in process.logs if e.get("event") == "db.write_abandoned"]
+        assert process.proc.poll() is None
+    finally:
+        chattr("-i", sqlite_file, f"{sqlite_file}-wal", f"{sqlite_file}-shm")
+        process.close()
+        db.dispose()
+    assert "Bus error" not in "\n".join(process.raw)
