@@ -48,6 +48,8 @@ DatabaseError = SQLAlchemyError
 
 #: SQLite result codes (sqlite3 exceptions carry them as ``sqlite_errorcode``)
 SQLITE_BUSY, SQLITE_BUSY_RECOVERY = 5, 261
+#: PostgreSQL's "cannot execute INSERT in a read-only transaction"
+READ_ONLY_SQL_TRANSACTION = "25006"
 
 
 def files_writable(path: str) -> bool:
@@ -179,8 +181,18 @@ class Database:
         # No pool_pre_ping: it is a round trip on every checkout, three or four per call. A
         # connection PostgreSQL dropped (a restart) fails the one statement that meets it, that
         # stage fails open, and SQLAlchemy then recycles every connection of the pool at once.
-        return create_engine(self.url, pool_size=s.pool_size, max_overflow=s.pool_size // 2,
-                             pool_timeout=s.pool_timeout, connect_args=connect_args)
+        engine = create_engine(self.url, pool_size=s.pool_size, max_overflow=s.pool_size // 2,
+                               pool_timeout=s.pool_timeout, connect_args=connect_args)
+
+        @event.listens_for(engine, "handle_error")
+        def _read_only(context: Any) -> None:
+            # A session that started read-only (default_transaction_read_only, a standby promoted
+            # since) stays so: such connections are recycled like dropped ones, and the pool's
+            # next connections see the database as it is now.
+            if getattr(context.original_exception, "sqlstate", None) == READ_ONLY_SQL_TRANSACTION:
+                context.is_disconnect = True
+
+        return engine
 
     @contextmanager
     def begin(self) -> Iterator[Session]:
@@ -265,20 +277,27 @@ class Database:
             conn.close()
 
     def writable(self) -> bool:
-        """Whether the database accepts writes (SQLite: its files can be written)."""
+        """Whether SQLite's files accept writes (PostgreSQL: see :meth:`ping`)."""
         database = self.url.database or ""
         if not self.is_sqlite or database in ("", ":memory:"):
             return True
         return files_writable(database)
 
     def ping(self) -> bool:
-        """Ready for calls: the database answers, and (SQLite) its files accept writes."""
+        """Ready for calls: the database answers and accepts writes (SQLite: its files can be
+        written; PostgreSQL: the session is not read-only, as on a standby or with
+        ``default_transaction_read_only``)."""
         if not self.writable():
             return False
         try:
             with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            return True
+                if self.is_sqlite:
+                    conn.execute(text("SELECT 1"))
+                    return True
+                if conn.execute(text("SELECT current_setting('transaction_read_only')")).scalar() == "off":
+                    return True
+                conn.invalidate()   # a read-only session: the next one sees whether that changed
+                return False
         except SQLAlchemyError:
             return False
 

@@ -549,3 +549,61 @@ def test_a_database_made_read_only_neither_crashes_fsguard_nor_outlives_the_rest
         process.close()
         db.dispose()
     assert "Bus error" not in "\n".join(process.raw)
+
+
+def test_a_postgresql_database_that_refuses_writes_fails_open_and_recovers_by_itself(pg_base_url):
+    """PostgreSQL's way of refusing writes: ``default_transaction_read_only`` (as on a standby).
+    Sessions opened then stay read-only; fsguard recycles them on the first refusal, is not ready
+    meanwhile, keeps the call records for a retry, and screens again once writes are accepted."""
+    from sqlalchemy import create_engine
+
+    from fsguard import lists
+    from fsguard.app import App
+    from fsguard.config import Settings
+    from fsguard.db import Database
+    from fsguard.server import CallServer
+
+    assert pg_base_url is not None, "this test needs the PostgreSQL server"
+    name = pg_base_url.rsplit("/", 1)[1]
+    admin = create_engine(pg_base_url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+
+    def read_only(on: bool) -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ' + ("SET default_transaction_read_only = on" if on
+                                                              else "RESET default_transaction_read_only")))
+            if on:   # the sessions fsguard has open start over under the new default
+                conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": name})
+
+    settings = Settings()
+    settings.database.url = pg_base_url
+    settings.node.id = "test-node"
+    settings.policy.stages = ["screening", "routing"]
+    settings.esl.listen = "127.0.0.1:0"
+    settings.http.enabled = False
+    db = Database(settings.database)
+    with db.begin() as session:
+        session.execute(text("DELETE FROM list_entries WHERE number = '+12125550198'"))
+        lists.add(session, lists.make_spec("+12125550198", kind="block", level=9, reason="issue 16"))
+    app = App(settings, db=db)
+    server = CallServer(app)
+    server.start()
+    try:
+        fs = FakeFreeSWITCH(server.address, time_scale=TS)
+        assert fs.call(Caller(ani="+12125550110")).outcome == "routed"
+        read_only(True)
+        refused = fs.call(Caller(ani="+12125550198"))
+        assert refused.outcome == "routed" and refused.route == settings.policy.fail_open_route  # failed open
+        assert db.ping() is False
+        read_only(False)
+        wait_for(db.ping, timeout=10, what="ready again")
+        blocked = fs.call(Caller(ani="+12125550198"))
+        assert blocked.outcome == "hungup" and blocked.hangup_cause == "CALL_REJECTED", (blocked.outcome, blocked.route)
+        assert app.writer.wait_idle(15)
+        stored = records.find_call(db, refused.uuid)
+        assert stored is not None and stored.outcome == "failed_open"
+    finally:
+        read_only(False)
+        server.stop(drain=0.5)
+        db.dispose()
+        admin.dispose()
