@@ -23,7 +23,8 @@ from fsguard.server import CallServer  # noqa: E402
 
 #: the PostgreSQL server the PostgreSQL leg runs on; a database of its own is created per run
 PG_ADMIN_URL = os.environ.get("FSGUARD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-TRANSCRIPTS = Path(__file__).resolve().parent.parent.parent / "shared" / "esl-transcripts"
+#: real FreeSWITCH captures kept with the tests (a clone anywhere has them)
+TRANSCRIPTS = Path(__file__).resolve().parent / "captures"
 
 _pg_problem: str | None = None
 
@@ -198,6 +199,5 @@ def _logging() -> Iterator[None]:
 
 @pytest.fixture
 def transcripts() -> Path:
-    if not TRANSCRIPTS.exists():
-        pytest.skip(f"no ESL captures at {TRANSCRIPTS}")
+    assert TRANSCRIPTS.is_dir(), f"no ESL captures at {TRANSCRIPTS}"
     return TRANSCRIPTS

@@ -9,7 +9,6 @@ import random
 import re
 import socket
 import time
-from pathlib import Path
 
 import gevent
 import pytest
@@ -20,15 +19,6 @@ from fsguard.esl import (CallGone, ESLTimeout, FrameReader, OutboundSession, Pro
 from fsguard.testing import transcripts as tx
 from fsguard.testing.wire import command_reply, event_frame, linger_notice
 
-#: real FreeSWITCH captures kept with the tests (copied from the lab's esl-transcripts)
-CAPTURES = Path(__file__).resolve().parent / "captures"
-
-
-@pytest.fixture
-def transcripts() -> Path:
-    """The captures in the repository: a clone anywhere has them (never a skip)."""
-    assert CAPTURES.is_dir(), f"{CAPTURES} is missing"
-    return CAPTURES
 
 
 def frames_of(data: bytes, chunk: int | None = None):
