@@ -127,6 +127,8 @@ class App:
             log.info("esl.session_ended", error=str(exc), phase="held" if decision else "deciding")
         except Exception as exc:  # noqa: BLE001 - a bug must not take the server down
             log.error("call.failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            if decision is None:   # failed before an instruction: the call still gets its route
+                self._fail_open(session, call, "error")
         finally:
             self.deciding.discard(me)
             self.held.discard(me)
@@ -159,7 +161,13 @@ class App:
     def _shutdown(self, session: OutboundSession, call: Call | None, decision: Decision | None) -> None:
         """The drain time is over: a call still being decided takes the fail-open route (its
         direction's: an agent's outbound call is dialled, an inbound call goes to the queue)."""
-        if decision is None and not session.hungup and not session.eof:
+        if decision is None:
+            self._fail_open(session, call, "shutdown")
+
+    def _fail_open(self, session: OutboundSession, call: Call | None, reason: str) -> None:
+        """A call that has no instruction yet (shutdown, a failure outside the pipeline) takes
+        its direction's fail-open route (fail-closed: the configured hang-up)."""
+        if session.started and not session.hungup and not session.eof and not session.closed:
             settings = self.settings
             if call is not None:
                 direction, dnis, region = call.direction, call.dnis, call.region
@@ -167,13 +175,18 @@ class App:
                 direction = direction_of(session.channel, settings.node.outbound_contexts)
                 dnis, region = session.channel.get("Caller-Destination-Number", ""), settings.node.default_region
             route = settings.policy.fail_open_for(direction, dnis, settings.outbound, region)
+            if reason != "shutdown" and settings.policy.on_error == "closed":
+                route = f"hangup {settings.policy.fail_closed_cause}"
             try:
                 app, _, arg = route.partition(" ")
                 session.send_apps([(app, arg)])
-                log.warning("call.released_at_shutdown", action=route, direction=direction)
-                self.metrics.over_capacity.labels(reason="shutdown").inc()
+                if reason == "shutdown":
+                    log.warning("call.released_at_shutdown", action=route, direction=direction)
+                    self.metrics.over_capacity.labels(reason="shutdown").inc()
+                else:
+                    log.warning("call.released_after_error", action=route, direction=direction)
             except (ESLError, OSError) as exc:
-                log.error("call.shutdown_route_failed", error=str(exc))
+                log.error("call.fail_open_route_failed", reason=reason, error=str(exc))
 
     def refuse(self, session: OutboundSession, reason: str) -> None:
         """Over capacity or shutting down: connect, give the fail-open route at once, close.

@@ -35,12 +35,22 @@ def _mask(value: Any) -> Any:
     return value
 
 
+#: fields fsguard itself fills with no number in them (skipped: the canonical line is logged per call)
+_NO_NUMBERS = frozenset({"event", "level", "logger", "timestamp", "uuid", "direction", "outcome", "hangup_cause"})
+
+
 def mask_numbers(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: every telephone number in a line, all but its last two digits masked
     (``+1*********47``). Numbers are personal data: a number erased on request (``fsguard erase``)
     must not stay in the logs, which fsguard cannot rewrite. ``logging.numbers = "clear"`` turns it off."""
+    search = _NUMBER.search
     for key, value in event_dict.items():
-        if isinstance(value, (str, dict, list, tuple)):
+        if key in _NO_NUMBERS:
+            continue
+        if isinstance(value, str):
+            if search(value):
+                event_dict[key] = _mask_text(value)
+        elif isinstance(value, (dict, list, tuple)):
             event_dict[key] = _mask(value)
     return event_dict
 

@@ -86,6 +86,22 @@ def test_an_instruction_that_cannot_be_sent_still_gives_the_call_its_fail_open_r
     assert not [r for r in caplog.records if "call.failed" in str(r.msg)]
 
 
+def test_a_failure_outside_the_pipeline_still_gives_the_call_its_fail_open_route(settings, start_guard, monkeypatch):
+    """A bug before the stages run (here: building the Call) used to end with a traceback and the
+    socket closed on a call that had only ``resume``."""
+    from fsguard.app import App
+
+    def broken(self, session):
+        raise RuntimeError("a bug while reading the channel data")
+
+    monkeypatch.setattr(App, "_call", broken)
+    guard = start_guard()
+    result = FakeFreeSWITCH(guard.address, time_scale=TS).call(Caller(ani="+12125550100"))
+    assert result.outcome == "routed" and result.route == settings.policy.fail_open_route, (
+        result.outcome, [c.split("\n")[0] for c in result.commands])
+    settle(guard)
+
+
 @pytest.mark.parametrize("check", [
     pytest.param(lambda: __import__("fsguard.recordings", fromlist=["x"]).UUID_RE.match(
         "0b3c8a8e-0000-4000-8000-000000000001\n"), id="recording-uuid"),
