@@ -51,7 +51,7 @@ Eraser = Callable[[Session, str], list[str]]
 ERASED = "[erased]"
 #: keys of the call's inputs (Call.describe() and stages' facts) that hold the caller's identity
 #: keys whose values identify the person (the routing stage stores the customer and account)
-PERSONAL_KEYS = frozenset({"ani", "presented", "network", "caller_name", "customer_name", "name", "customer",
+PERSONAL_KEYS = frozenset({"ani", "presented", "network", "asserted", "caller_name", "customer_name", "name", "customer",
                            "account_id", "crm_customer"})
 
 _registry: dict[str, tuple[str, Eraser]] = {}
