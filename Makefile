@@ -14,8 +14,11 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# An installed fsguard keeps its state in /var/lib/fsguard; the checkout's keeps it in var/.
+run: export FSGUARD_DATABASE_URL ?= sqlite:///$(CURDIR)/var/fsguard.db
+run: export FSGUARD_RECORDING_DIR ?= $(CURDIR)/var/recordings
 run: install
-	mkdir -p var
+	mkdir -p var/recordings
 	$(BIN)/fsguard db upgrade
 	$(BIN)/fsguard serve
 

@@ -236,9 +236,9 @@ def test_show_everything_and_filter(fsguard, db):
                                            "source", "reason"]
     assert "+13125550100" not in out and "+18005550100  dno" in out
     assert "+13125550100" in fsguard("lists", "show", "--all")[1]
-    rows = json.loads(fsguard("lists", "show", "--source", "auto", "--json")[1])
+    rows = json.loads(fsguard("lists", "show", "--source", "auto", "--json")[1])["entries"]   # one shape
     assert [(r["number"], r["level"], r["code"], r["hard"]) for r in rows] == [("+14155550123", 3, "flood.hour", False)]
-    rows = json.loads(fsguard("lists", "show", "--kind", "dno", "--json")[1])
+    rows = json.loads(fsguard("lists", "show", "--kind", "dno", "--json")[1])["entries"]
     assert [r["number"] for r in rows] == ["+18005550100"]
 
 

@@ -15,6 +15,7 @@ import importlib.util
 import sys
 from typing import Any
 
+from fsguard import cli
 from fsguard.cli import CLIError, Context, print_json, print_table
 from fsguard.commands._common import area_parser, open_input, routing_traits
 
@@ -46,12 +47,14 @@ def register(subparsers: Any) -> None:
     i.add_argument("file", help="the CSV file ('-' for standard input)")
     i.add_argument("--skip-invalid", action="store_true", help="import the good rows and list the bad ones")
     i.add_argument("--dry-run", action="store_true", help="check the file and say what would change")
+    i.add_argument("--json", action="store_true",
+                   help='print {"rows", "created", "updated", "numbers", "dry_run", "bad": [...]}')
 
     s = sub.add_parser("show", help="list customers, or show one by number or account")
     s.add_argument("number", nargs="?", metavar="NUMBER")
     s.add_argument("--account")
     s.add_argument("--vip", action="store_true", help="VIPs only")
-    s.add_argument("--limit", type=int, default=0, help="at most this many (default all)")
+    s.add_argument("--limit", type=cli.count_or_all, default=0, help="at most this many (default all)")
     s.add_argument("--json", action="store_true")
 
     r = sub.add_parser("remove", help="remove a number from its customer, or a whole customer",
@@ -59,6 +62,7 @@ def register(subparsers: Any) -> None:
                                    "too), or with --account the customer and all their numbers.")
     r.add_argument("number", nargs="?", metavar="NUMBER")
     r.add_argument("--account")
+    r.add_argument("--json", action="store_true", help='print {"removed": "what was removed"}')
 
 
 def cmd_customers(ctx: Context) -> int:
@@ -134,6 +138,10 @@ def _import(ctx: Context) -> int:
     except Abort:
         pass
     assert result is not None
+    if args.json and (args.dry_run or not result.errors or args.skip_invalid):
+        print_json({"rows": result.rows, "created": result.created, "updated": result.updated,
+                    "numbers": result.numbers, "dry_run": bool(args.dry_run), "bad": list(result.errors)})
+        return 0
     shown = result.errors[:20]
     for line in shown:
         print(f"  {line}", file=sys.stderr)
@@ -164,7 +172,7 @@ def _show(ctx: Context) -> int:
             found = customers.listing(session, vip_only=args.vip, limit=args.limit or None)
             total, total_numbers = customers.count(session)
     if args.json:
-        print_json([c.as_dict() for c in found] if not (args.number or args.account) else found[0].as_dict())
+        print_json([c.as_dict() for c in found])   # one shape: a list, of one when a customer is named
         return 0
     print_table([[c.id, c.account_id, c.name, "yes" if c.vip else "", c.agent, c.queue, c.region,
                   " ".join(c.numbers)] for c in found],
@@ -190,6 +198,9 @@ def _remove(ctx: Context) -> int:
             missing = f"no customer with account {args.account}"
     if done is None:
         raise CLIError(missing)
+    if args.json:
+        print_json({"removed": done})
+        return 0
     print(done)
     return 0
 

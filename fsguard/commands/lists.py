@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from fsguard import lists
+from fsguard import cli, lists
 from fsguard.cli import SERVE_HOOKS, CLIError, Context, print_json, print_table
 from fsguard.commands._common import area_parser, open_input
 
@@ -43,7 +43,8 @@ def register(subparsers: Any) -> None:
     add = sub.add_parser("add", help="add or replace an entry",
                          description="Numbers in any usual form are stored in E.164; a prefix ends with * (+1900*).")
     add.add_argument("number", nargs="?", help="number or prefix (+12125550147, 0044 20 7946 0000, +1900*)")
-    add.add_argument("--from-call", metavar="UUID", help="the caller of this recorded call (instead of NUMBER)")
+    add.add_argument("--from-call", metavar="UUID", help="the caller of this recorded call (instead of NUMBER): its "
+                     f"uuid or a prefix of at least {cli.MIN_UUID_PREFIX} characters no other call shares")
     _kind_options(add, required=True)
     _entry_options(add)
     add.add_argument("--json", action="store_true", help="print the entry as JSON")
@@ -53,6 +54,7 @@ def register(subparsers: Any) -> None:
     rm.add_argument("number")
     rm.add_argument("--dnis", help="only the entry for this dialled number")
     rm.add_argument("--kind", choices=lists.KINDS, help="only an entry of this kind")
+    rm.add_argument("--json", action="store_true", help='print {"removed": [entries]}')
     rm.set_defaults(func=cmd_remove)
 
     show = sub.add_parser("show", help="the entries covering a number, or every entry")
@@ -61,7 +63,7 @@ def register(subparsers: Any) -> None:
     show.add_argument("--kind", choices=lists.KINDS)
     show.add_argument("--source", help="only entries from this source (auto, cli, import)")
     show.add_argument("--all", action="store_true", help="include expired entries")
-    show.add_argument("--limit", type=int, default=0, help="at most this many entries")
+    show.add_argument("--limit", type=cli.count_or_all, default=0, help="at most this many entries")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_show)
 
@@ -72,6 +74,8 @@ def register(subparsers: Any) -> None:
     imp.add_argument("file", help="CSV file ('-' for standard input)")
     imp.add_argument("--skip-bad", action="store_true", help="import the good rows even if some are bad")
     imp.add_argument("--dry-run", action="store_true", help="check the file, write nothing")
+    imp.add_argument("--json", action="store_true",
+                     help='print {"rows", "imported", "dry_run", "bad": [{"line", "problem"}], "warnings"}')
     _kind_options(imp, required=False)
     _entry_options(imp)
     imp.set_defaults(func=cmd_import)
@@ -83,6 +87,7 @@ def register(subparsers: Any) -> None:
     exp.set_defaults(func=cmd_export)
 
     purge = sub.add_parser("purge", help="drop old call counters and long-expired entries now")
+    purge.add_argument("--json", action="store_true", help='print {"counters": N, "entries": N}')
     purge.set_defaults(func=cmd_purge)
 
 
@@ -139,7 +144,7 @@ def cmd_add(ctx: Context) -> int:
         entry, replaced = lists.add(session, spec)
         data = lists.entry_dict(entry)
     if args.json:
-        print_json({"entry": data, "replaced": replaced, **({"from_call": note} if note else {})})
+        print_json({"entry": data, "replaced": replaced, "from_call": note})
         return 0
     if note:
         print(note)
@@ -155,9 +160,7 @@ def _caller_of(ctx: Context, uuid: str, reason: str | None) -> tuple[str, str, s
     """The network number of a recorded call's caller (even if it was withheld), a default reason, and a note."""
     from fsguard import records
 
-    call = records.find_call(ctx.db, uuid)
-    if call is None:
-        raise CLIError(f"no call {uuid}")
+    call = records.find_call(ctx.db, cli.find_call(ctx, uuid).uuid)   # refuses an ambiguous prefix
     if not call.ani:
         raise CLIError(f"call {call.uuid} has no caller number to block (anonymous or unreadable: {call.ani_raw!r})")
     withheld = " (the caller had withheld the number)" if (call.inputs or {}).get("privacy") else ""
@@ -182,6 +185,9 @@ def cmd_remove(ctx: Context) -> int:
         if covering:
             hint = "; it is covered by " + ", ".join(e.pattern for e in covering) + " (remove that prefix instead)"
         raise CLIError(f"no entry for {number}{'*' if is_prefix else ''}{' for ' + dnis if dnis else ''}{hint}")
+    if args.json:
+        print_json({"removed": gone})
+        return 0
     for entry in gone:
         print(f"removed: {lists.describe(entry)}")
     return 0
@@ -200,7 +206,7 @@ def cmd_show(ctx: Context) -> int:
         rows = [lists.entry_dict(e) for e in lists.all_entries(session, kind=args.kind, source=args.source,
                                                                 include_expired=args.all, limit=args.limit or None)]
     if args.json:
-        print_json(rows)
+        print_json({"number": None, "dnis": None, "applies": None, "entries": rows, "counts": {}})
         return 0
     if not rows:
         print("the list is empty" if not (args.kind or args.source) else "no matching entries")
@@ -271,6 +277,17 @@ def cmd_import(ctx: Context) -> int:
     except UnicodeDecodeError:
         raise CLIError(f"{args.file} is not UTF-8 text") from None
     progress.done()
+    if args.json and (args.dry_run or not report.errors or args.skip_bad):
+        written = 0
+        if not args.dry_run:
+            with ctx.db.begin() as session:
+                written = lists.import_entries(session, report.specs, progress=progress)
+            progress.done()
+        print_json({"rows": report.rows, "imported": written, "would_import": len(report.specs),
+                    "dry_run": bool(args.dry_run),
+                    "bad": [{"line": line, "problem": message} for line, message in report.errors],
+                    "warnings": [{"line": line, "problem": message} for line, message in report.warnings]})
+        return 0
     for line, message in report.errors[:50]:
         print(f"line {line}: {message}", file=sys.stderr)
     if len(report.errors) > 50:
@@ -337,6 +354,9 @@ def cmd_export(ctx: Context) -> int:
 def cmd_purge(ctx: Context) -> int:
     ctx.require_schema()
     counters, entries = _purge(ctx.db, ctx.settings)
+    if ctx.args.json:
+        print_json({"counters": counters, "entries": entries})
+        return 0
     print(f"purged {counters} call counter rows and {entries} expired entries")
     return 0
 

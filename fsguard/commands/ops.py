@@ -226,22 +226,54 @@ def cmd_config(ctx: cli.Context) -> int:
     if command == "example":
         print(render_settings(Settings(), example=True), end="")
         return 0
-    settings = load_settings(ctx.args.config)   # a bad file raises ConfigError: exit 2 with the key
     if command == "show":
+        settings = load_settings(ctx.args.config)   # a bad file raises ConfigError: exit 2 with the key
         print(render_settings(settings, example=False), end="")
         return 0
+    return _check(ctx)
+
+
+def _check(ctx: cli.Context) -> int:
+    """Every problem of the configuration, not only the first; and environment variables that
+    look like settings but name none (a typo there is otherwise silently ignored)."""
+    import os
+    import sys
+
+    from fsguard.config import ConfigError, unknown_variables
     from fsguard.pipeline import load_stage
 
-    for name in settings.policy.stages:
-        try:
-            load_stage(name)
-        except (ValueError, ImportError) as exc:
-            raise cli.CLIError(f"policy.stages: {exc}") from None
-    policy = settings.policy
-    shadow = [s for s in policy.stages if not policy.enforced(s)]
-    print(f"configuration OK ({settings.source or 'defaults and environment'}): "
-          f"stages {' -> '.join(policy.stages) or '(none)'}"
-          + (f"; shadow mode for {', '.join(shadow)}" if shadow else ""))
+    warnings = [f"{var}: names no setting (ignored); see 'fsguard config example' for the settings"
+                for var in unknown_variables()]
+    problems: list[str] = []
+    settings = None
+    try:
+        settings = load_settings(ctx.args.config)
+    except ConfigError as exc:
+        problems += exc.problems
+    if settings is not None:
+        for name in settings.policy.stages:
+            try:
+                load_stage(name)
+            except (ValueError, ImportError) as exc:
+                problems.append(f"policy.stages: {exc}")
+    source = str(settings.source) if settings and settings.source else \
+        (ctx.args.config or os.environ.get("FSGUARD_CONFIG") or "defaults and environment")
+    stages = settings.policy.stages if settings else []
+    shadow = [s for s in stages if settings and not settings.policy.enforced(s)]
+    if ctx.args.json:
+        cli.print_json({"ok": not problems, "source": source, "problems": problems, "warnings": warnings,
+                        "stages": stages, "shadow": shadow})
+    else:
+        for warning in warnings:
+            print(f"fsguard: warning: {warning}", file=sys.stderr)
+        for problem in problems:
+            print(f"fsguard: configuration error: {problem}", file=sys.stderr)
+        if not problems:
+            print(f"configuration OK ({source}): stages {' -> '.join(stages) or '(none)'}"
+                  + (f"; shadow mode for {', '.join(shadow)}" if shadow else ""))
+    if problems:
+        # a stage that cannot load is a problem of the code or the install (1); any other is the file's (2)
+        return 1 if all(p.startswith("policy.stages: ") for p in problems) and settings is not None else 2
     return 0
 
 
@@ -249,6 +281,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("config", help="the configuration: example, check, show")
     csub = p.add_subparsers(dest="config_command", required=True)
     csub.add_parser("example", help="every setting with its default and documentation (TOML)")
-    csub.add_parser("check", help="validate the configuration file (before a reload)")
+    check = csub.add_parser("check", help="validate the configuration file (before a reload): every problem, and "
+                                          "FSGUARD_* variables that name no setting")
+    check.add_argument("--json", action="store_true",
+                       help='print {"ok", "source", "problems", "warnings", "stages", "shadow"}')
     csub.add_parser("show", help="the settings in effect, secrets hidden (TOML)")
     p.set_defaults(func=cmd_config)

@@ -19,7 +19,7 @@ from typing import Any
 import gevent
 import structlog
 
-from fsguard import cli, erasure, recordings
+from fsguard import cli, erasure, numbers, recordings
 from fsguard.commands._common import area_parser
 from fsguard.config import parse_duration
 from fsguard.numbers import InvalidNumber
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls.add_argument("--held", action="store_true", help="only those under legal hold")
     ls.add_argument("--expired", action="store_true", help="only those past their retain-until date")
     ls.add_argument("--status", choices=["recording", "complete", "missing", "unreadable"])
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--limit", type=cli.positive_int, default=50)
     ls.add_argument("--json", action="store_true")
 
     show = rs.add_parser("show", help="one recording: file, purpose, retention, hold, hash, masked intervals")
@@ -47,7 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     hold = rs.add_parser("hold", help="put a recording under legal hold (no purge, no erasure)")
     hold.add_argument("uuid")
     hold.add_argument("--reason", required=True, help="the case or request it is kept for")
-    rs.add_parser("release", help="lift a legal hold").add_argument("uuid")
+    hold.add_argument("--json", action="store_true", help="print the recording as JSON")
+    release = rs.add_parser("release", help="lift a legal hold")
+    release.add_argument("uuid")
+    release.add_argument("--json", action="store_true", help="print the recording as JSON")
 
     purge = rs.add_parser("purge", help="delete recordings past their retention (not those under legal hold)")
     purge.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
@@ -59,10 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         a = rs.add_parser(name, help=text)
         a.add_argument("uuid")
         a.add_argument("--by", default="cli", help="who asks (an agent id), kept with the request")
+        a.add_argument("--json", action="store_true", help='print {"uuid", "action", "recording"}')
     st = rs.add_parser("start", help="start recording a live call whose rule is on_demand")
     st.add_argument("uuid")
     st.add_argument("--purpose", help="purpose of this recording (default: the rule's)")
     st.add_argument("--by", default="cli", help="who asks (an agent id), kept with the recording")
+    st.add_argument("--json", action="store_true", help='print {"uuid", "action", "recording"}')
 
     vf = rs.add_parser("verify", help="hash recordings again and compare with the SHA-256 taken at the end of the call")
     vf.add_argument("uuid", nargs="?")
@@ -105,10 +110,16 @@ def cmd_recordings(ctx: cli.Context) -> int:
             return 0
         if action == "hold":
             data = recordings.hold(db, args.uuid, args.reason)
+            if args.json:
+                cli.print_json(data)
+                return 0
             print(f"recording of call {data['uuid']} is under legal hold: {data['hold_reason']}")
             return 0
         if action == "release":
             data = recordings.release(db, args.uuid)
+            if args.json:
+                cli.print_json(data)
+                return 0
             print(f"legal hold lifted on call {data['uuid']}; kept until {data['retain_until'][:10]} "
                   f"({data['purpose']} retention)")
             return 0
@@ -119,13 +130,23 @@ def cmd_recordings(ctx: cli.Context) -> int:
         if action in ("pause", "resume", "start", "stop"):
             if action == "start":
                 data = recordings.start(db, settings, args.uuid, purpose=args.purpose, by=args.by)
+                if args.json:
+                    cli.print_json({"uuid": data["uuid"], "action": action, "recording": data})
+                    return 0
                 print(f"recording call {data['uuid']} for {data['purpose']} to {data['path']}")
             elif action == "stop":
                 data = recordings.stop(db, settings, args.uuid, by=args.by)
+                if args.json:
+                    cli.print_json({"uuid": data["uuid"], "action": action, "recording": data})
+                    return 0
                 print(f"stopped recording call {data['uuid']}: {_duration(data['duration'])}, "
                       f"sha256 {data['sha256'] or '-'} ({data['status']})")
             else:
-                getattr(recordings, action)(db, settings, args.uuid, by=args.by)
+                result = getattr(recordings, action)(db, settings, args.uuid, by=args.by)
+                if args.json:
+                    cli.print_json({"uuid": args.uuid, "action": action,
+                                    "recording": result if isinstance(result, dict) else None})
+                    return 0
                 print(f"recording of call {args.uuid} {'paused (masked)' if action == 'pause' else 'resumed'}")
             return 0
         if action == "verify":
@@ -141,6 +162,8 @@ def cmd_erase(ctx: cli.Context) -> int:
     ctx.require_schema()
     settings = ctx.settings
     try:
+        # the rule every command uses for a typed number: "123" is refused, not erased as +1123
+        numbers.to_e164(ctx.args.number, settings.node.default_region)
         report = erasure.erase(ctx.db, ctx.args.number, region=settings.node.default_region, settings=settings,
                                dry_run=ctx.args.dry_run)
     except InvalidNumber as exc:

@@ -1,0 +1,344 @@
+"""What a new user and an operator trip over (issue 17), through the real ``fsguard`` entry point
+(``fsguard.cli.main`` in-process, or ``python -m fsguard`` where a real pipe or process matters),
+on SQLite and PostgreSQL where a database is involved."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from sqlalchemy import inspect
+
+from fsguard import cli, migrate
+from fsguard.config import DatabaseSettings
+from fsguard.db import Database
+from fsguard.testing.simulator import Caller
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("FSGUARD_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def run(monkeypatch, capsys) -> Callable[..., tuple[int, str, str]]:
+    """``fsguard ARGV...`` in-process with the environment as set by the test; (exit code, stdout, stderr)."""
+    clean_env(monkeypatch)
+    monkeypatch.setenv("USER", "alice")
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = cli.main(list(argv))
+        except SystemExit as exc:   # argparse usage errors
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+@pytest.fixture
+def fsguard(run, settings, db, monkeypatch) -> Callable[..., tuple[int, str, str]]:
+    """``run`` against the test database (SQLite and PostgreSQL)."""
+    monkeypatch.setenv("FSGUARD_DATABASE_URL", settings.database.url)
+    monkeypatch.setenv("FSGUARD_RECORDING_DIR", settings.recording.dir)
+    return run
+
+
+def one_line_error(err: str, *needles: str) -> str:
+    """The command's own error: the last line of stderr, starting with ``fsguard:``, no traceback."""
+    assert "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("fsguard: "), err
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+# ------------------------------------------------------------ 1: default paths
+
+
+def test_the_defaults_are_absolute_whatever_the_working_directory(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run("config", "show")
+    assert code == 0
+    assert 'url = "sqlite:////var/lib/fsguard/fsguard.db"' in out
+    assert 'dir = "/var/lib/fsguard/recordings"' in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_command_on_a_missing_database_creates_nothing_and_says_to_upgrade(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "state" / "fsguard.db"
+    monkeypatch.setenv("FSGUARD_DATABASE_URL", f"sqlite:///{path}")
+    for argv in (["calls"], ["lists", "show"], ["db", "current"]):
+        code, out, err = run(*argv)
+        assert code == 1 and out == ""
+        one_line_error(err, f"no database at {path}", "fsguard db upgrade")
+    # upgrade creates the file, but never the directory (it would belong to whoever ran it)
+    code, _, err = run("db", "upgrade")
+    assert code == 1
+    one_line_error(err, f"the directory {path.parent} does not exist")
+    assert list(tmp_path.iterdir()) == []
+    path.parent.mkdir()
+    code, out, _ = run("db", "upgrade")
+    assert code == 0 and path.exists() and out.startswith("migrated the database from empty to ")
+    code, out, _ = run("calls")
+    assert code == 0
+
+
+@pytest.mark.parametrize("variable, value, problem", [
+    ("FSGUARD_DATABASE_URL", "sqlite:///var/fsguard.db", "names the relative path 'var/fsguard.db'"),
+    ("FSGUARD_RECORDING_DIR", "var/recordings", "recording.dir: must be an absolute path"),
+    ("FSGUARD_DATABASE_URL", "mysql://fsguard@db/fsguard", "fsguard works with sqlite:/// and postgresql://"),
+])
+def test_a_path_or_database_fsguard_cannot_use_is_refused_by_config_check(run, tmp_path, monkeypatch, variable,
+                                                                            value, problem):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(variable, value)
+    for argv in (["config", "check"], ["db", "current"], ["calls"]):
+        code, out, err = run(*argv)
+        assert code == 2 and out == ""
+        one_line_error(err, "configuration error", problem)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_make_run_keeps_the_checkouts_state_in_var(tmp_path):
+    """``make run`` with a stand-in ``fsguard`` that prints what it was given."""
+    fake = tmp_path / "fsguard"
+    fake.write_text('#!/bin/sh\necho "$* $FSGUARD_DATABASE_URL $FSGUARD_RECORDING_DIR"\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FSGUARD_", "MAKE"))}
+    made = subprocess.run(["make", "-s", "-o", "install", "run", f"BIN={tmp_path}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    var = REPO.resolve() / "var"
+    assert made.stdout.splitlines() == [f"db upgrade sqlite:///{var}/fsguard.db {var}/recordings",
+                                        f"serve sqlite:///{var}/fsguard.db {var}/recordings"]
+
+
+def test_the_unit_and_the_install_steps_use_the_same_state_directory():
+    unit = (REPO / "conf" / "systemd" / "fsguard.service").read_text()
+    assert "StateDirectory=fsguard" in unit and "WorkingDirectory=/var/lib/fsguard" in unit
+    assert "install -d -o fsguard -g fsguard -m 0750 /var/lib/fsguard" in unit
+    from fsguard.config import Settings
+
+    defaults = Settings()
+    assert defaults.database.sqlite_path == Path("/var/lib/fsguard/fsguard.db")
+    assert Path(defaults.recording.dir).parent == Path("/var/lib/fsguard")
+
+
+# ------------------------------------------------------------- 7: tracebacks
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["db", "upgrade", "0001x"], "no migration '0001x'"),
+    (["db", "downgrade", "9999"], "no migration '9999'"),
+])
+def test_an_unknown_revision_is_one_line(fsguard, db, argv, problem):
+    code, out, err = fsguard(*argv)
+    assert code == 1 and out == ""
+    one_line_error(err, problem, "known: base, 0001")
+    assert migrate.current(db) == migrate.head()
+
+
+def test_downgrade_to_base_needs_yes(run, tmp_path, monkeypatch):
+    path = tmp_path / "fsguard.db"
+    monkeypatch.setenv("FSGUARD_DATABASE_URL", f"sqlite:///{path}")
+    assert run("db", "upgrade")[0] == 0
+    code, out, err = run("db", "downgrade", "base")
+    assert code == 1 and out == ""
+    one_line_error(err, "drops every table", "--yes")
+    db = Database(DatabaseSettings(url=f"sqlite:///{path}"))
+    try:
+        assert "calls" in inspect(db.engine).get_table_names()
+        code, out, _ = run("db", "downgrade", "base", "--yes", "--json")
+        assert code == 0 and json.loads(out) == {"before": migrate.head(), "after": None, "head": migrate.head(),
+                                                 "changed": True}
+        assert "calls" not in inspect(db.engine).get_table_names()
+    finally:
+        db.dispose()
+
+
+def test_db_upgrade_says_whether_it_migrated(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("FSGUARD_DATABASE_URL", f"sqlite:///{tmp_path}/fsguard.db")
+    code, out, _ = run("db", "upgrade", "0004")
+    assert (code, out.strip()) == (0, f"migrated the database from empty to 0004 (head {migrate.head()})")
+    code, out, _ = run("db", "upgrade")
+    assert out.strip() == f"migrated the database from 0004 to {migrate.head()} (head {migrate.head()})"
+    code, out, _ = run("db", "upgrade")
+    assert out.strip() == f"the database is already at {migrate.head()} (head); nothing to do"
+
+
+def test_the_esl_port_in_use_is_one_line(fsguard, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = fsguard("serve", "--listen", f"127.0.0.1:{port}")
+    assert code == 1
+    one_line_error(err, f"esl.listen 127.0.0.1:{port}: cannot listen", "in use")
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback(fsguard, settings, tmp_path):
+    numbers = [f"+1212555{n:04d}" for n in range(1500)]
+    source = tmp_path / "big.csv"
+    source.write_text("number,kind,level,reason\n" + "".join(f"{n},block,3,a reason long enough to fill a pipe\n"
+                                                            for n in numbers))
+    assert fsguard("lists", "import", str(source))[0] == 0
+    env = {**os.environ, "FSGUARD_DATABASE_URL": settings.database.url}
+    piped = subprocess.run(f"{sys.executable} -m fsguard lists show --json | head -c 100 >/dev/null",
+                           shell=True, env=env, capture_output=True, text=True, timeout=120)
+    assert piped.stderr == ""
+
+
+# ------------------------------------------------------- 4: machine-readable
+
+
+#: commands that change nothing and print a document of their own (TOML, CSV) or serve
+WITHOUT_JSON = {"serve", "config example", "config show", "lists export"}
+
+
+def leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield " ".join(path), parser
+        return
+    for name, sub in subs[0].choices.items():
+        yield from leaf_commands(sub, (*path, name))
+
+
+def test_every_command_has_json_output():
+    missing = [name for name, parser in leaf_commands(cli.build_parser())
+               if name not in WITHOUT_JSON and "--json" not in {o for a in parser._actions for o in a.option_strings}]
+    assert missing == []
+
+
+def test_json_output_is_alone_on_stdout_with_the_log_on_stderr(settings, db, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FSGUARD_")}
+    env.update(FSGUARD_DATABASE_URL=settings.database.url, FSGUARD_RECORDING_DIR=settings.recording.dir,
+               FSGUARD_LOGGING_FORMAT="json")
+    for argv in (["erase", "+12125550147", "--json"], ["lists", "purge", "--json"], ["db", "current", "--json"]):
+        done = subprocess.run([sys.executable, "-m", "fsguard", *argv], env=env, capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        json.loads(done.stdout)      # nothing but the JSON document
+    erased = subprocess.run([sys.executable, "-m", "fsguard", "erase", "+12125550147", "--json"], env=env,
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert any(json.loads(line).get("event", "").startswith("erasure") for line in erased.stderr.splitlines()
+               if line.startswith("{")), erased.stderr
+
+
+def test_a_commands_json_has_one_shape_whatever_its_arguments(fsguard):
+    fsguard("lists", "add", "+12125550147", "--block", "7", "--reason", "abusive")
+    everything = json.loads(fsguard("lists", "show", "--json")[1])
+    one = json.loads(fsguard("lists", "show", "+12125550147", "--json")[1])
+    assert set(everything) == set(one) == {"number", "dnis", "applies", "entries", "counts"}
+    assert everything["entries"] == one["entries"]
+    fsguard("customers", "add", "+12125550123", "--account", "A-1")
+    assert isinstance(json.loads(fsguard("customers", "show", "--json")[1]), list)
+    assert [c["account_id"] for c in json.loads(fsguard("customers", "show", "+12125550123", "--json")[1])] == ["A-1"]
+    added = json.loads(fsguard("lists", "add", "+13125550100", "--allow", "--json")[1])
+    assert set(added) == {"entry", "replaced", "from_call"}
+
+
+def test_changing_commands_answer_in_json(fsguard, tmp_path):
+    assert json.loads(fsguard("lists", "purge", "--json")[1]) == {"counters": 0, "entries": 0}
+    source = tmp_path / "in.csv"
+    source.write_text("number,kind,level\n+12125550147,block,7\nnot a number,block,7\n")
+    code, out, _ = fsguard("lists", "import", str(source), "--skip-bad", "--json")
+    report = json.loads(out)
+    assert (code, report["rows"], report["imported"], [b["line"] for b in report["bad"]]) == (0, 2, 1, [3])
+    removed = json.loads(fsguard("lists", "remove", "+12125550147", "--json")[1])
+    assert [e["number"] for e in removed["removed"]] == ["+12125550147"]
+    frozen = json.loads(fsguard("outbound", "freeze", "+12125550147", "--reason", "complaint", "--json")[1])
+    assert frozen["frozen"]["number"] == "+12125550147" and frozen["replaced"] == []
+    lifted = json.loads(fsguard("outbound", "unfreeze", "+12125550147", "--json")[1])
+    assert [f["number"] for f in lifted["lifted"]] == ["+12125550147"]
+
+
+# ------------------------------------------------------------ 5: wrong input
+
+
+@pytest.mark.parametrize("argv", [
+    ["erase", "123"],
+    ["erase", "123", "--dry-run"],
+    ["outbound", "freeze", "123", "--reason", "x"],
+    ["lists", "add", "123", "--block", "7"],
+])
+def test_a_string_that_is_no_telephone_number_is_refused_by_every_command(fsguard, db, argv):
+    code, out, err = fsguard(*argv)
+    assert code == 1 and out == ""
+    one_line_error(err, "'123' is not a valid telephone number (region US)")
+
+
+def test_lists_and_outbound_accept_the_same_numbers(fsguard):
+    # a number of possible length in a range phonenumbers does not list as assigned (+1 555 ...)
+    assert fsguard("lists", "add", "+1 555 765 4321", "--block", "3")[0] == 0
+    assert fsguard("outbound", "freeze", "+1 555 765 4321", "--reason", "complaint")[0] == 0
+    assert json.loads(fsguard("lists", "show", "+15557654321", "--json")[1])["applies"]["number"] == "+15557654321"
+
+
+@pytest.mark.parametrize("argv", [["calls", "--limit", "-5"], ["calls", "--limit", "0"],
+                                  ["recordings", "list", "--limit", "-1"], ["lists", "show", "--limit", "-1"]])
+def test_a_negative_limit_is_refused(fsguard, argv):
+    code, out, err = fsguard(*argv)
+    assert code == 2 and out == "" and "--limit" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------ 6: uuid prefixes
+
+
+def test_an_ambiguous_uuid_prefix_is_refused_with_the_candidates(fsguard, fs, db):
+    first = fs.call(Caller(uuid="369a7b00-0000-4000-8000-000000000001", ani="+12125550147"))
+    second = fs.call(Caller(uuid="369a7b11-0000-4000-8000-000000000002", ani="+13125550100"))
+    code, out, err = fsguard("lists", "add", "--from-call", "369a7b", "--block", "7")
+    assert code == 1 and out == ""
+    line = one_line_error(err, "'369a7b' matches 2 calls", first.uuid, second.uuid, "give more of the uuid")
+    assert "+12125550147" in line and "+13125550100" in line
+    assert json.loads(fsguard("lists", "show", "--json")[1])["entries"] == []
+    code, out, _ = fsguard("lists", "add", "--from-call", "369a7b1", "--block", "7")
+    assert code == 0 and "+13125550100" in out
+    code, _, err = fsguard("calls", "show", "369a7b")
+    one_line_error(err, "matches 2 calls")
+
+
+def test_a_too_short_prefix_says_how_long_it_must_be(fsguard, fs):
+    fs.call(Caller(uuid="afbb0000-0000-4000-8000-000000000001"))
+    code, _, err = fsguard("calls", "show", "afbb")
+    assert code == 1
+    one_line_error(err, "no call afbb", "at least its first 6 characters")
+    assert fsguard("calls", "show", "afbb00")[0] == 0
+    _, out, _ = fsguard("calls", "show", "--help")
+    assert "at least 6 characters" in out
+
+
+# ------------------------------------------------------------ 9: consistency
+
+
+def test_config_check_reports_every_problem_and_unknown_variables(run, tmp_path, monkeypatch):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[esl]\nlisten = "x"\nmax_calls = "many"\n[http]\ntoken = "short"\n[bogus]\na = 1\n')
+    monkeypatch.setenv("FSGUARD_ESL_LISTN", "0.0.0.0:8084")
+    code, out, err = run("-c", str(bad), "config", "check")
+    assert code == 2 and out == "" and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert "fsguard: warning: FSGUARD_ESL_LISTN: names no setting (ignored); see 'fsguard config example' " \
+           "for the settings" in lines
+    problems = [line for line in lines if line.startswith("fsguard: configuration error: ")]
+    assert [p.split(": ")[2] for p in problems] == ["esl.max_calls", "bogus", "esl.listen", "http.token"]
+    report = json.loads(run("-c", str(bad), "config", "check", "--json")[1])
+    assert report["ok"] is False and len(report["problems"]) == 4 and report["warnings"][0].startswith("FSGUARD_ESL_LISTN")
+    # any other command stops at one line that counts the rest
+    code, _, err = run("-c", str(bad), "calls")
+    one_line_error(err, "esl.max_calls: expected an integer", "and 3 more problem(s)", "config check")
