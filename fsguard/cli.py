@@ -287,15 +287,71 @@ def cmd_calls(ctx: Context) -> int:
         data = records.call_as_dict(records.find_call(ctx.db, find_call(ctx, ctx.args.uuid).uuid))
         print_json_or_text(ctx.args.json, data, lambda: explain(data))
         return 0
-    calls = [records.call_as_dict(c) for c in records.recent_calls(ctx.db, ctx.args.limit)]
+    calls = [records.call_as_dict(c) for c in _find_calls(ctx)]
     if ctx.args.json:
         print_json(calls)
         return 0
     print_table([[c["started_at"][:19].replace("T", " ") if c["started_at"] else "", c["uuid"], c["ani"] or c["ani_raw"],
-                  c["dnis"], c["direction"], c["outcome"], c["action"], c["hangup_cause"], c["billsec"]]
+                  c["dnis"], c["direction"], c["outcome"], why(c), c["hangup_cause"], c["billsec"]]
                  for c in calls],
-                ["started (UTC)", "uuid", "caller", "dialled", "dir", "outcome", "action", "cause", "billsec"])
+                ["started (UTC)", "uuid", "caller", "dialled", "dir", "outcome", "why", "cause", "billsec"])
     return 0
+
+
+#: what a stored call's outcome can be (calls refused over capacity or at shutdown are not stored)
+CALL_OUTCOMES = ("routed", "rejected", "abandoned", "failed_open", "failed_closed")
+
+
+def _find_calls(ctx: Context) -> list[Any]:
+    """The calls matching ``fsguard calls``' filters, newest first."""
+    from sqlalchemy import or_, select
+
+    from fsguard import numbers
+    from fsguard.admin import parse_when
+    from fsguard.models import CallRecord, StageVerdict
+
+    args = ctx.args
+    query = select(CallRecord).order_by(CallRecord.started_at.desc()).limit(args.limit)
+    if args.since:
+        query = query.where(CallRecord.started_at >= parse_when(args.since, "--since", error=CLIError))
+    if args.until:
+        query = query.where(CallRecord.started_at < parse_when(args.until, "--until", error=CLIError))
+    region = ctx.settings.node.default_region
+    if args.ani:
+        parsed = numbers.parse(args.ani, region)
+        forms = {args.ani.strip()} | ({parsed.e164} if parsed.e164 else set())
+        query = query.where(or_(CallRecord.ani.in_(forms), CallRecord.ani_raw.in_(forms)))
+    if args.dnis:
+        parsed = numbers.parse(args.dnis, region)
+        forms = {args.dnis.strip()}
+        if parsed.e164:   # FreeSWITCH hands the dialled number over in whatever form the carrier sent
+            forms |= {parsed.e164, parsed.e164.lstrip("+")}
+        query = query.where(CallRecord.dnis.in_(forms))
+    if args.outcome:
+        query = query.where(CallRecord.outcome == args.outcome)
+    if args.stage or args.code:
+        verdict = select(StageVerdict.call_uuid)
+        if args.stage:
+            # the calls this stage decided something about (not those it only let through)
+            verdict = verdict.where(StageVerdict.stage == args.stage, StageVerdict.outcome != "continue")
+        if args.code:
+            code = args.code.strip()
+            verdict = verdict.where(StageVerdict.code.startswith(code[:-1], autoescape=True) if code.endswith("*")
+                                    else StageVerdict.code == code)
+        query = query.where(CallRecord.uuid.in_(verdict))
+    with ctx.db.begin() as session:
+        return list(session.scalars(query))
+
+
+def why(call: dict[str, Any]) -> str:
+    """The short answer to "why was this call decided so": the code of the verdict that decided
+    it (the last one that did more than let the call through), with its stage."""
+    deciding = [v for v in call["verdicts"] if v["outcome"] != "continue"]
+    if not deciding:
+        return ""
+    verdict = next((v for v in deciding if v["outcome"] in ("reject", "error", "abandoned")), deciding[-1])
+    label = verdict["code"] or verdict["outcome"]
+    return label if label.startswith(verdict["stage"]) else f"{verdict['stage']}: {label}"
 
 
 def explain(call: dict[str, Any]) -> str:
@@ -351,6 +407,12 @@ def _explain_details(details: dict[str, Any], indent: str) -> list[str]:
 # ------------------------------------------------------------------- main
 
 
+def _stage_names() -> list[str]:
+    from fsguard.pipeline import STAGES
+
+    return list(STAGES)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsguard", description="Call guard for FreeSWITCH.")
     parser.add_argument("--config", "-c", help="TOML settings file (default /etc/fsguard/fsguard.toml if present)")
@@ -373,8 +435,19 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub.add_parser("current", help="show the schema revision").add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_db)
 
-    p = sub.add_parser("calls", help="recent calls, and why each was decided as it was")
+    p = sub.add_parser("calls", help="recent calls, and why each was decided as it was",
+                       description="Recent calls, newest first, with the verdict that decided each one "
+                                   "('why'); the filters combine.")
     p.add_argument("--limit", type=positive_int, default=20, help="at most this many calls (default 20)")
+    p.add_argument("--since", metavar="WHEN", help="calls since a duration ago (2h, 7d) or an ISO date/time (UTC)")
+    p.add_argument("--until", metavar="WHEN", help="calls before a duration ago or an ISO date/time (UTC)")
+    p.add_argument("--ani", metavar="NUMBER", help="calls from this number (any usual form, or as presented)")
+    p.add_argument("--dnis", metavar="NUMBER", help="calls to this dialled number")
+    p.add_argument("--outcome", choices=CALL_OUTCOMES, help="calls with this outcome")
+    p.add_argument("--stage", choices=sorted(_stage_names()),
+                   help="calls this stage decided something about (challenged, rejected, routed ...)")
+    p.add_argument("--code", help="calls with a verdict of this code (blocklist.hard), or codes starting "
+                                  "with a prefix given with a trailing * (flood.*)")
     p.add_argument("--json", action="store_true")
     csub = p.add_subparsers(dest="calls_command")
     show = csub.add_parser("show", help="every stage's verdict for one call")

@@ -342,3 +342,57 @@ def test_config_check_reports_every_problem_and_unknown_variables(run, tmp_path,
     # any other command stops at one line that counts the rest
     code, _, err = run("-c", str(bad), "calls")
     one_line_error(err, "esl.max_calls: expected an integer", "and 3 more problem(s)", "config check")
+
+
+# ------------------------------------------------------------ 8: finding calls
+
+
+@pytest.fixture
+def screened(settings, start_guard):
+    """fsguard with screening and routing, and the simulator pointed at it."""
+    from fsguard.testing.simulator import FakeFreeSWITCH
+
+    settings.policy.stages = ["screening", "routing"]
+    return FakeFreeSWITCH(start_guard().address, time_scale=0.005)
+
+
+def test_calls_filters_find_the_calls_an_operator_looks_for(fsguard, screened, db):
+    reason = "threatened an agent on 2026-11-30; police reference 2026/114 - keep blocked until the case is closed"
+    fsguard("lists", "add", "+12125550147", "--block", "7", "--reason", reason)
+    blocked = screened.call(Caller(ani="+12125550147", dnis="+18005550100"))
+    passed = screened.call(Caller(ani="+13125550100", dnis="5000"))
+    assert (blocked.outcome, passed.outcome) == ("hungup", "routed")   # the simulator's view of the channel
+
+    def uuids(*argv: str) -> list[str]:
+        code, out, err = fsguard("calls", *argv, "--json")
+        assert code == 0, err
+        return [c["uuid"] for c in json.loads(out)]
+
+    assert uuids() == [passed.uuid, blocked.uuid]
+    assert uuids("--ani", "(212) 555-0147") == [blocked.uuid]
+    assert uuids("--dnis", "1 800 555 0100") == [blocked.uuid]
+    assert uuids("--dnis", "5000") == [passed.uuid]
+    assert uuids("--outcome", "rejected") == [blocked.uuid]
+    assert uuids("--stage", "screening") == [blocked.uuid]
+    assert uuids("--code", "blocklist.hard") == [blocked.uuid]
+    assert uuids("--code", "blocklist.*") == [blocked.uuid]
+    assert uuids("--code", "flood.*") == []
+    assert uuids("--since", "1h") == [passed.uuid, blocked.uuid]
+    assert uuids("--until", "1h") == []
+    assert uuids("--since", "2000-01-01", "--outcome", "routed", "--limit", "1") == [passed.uuid]
+
+    code, out, _ = fsguard("calls")
+    header, *rows = out.splitlines()
+    assert header.split()[:8] == ["started", "(UTC)", "uuid", "caller", "dialled", "dir", "outcome", "why"]
+    [row] = [r for r in rows if blocked.uuid in r]
+    assert "rejected  screening: blocklist.hard  CALL_REJECTED" in row
+    # lists show keeps the whole reason: it is the answer to "why"
+    assert reason in fsguard("lists", "show")[1]
+
+
+def test_calls_filters_refuse_what_they_cannot_read(fsguard):
+    code, out, err = fsguard("calls", "--since", "last tuesday")
+    assert code == 1 and out == ""
+    one_line_error(err, "--since: expected a duration", "'last tuesday'")
+    code, _, err = fsguard("calls", "--outcome", "bogus")
+    assert code == 2 and "invalid choice: 'bogus'" in err

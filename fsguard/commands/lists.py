@@ -213,7 +213,7 @@ def cmd_show(ctx: Context) -> int:
         return 0
     print_table([[r["number"], r["kind"], "" if r["level"] is None else r["level"], r["action"],
                   "all" if r["dnis"] == "*" else r["dnis"], (r["expires_at"] or "never")[:19].replace("T", " "),
-                  r["source"], r["reason"][:60]] for r in rows],
+                  r["source"], r["reason"]] for r in rows],   # the whole reason: it is why
                 ["number", "kind", "level", "action", "dialled", "expires (UTC)", "source", "reason"])
     return 0
 
