@@ -115,6 +115,26 @@ class Context:
             self._db.dispose()
 
 
+def operator_name() -> str:
+    """Who runs the command, for the records it writes (``added_by``, ``created_by``, ``--by``):
+    the sudo user if any, else the login name (from the environment or the password database,
+    so that it is known under cron and systemd too)."""
+    import getpass
+
+    try:
+        return os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def add_skip_invalid(parser: argparse.ArgumentParser) -> None:
+    """The one name of "import the good rows and report the bad ones" (``--skip-invalid``); the
+    older ``--skip-bad`` of ``lists import`` still works, unlisted."""
+    parser.add_argument("--skip-invalid", dest="skip_invalid", action="store_true",
+                        help="import the good rows and report the bad ones (default: a bad row stops the import)")
+    parser.add_argument("--skip-bad", dest="skip_invalid", action="store_true", help=argparse.SUPPRESS)
+
+
 def positive_int(text: str) -> int:
     """An argparse type for counts such as ``--limit``: a whole number of at least 1."""
     try:

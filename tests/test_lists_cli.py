@@ -294,7 +294,7 @@ def test_import_reports_bad_rows_by_line_and_writes_nothing(fsguard, db, tmp_pat
     assert lines[2] == "line 5: kind 'maybe': expected allow, block or dno"
     assert lines[3].startswith("line 6: a block needs a level")
     assert lines[4] == "line 8: 5 cells, expected at most 4"
-    assert lines[5] == ("fsguard: 5 bad row(s) of 7; nothing was written (fix them, or use --skip-bad to import "
+    assert lines[5] == ("fsguard: 5 bad row(s) of 7; nothing was written (fix them, or use --skip-invalid to import "
                         "the good rows)")
     assert entries(db) == []
 

@@ -396,3 +396,43 @@ def test_calls_filters_refuse_what_they_cannot_read(fsguard):
     one_line_error(err, "--since: expected a duration", "'last tuesday'")
     code, _, err = fsguard("calls", "--outcome", "bogus")
     assert code == 2 and "invalid choice: 'bogus'" in err
+
+
+def test_both_imports_take_skip_invalid(fsguard, tmp_path):
+    numbers_csv = tmp_path / "lists.csv"
+    numbers_csv.write_text("number,kind,level\n+12125550147,block,7\nnot a number,block,7\n")
+    code, out, _ = fsguard("lists", "import", str(numbers_csv), "--skip-invalid")
+    assert code == 0 and out.startswith("imported 1 entries from 2 rows")
+    customers_csv = tmp_path / "customers.csv"
+    customers_csv.write_text("number,name\n+12125550123,Ada\nnot a number,Bob\n")
+    code, out, _ = fsguard("customers", "import", str(customers_csv), "--skip-invalid")
+    assert code == 0 and "1 customer(s) added" in out
+    for area in ("lists", "customers"):
+        _, help_text, _ = fsguard(area, "import", "--help")
+        assert "--skip-invalid" in help_text and "--skip-bad" not in help_text
+
+
+def test_every_command_records_the_os_user(fsguard, db, monkeypatch):
+    import pwd
+
+    for var in ("USER", "LOGNAME", "LNAME", "USERNAME", "SUDO_USER"):
+        monkeypatch.delenv(var, raising=False)   # as under cron or systemd
+    me = pwd.getpwuid(os.getuid()).pw_name
+    fsguard("lists", "add", "+12125550147", "--block", "7")
+    fsguard("outbound", "freeze", "+13125550100", "--reason", "complaint")
+    entry = json.loads(fsguard("lists", "show", "+12125550147", "--json")[1])["entries"][0]
+    frozen = json.loads(fsguard("outbound", "frozen", "--json")[1])[0]
+    assert entry["added_by"] == frozen["created_by"] == me
+    monkeypatch.setenv("SUDO_USER", "bob")
+    fsguard("lists", "add", "+14155550123", "--allow")
+    assert json.loads(fsguard("lists", "show", "+14155550123", "--json")[1])["entries"][0]["added_by"] == "bob"
+
+
+def test_simulate_call_prints_words_not_python(fsguard, settings, start_guard):
+    settings.policy.stages = ["screening", "routing"]
+    host, port = start_guard().address
+    code, out, err = fsguard("simulate", "--target", f"{host}:{port}", "--time-scale", "0.01", "call",
+                             "--ani", "+13125550100")
+    assert code == 0, err
+    assert "outcome: routed" in out and "exported: " in out
+    assert not any(mark in out for mark in ("['", "{'", "True", "False")), out

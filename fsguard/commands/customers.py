@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
                                    "account, vip, queue, agent, region. Rows with the same account are one "
                                    "customer. Any bad row: nothing is imported (unless --skip-invalid).")
     i.add_argument("file", help="the CSV file ('-' for standard input)")
-    i.add_argument("--skip-invalid", action="store_true", help="import the good rows and list the bad ones")
+    cli.add_skip_invalid(i)
     i.add_argument("--dry-run", action="store_true", help="check the file and say what would change")
     i.add_argument("--json", action="store_true",
                    help='print {"rows", "created", "updated", "numbers", "dry_run", "bad": [...]}')

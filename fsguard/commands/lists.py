@@ -7,7 +7,7 @@
     fsguard lists add +442079460000 --allow --reason "head office"
     fsguard lists show [NUMBER] [--json]
     fsguard lists remove NUMBER [--dnis D]
-    fsguard lists import blocklist.csv [--skip-bad] [--dry-run]
+    fsguard lists import blocklist.csv [--skip-invalid] [--dry-run]
     fsguard lists export > lists.csv
     fsguard lists purge
 
@@ -70,9 +70,9 @@ def register(subparsers: Any) -> None:
     imp = sub.add_parser("import", help="import entries from a CSV file",
                          description="Columns: number,kind,level,reason,expires,dnis,action (a header row names "
                                      "them; without one this order is assumed). Every row is checked first; if any "
-                                     "is bad nothing is written, unless --skip-bad. Options fill empty cells.")
+                                     "is bad nothing is written, unless --skip-invalid. Options fill empty cells.")
     imp.add_argument("file", help="CSV file ('-' for standard input)")
-    imp.add_argument("--skip-bad", action="store_true", help="import the good rows even if some are bad")
+    cli.add_skip_invalid(imp)
     imp.add_argument("--dry-run", action="store_true", help="check the file, write nothing")
     imp.add_argument("--json", action="store_true",
                      help='print {"rows", "imported", "dry_run", "bad": [{"line", "problem"}], "warnings"}')
@@ -136,7 +136,7 @@ def cmd_add(ctx: Context) -> int:
     kind, level = _kind(args)
     try:
         spec = lists.make_spec(number, kind=kind or "", level=level, dnis=args.dnis, reason=reason or "",
-                               expires=args.expires, action=args.action, source="cli", added_by=lists.operator(),
+                               expires=args.expires, action=args.action, source="cli", added_by=cli.operator_name(),
                                region=_region(ctx))
     except lists.ListError as exc:
         raise CLIError(str(exc)) from None
@@ -272,12 +272,12 @@ def cmd_import(ctx: Context) -> int:
     handle = open_input(args.file)
     try:
         with handle:
-            report = lists.read_csv(handle, defaults=defaults, region=_region(ctx), added_by=lists.operator(),
+            report = lists.read_csv(handle, defaults=defaults, region=_region(ctx), added_by=cli.operator_name(),
                                     progress=progress)
     except UnicodeDecodeError:
         raise CLIError(f"{args.file} is not UTF-8 text") from None
     progress.done()
-    if args.json and (args.dry_run or not report.errors or args.skip_bad):
+    if args.json and (args.dry_run or not report.errors or args.skip_invalid):
         written = 0
         if not args.dry_run:
             with ctx.db.begin() as session:
@@ -294,9 +294,9 @@ def cmd_import(ctx: Context) -> int:
         print(f"... and {len(report.errors) - 50} more bad rows", file=sys.stderr)
     for line, message in report.warnings[:20]:
         print(f"line {line}: warning: {message}", file=sys.stderr)
-    if report.errors and not args.skip_bad:
+    if report.errors and not args.skip_invalid:
         raise CLIError(f"{len(report.errors)} bad row(s) of {report.rows}; nothing was written "
-                       "(fix them, or use --skip-bad to import the good rows)")
+                       "(fix them, or use --skip-invalid to import the good rows)")
     if args.dry_run:
         print(f"{len(report.specs)} entries would be imported"
               + (f", {len(report.errors)} bad rows skipped" if report.errors else "") + " (dry run: nothing written)")

@@ -10,9 +10,7 @@ Importing this module also registers the outbound eraser with ``fsguard erase``.
 
 from __future__ import annotations
 
-import getpass
 import importlib.util
-import os
 from typing import Any
 
 from fsguard import cli
@@ -74,11 +72,8 @@ def _number(ctx: Context, raw: str) -> str:
 
 
 def _operator() -> str:
-    """Who is running the command: the sudo user if any, else the login name."""
-    try:
-        return os.environ.get("SUDO_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+    """Who is running the command (the same name every command records)."""
+    return cli.operator_name()
 
 
 def _when(value: Any) -> str:

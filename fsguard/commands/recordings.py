@@ -61,12 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        ("stop", "stop an on-demand recording")):
         a = rs.add_parser(name, help=text)
         a.add_argument("uuid")
-        a.add_argument("--by", default="cli", help="who asks (an agent id), kept with the request")
+        a.add_argument("--by", help="who asks (an agent id), kept with the request (default: your user name)")
         a.add_argument("--json", action="store_true", help='print {"uuid", "action", "recording"}')
     st = rs.add_parser("start", help="start recording a live call whose rule is on_demand")
     st.add_argument("uuid")
     st.add_argument("--purpose", help="purpose of this recording (default: the rule's)")
-    st.add_argument("--by", default="cli", help="who asks (an agent id), kept with the recording")
+    st.add_argument("--by", help="who asks (an agent id), kept with the recording (default: your user name)")
     st.add_argument("--json", action="store_true", help='print {"uuid", "action", "recording"}')
 
     vf = rs.add_parser("verify", help="hash recordings again and compare with the SHA-256 taken at the end of the call")
@@ -128,21 +128,22 @@ def cmd_recordings(ctx: cli.Context) -> int:
             cli.print_json_or_text(args.json, report.as_dict(), lambda: purge_text(report))
             return 0 if report.ok else 1
         if action in ("pause", "resume", "start", "stop"):
+            by = args.by or cli.operator_name()
             if action == "start":
-                data = recordings.start(db, settings, args.uuid, purpose=args.purpose, by=args.by)
+                data = recordings.start(db, settings, args.uuid, purpose=args.purpose, by=by)
                 if args.json:
                     cli.print_json({"uuid": data["uuid"], "action": action, "recording": data})
                     return 0
                 print(f"recording call {data['uuid']} for {data['purpose']} to {data['path']}")
             elif action == "stop":
-                data = recordings.stop(db, settings, args.uuid, by=args.by)
+                data = recordings.stop(db, settings, args.uuid, by=by)
                 if args.json:
                     cli.print_json({"uuid": data["uuid"], "action": action, "recording": data})
                     return 0
                 print(f"stopped recording call {data['uuid']}: {_duration(data['duration'])}, "
                       f"sha256 {data['sha256'] or '-'} ({data['status']})")
             else:
-                result = getattr(recordings, action)(db, settings, args.uuid, by=args.by)
+                result = getattr(recordings, action)(db, settings, args.uuid, by=by)
                 if args.json:
                     cli.print_json({"uuid": args.uuid, "action": action,
                                     "recording": result if isinstance(result, dict) else None})
