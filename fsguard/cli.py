@@ -174,6 +174,14 @@ def print_json_or_text(as_json: bool, data: Any, text: Callable[[], str]) -> Non
         print(text())
 
 
+def print_csv(headers: list[str], rows: list[list[Any]]) -> None:
+    """Rows as CSV on stdout for a spreadsheet: a cell that would run as a formula is text."""
+    from fsguard.spreadsheet import write_rows
+
+    write_rows(sys.stdout, headers, ([json.dumps(c) if isinstance(c, (dict, list)) else c for c in row]
+                                     for row in rows))
+
+
 def print_table(rows: list[list[Any]], headers: list[str]) -> None:
     cells = [[("" if c is None else str(c)) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
@@ -310,6 +318,13 @@ def cmd_calls(ctx: Context) -> int:
     calls = [records.call_as_dict(c) for c in _find_calls(ctx)]
     if ctx.args.json:
         print_json(calls)
+        return 0
+    if ctx.args.csv:
+        print_csv(["started_at", "uuid", "ani", "ani_raw", "caller_name", "dnis", "direction", "outcome", "why",
+                   "action", "hangup_cause", "billsec", "risk", "node"],
+                  [[c["started_at"], c["uuid"], c["ani"], c["ani_raw"], c["caller_name"], c["dnis"], c["direction"],
+                    c["outcome"], why(c), c["action"], c["hangup_cause"], c["billsec"], c["risk"], c["node"]]
+                   for c in calls])
         return 0
     print_table([[c["started_at"][:19].replace("T", " ") if c["started_at"] else "", c["uuid"], c["ani"] or c["ani_raw"],
                   c["dnis"], c["direction"], c["outcome"], why(c), c["hangup_cause"], c["billsec"]]
@@ -469,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--code", help="calls with a verdict of this code (blocklist.hard), or codes starting "
                                   "with a prefix given with a trailing * (flood.*)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--csv", action="store_true",
+                   help="CSV for a spreadsheet (cells that look like formulas are written as text)")
     csub = p.add_subparsers(dest="calls_command")
     show = csub.add_parser("show", help="every stage's verdict for one call")
     show.add_argument("uuid", help=f"the call's uuid, or a prefix of at least {MIN_UUID_PREFIX} characters that "

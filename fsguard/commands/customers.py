@@ -57,6 +57,11 @@ def register(subparsers: Any) -> None:
     s.add_argument("--limit", type=cli.count_or_all, default=0, help="at most this many (default all)")
     s.add_argument("--json", action="store_true")
 
+    e = sub.add_parser("export", help="write every customer as CSV (the form import reads)",
+                       description="One row per customer: numbers (separated by ;), name, account, vip, queue, "
+                                   "agent, region. Cells a spreadsheet would run as a formula are written as text.")
+    e.add_argument("--output", "-o", help="file to write (default: standard output)")
+
     r = sub.add_parser("remove", help="remove a number from its customer, or a whole customer",
                        description="Remove NUMBER from its customer (a customer left with no number goes "
                                    "too), or with --account the customer and all their numbers.")
@@ -68,7 +73,28 @@ def register(subparsers: Any) -> None:
 def cmd_customers(ctx: Context) -> int:
     ctx.require_schema()
     command = ctx.args.customers_command
-    return {"add": _add, "import": _import, "show": _show, "remove": _remove}[command](ctx)
+    return {"add": _add, "import": _import, "show": _show, "remove": _remove, "export": _export}[command](ctx)
+
+
+def _export(ctx: Context) -> int:
+    from fsguard import customers
+    from fsguard.spreadsheet import write_rows
+
+    with ctx.db.begin() as session:
+        found = customers.listing(session, vip_only=False, limit=None)
+    rows = [[";".join(c.numbers), c.name or "", c.account_id or "", "yes" if c.vip else "no", c.queue or "",
+             c.agent or "", c.region or ""] for c in found]
+    header = ["number", "name", "account", "vip", "queue", "agent", "region"]
+    if not ctx.args.output:
+        write_rows(sys.stdout, header, rows)
+        return 0
+    try:
+        with open(ctx.args.output, "w", newline="", encoding="utf-8") as out:
+            count = write_rows(out, header, rows)
+    except OSError as exc:
+        raise CLIError(f"cannot write {ctx.args.output}: {exc.strerror or exc}") from None
+    print(f"exported {count} customers to {ctx.args.output}")
+    return 0
 
 
 def _numbers(ctx: Context, raw: list[str]) -> list[str]:

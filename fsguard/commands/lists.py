@@ -174,9 +174,9 @@ def cmd_remove(ctx: Context) -> int:
     region = _region(ctx)
     try:
         number, is_prefix = lists.parse_pattern(args.number, region)
+        dnis = lists.operator_dnis(args.dnis, region) if args.dnis else None
     except lists.ListError as exc:
         raise CLIError(str(exc)) from None
-    dnis = lists.dnis_key(args.dnis, region) if args.dnis else None
     with ctx.db.begin() as session:
         gone = lists.remove(session, number, is_prefix, dnis=dnis, kind=args.kind)
         covering = [] if gone or is_prefix else lists.entries_for(session, number)
@@ -222,9 +222,9 @@ def _show_number(ctx: Context, region: str) -> int:
     args = ctx.args
     try:
         number, is_prefix = lists.parse_pattern(args.number, region)
+        dnis = lists.operator_dnis(args.dnis, region) if args.dnis else lists.ANY_DNIS
     except lists.ListError as exc:
         raise CLIError(str(exc)) from None
-    dnis = lists.dnis_key(args.dnis, region) if args.dnis else lists.ANY_DNIS
     with ctx.db.begin() as session:
         if is_prefix:
             covering = [e for e in lists.all_entries(session, include_expired=args.all)

@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls.add_argument("--status", choices=["recording", "complete", "missing", "unreadable"])
     ls.add_argument("--limit", type=cli.positive_int, default=50)
     ls.add_argument("--json", action="store_true")
+    ls.add_argument("--csv", action="store_true", help="CSV for a spreadsheet (cells that look like formulas "
+                                                       "are written as text)")
 
     show = rs.add_parser("show", help="one recording: file, purpose, retention, hold, hash, masked intervals")
     show.add_argument("uuid", help="the call's uuid (or its first 8+ characters)")
@@ -97,6 +99,9 @@ def cmd_recordings(ctx: cli.Context) -> int:
                                               region=settings.node.default_region)
             if args.json:
                 cli.print_json(rows)
+            elif args.csv:
+                columns = list(rows[0]) if rows else ["uuid", "number"]
+                cli.print_csv(columns, [[r.get(c) for c in columns] for r in rows])
             else:
                 cli.print_table([[r["started_at"][:19].replace("T", " "), r["uuid"], r["number"], r["mode"],
                                   r["purpose"], r["retain_until"][:10], "HOLD" if r["legal_hold"] else "",
