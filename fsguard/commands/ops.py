@@ -88,6 +88,7 @@ def serve_hook(app: Any, server: Any) -> None:
     from fsguard import systemd
 
     app.metrics.node(app.settings.node.id)
+    app.metrics.watch_writer(app.writer)
     if server.on_reload is not None:
         server.on_reload = PolicyReloader(server.on_reload, lambda: app.settings)
 
