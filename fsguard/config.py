@@ -611,11 +611,12 @@ class RecordingSettings:
     retention: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RETENTION))
     #: play the consent announcement before the recording starts (rules may override)
     consent: bool = True
-    #: the announcement (a file or ``say:`` / ``tone_stream://`` string, as for playback). The default
-    #: is a PLACEHOLDER: FreeSWITCH's stock English sounds have no such prompt. Until it names a
-    #: recording of your own legal wording, FreeSWITCH cannot play it and calls that need the
-    #: notice are not recorded (verdict recording.consent_failed; docs/recording.rst)
-    consent_prompt: str = "ivr/ivr-this_call_may_be_recorded.wav"
+    #: the announcement (a file or ``say:`` / ``tone_stream://`` string, as for playback; a file is
+    #: relative to the channel's sound_prefix unless absolute). The default is fsguard's own
+    #: "This call may be recorded." (``fsguard:NAME`` names a sound shipped in the package, played
+    #: from where fsguard is installed: FreeSWITCH must be able to read it there). Have your own
+    #: legal wording recorded and name it here (docs/recording.rst)
+    consent_prompt: str = "fsguard:consent-en.wav"
     #: "answer": answer, then announce (the caller surely hears it; billed from the answer) or
     #: "early": announce in early media (unbilled, but only heard where the carrier passes 183 media)
     consent_media: str = "answer"
@@ -695,8 +696,30 @@ class RecordingSettings:
         if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()
                                    or "\n" in prompt or "\r" in prompt):
             raise ConfigError(f"{key}.consent_prompt: expected a sound file or playback string, got {prompt!r}")
+        if isinstance(prompt, str) and prompt.startswith(PACKAGED_SOUND):
+            packaged_sound(prompt, f"{key}.consent_prompt")
         if "name" in values and not isinstance(values["name"], str):
             raise ConfigError(f"{key}.name: expected a string, got {values['name']!r}")
+
+
+#: a sound shipped inside the package: ``fsguard:consent-en.wav`` (fsguard/sounds/)
+PACKAGED_SOUND = "fsguard:"
+
+
+def packaged_sound(value: str, key: str = "sound") -> str:
+    """The playback argument for a sound setting: ``fsguard:NAME`` becomes the absolute path of
+    that sound in the installed package (FreeSWITCH on the same host plays it from there);
+    anything else is returned as it is."""
+    if not value.startswith(PACKAGED_SOUND):
+        return value
+    from importlib import resources
+
+    name = value[len(PACKAGED_SOUND):]
+    path = Path(str(resources.files("fsguard") / "sounds" / name))
+    if "/" in name or not name or not path.is_file():
+        shipped = ", ".join(sorted(p.name for p in path.parent.glob("*.wav"))) if path.parent.is_dir() else "none"
+        raise ConfigError(f"{key}: fsguard ships no sound {name!r} (shipped: {shipped})")
+    return str(path)
 
 
 #: recording retention by purpose when the configuration says nothing else

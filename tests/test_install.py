@@ -83,7 +83,8 @@ def test_the_wheel_carries_the_migrations_and_the_shipped_files(wheel):
     shipped = {Path(n).name for n in names if n.startswith("fsguard/migrations/versions/")}
     in_repo = {p.name for p in (REPO / "fsguard" / "migrations" / "versions").glob("*.py")}
     assert shipped == in_repo and len(in_repo) >= 6
-    assert not [n for n in names if n.startswith(("alembic/", "tests/", "share/"))]
+    assert "fsguard/sounds/consent-en.wav" in names        # the default recording notice
+    assert not [n for n in names if n.startswith(("alembic/", "tests/"))]
 
 
 def test_a_wheel_in_a_fresh_virtualenv_migrates_serves_and_lists_calls_from_an_empty_directory(

@@ -539,3 +539,44 @@ def test_recordings_csv_writes_an_operators_formula_as_text(run_recording, cli_e
     header, row = csv_cells(capsys.readouterr().out)
     assert row[header.index("uuid")] == result.uuid and row[header.index("number")] == "+13125550100"
     assert row[header.index("hold_reason")] == "'" + reason
+
+
+# ------------------------------------------------- 10: the shipped consent prompt
+
+
+def test_the_shipped_consent_prompt_is_a_small_8khz_mono_wav():
+    import wave
+
+    from fsguard.config import Settings, packaged_sound
+
+    default = Settings().recording.consent_prompt
+    assert default == "fsguard:consent-en.wav"
+    path = Path(packaged_sound(default))
+    assert path.is_absolute() and path.parent.name == "sounds" and path.parent.parent.name == "fsguard"
+    with wave.open(str(path)) as sound:
+        assert (sound.getframerate(), sound.getnchannels(), sound.getsampwidth()) == (8000, 1, 2)
+        assert 1.0 < sound.getnframes() / sound.getframerate() < 6.0
+    assert path.stat().st_size < 100_000
+    assert (REPO / "scripts" / "make-consent-prompt.sh").read_text().count("espeak-ng") >= 2
+
+
+def test_out_of_the_box_a_call_hears_fsguards_notice_and_is_recorded(settings, start_guard, db):
+    from fsguard.config import Settings, packaged_sound
+    from test_recording import RecordingFreeSWITCH, recording_of
+
+    settings.policy.stages = ["recording", "routing"]
+    settings.recording.consent_prompt = Settings().recording.consent_prompt   # the default, untouched
+    guard = start_guard()
+    result = RecordingFreeSWITCH(guard.address, time_scale=0.005, max_call_time=100_000).call(
+        Caller(ani="15551234567"))
+    settle(guard)
+    notice = packaged_sound("fsguard:consent-en.wav")
+    assert ("playback", notice) in result.apps and notice in result.heard
+    assert recording_of(db, result.uuid) is not None
+
+
+def test_an_unknown_packaged_sound_is_a_configuration_error(run, monkeypatch):
+    monkeypatch.setenv("FSGUARD_RECORDING_CONSENT_PROMPT", "fsguard:consent-fr.wav")
+    code, _, err = run("config", "check")
+    assert code == 2
+    assert "recording.consent_prompt: fsguard ships no sound 'consent-fr.wav' (shipped: consent-en.wav)" in err
