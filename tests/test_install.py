@@ -84,6 +84,11 @@ def test_the_wheel_carries_the_migrations_and_the_shipped_files(wheel):
     in_repo = {p.name for p in (REPO / "fsguard" / "migrations" / "versions").glob("*.py")}
     assert shipped == in_repo and len(in_repo) >= 6
     assert "fsguard/sounds/consent-en.wav" in names        # the default recording notice
+    data = "fsguard-" + wheel.name.split("-")[1] + ".data/data/share/fsguard/conf/"
+    for shipped in ("freeswitch/dialplan/public_fsguard.xml", "freeswitch/autoload_configs/event_socket.conf.xml",
+                    "systemd/fsguard.service", "monitoring/fsguard-alerts.yml", "monitoring/fsguard-dashboard.json",
+                    "fsguard.toml.example"):
+        assert data + shipped in names, shipped
     assert not [n for n in names if n.startswith(("alembic/", "tests/"))]
 
 
@@ -134,6 +139,31 @@ def test_a_wheel_in_a_fresh_virtualenv_migrates_serves_and_lists_calls_from_an_e
     [call] = json.loads(calls.stdout)
     assert call["uuid"] == result.uuid and call["ani"] == "+12125550147"
     assert list(work.iterdir()) == []          # nothing written where the commands were run
+
+    # the FreeSWITCH snippets come with the wheel (<venv>/share/fsguard/conf), not from a checkout
+    snippets = tmp_path / "freeswitch"
+    wrote = subprocess.run([fsguard, "config", "freeswitch", str(snippets), "--json"], cwd=work, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert wrote.returncode == 0, wrote.stderr
+    assert len(json.loads(wrote.stdout)["written"]) == 5
+    assert f'data="127.0.0.1:{port} async full"' in (snippets / "dialplan" / "public_fsguard.xml").read_text()
+    where = subprocess.run([str(installed / "python"), "-c",
+                            "from fsguard.commands.ops import shipped_conf; print(shipped_conf())"],
+                           cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert where.stdout.strip() == str(installed.parent / "share" / "fsguard" / "conf"), where.stderr
+
+
+def test_the_unit_passes_systemd_analyze_verify_with_the_installed_fsguard(installed, tmp_path):
+    """The unit as shipped, with /opt/fsguard/venv replaced by where this fsguard is installed."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.fail("systemd-analyze is missing (Debian's systemd package)")
+    unit = (installed.parent / "share" / "fsguard" / "conf" / "systemd" / "fsguard.service").read_text()
+    assert unit == (REPO / "conf" / "systemd" / "fsguard.service").read_text()
+    path = tmp_path / "fsguard.service"
+    path.write_text(unit.replace("/opt/fsguard/venv", str(installed.parent)))
+    verified = subprocess.run([tool, "verify", str(path)], capture_output=True, text=True, timeout=120)
+    assert verified.returncode == 0 and "fsguard.service" not in verified.stderr, verified.stderr
 
 
 def test_an_install_outside_sys_prefix_finds_its_migrations(wheel, tmp_path):

@@ -580,3 +580,21 @@ def test_an_unknown_packaged_sound_is_a_configuration_error(run, monkeypatch):
     code, _, err = run("config", "check")
     assert code == 2
     assert "recording.consent_prompt: fsguard ships no sound 'consent-fr.wav' (shipped: consent-en.wav)" in err
+
+
+def test_config_freeswitch_writes_the_snippets_for_this_nodes_listener(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("FSGUARD_ESL_LISTEN", "10.0.0.5:8090")
+    code, out, _ = run("config", "freeswitch", str(tmp_path / "fs"))
+    assert code == 0 and out.count("wrote ") == 5
+    public = (tmp_path / "fs" / "dialplan" / "public_fsguard.xml").read_text()
+    assert 'data="10.0.0.5:8090 async full"' in public and "fallback XML queues" in public
+    assert (tmp_path / "fs" / "autoload_configs" / "event_socket.conf.xml").is_file()
+    (tmp_path / "fs" / "dialplan" / "queues.xml").write_text("<!-- mine -->")
+    code, out, err = run("config", "freeswitch", str(tmp_path / "fs"), "--listen", "10.0.0.6:8084", "--json")
+    report = json.loads(out)
+    assert code == 0 and len(report["written"]) == 0 and len(report["kept"]) == 5
+    assert (tmp_path / "fs" / "dialplan" / "queues.xml").read_text() == "<!-- mine -->"
+    monkeypatch.setenv("FSGUARD_ESL_LISTEN", "0.0.0.0:8084")
+    code, _, err = run("config", "freeswitch", str(tmp_path / "other"))
+    assert code == 1
+    one_line_error(err, "is every address", "--listen HOST:PORT")

@@ -21,6 +21,7 @@ import json
 import re
 import socket
 import typing
+from pathlib import Path
 from typing import Any, Callable
 
 import structlog
@@ -278,6 +279,69 @@ def _check(ctx: cli.Context) -> int:
     return 0
 
 
+#: the FreeSWITCH reference configuration a user copies (conf/freeswitch/README.rst)
+FREESWITCH_FILES = ("dialplan/public_fsguard.xml", "dialplan/default_fsguard_outbound.xml", "dialplan/queues.xml",
+                    "autoload_configs/callcenter.conf.xml", "autoload_configs/event_socket.conf.xml")
+
+
+def shipped_conf() -> Path | None:
+    """Where the shipped conf/ is: <prefix>/share/fsguard/conf of an installed wheel (found
+    through the distribution's file list, so a --user install finds its own), else the checkout's."""
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution("fsguard").files or []
+    except metadata.PackageNotFoundError:
+        files = []
+    for entry in files:
+        posix = entry.as_posix()
+        if posix.endswith("share/fsguard/conf/freeswitch/dialplan/public_fsguard.xml"):
+            found = Path(str(entry.locate())).resolve()
+            return found.parents[2]
+    checkout = Path(__file__).resolve().parents[2] / "conf"
+    return checkout if (checkout / "freeswitch").is_dir() else None
+
+
+def cmd_freeswitch(ctx: cli.Context) -> int:
+    """Write the FreeSWITCH snippets into DIR, the socket pointed at this node's esl.listen."""
+    import sys
+
+    args = ctx.args
+    source = shipped_conf()
+    if source is None:
+        raise cli.CLIError("the FreeSWITCH configuration is not installed with this fsguard (conf/freeswitch)")
+    listen = args.listen or ctx.settings.esl.listen
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", "", "[::]", "::"):
+        raise cli.CLIError(f"esl.listen {listen} is every address: give the address FreeSWITCH connects to "
+                           "with --listen HOST:PORT")
+    target = Path(args.dir)
+    written, kept = [], []
+    for name in FREESWITCH_FILES:
+        text = (source / "freeswitch" / name).read_text(encoding="utf-8")
+        text = text.replace('data="127.0.0.1:8084 async full"', f'data="{host}:{port} async full"')
+        path = target / name
+        if path.exists() and not args.force:
+            kept.append(str(path))
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise cli.CLIError(f"cannot write {path}: {exc.strerror or exc}") from None
+        written.append(str(path))
+    if args.json:
+        cli.print_json({"written": written, "kept": kept, "socket": f"{host}:{port} async full"})
+    else:
+        for path in written:
+            print(f"wrote {path}")
+        for path in kept:
+            print(f"kept {path} (exists; --force replaces it)", file=sys.stderr)
+        print(f"the socket application connects to {host}:{port}; see conf/freeswitch/README.rst for where "
+              "each file goes")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("config", help="the configuration: example, check, show")
     csub = p.add_subparsers(dest="config_command", required=True)
@@ -287,4 +351,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     check.add_argument("--json", action="store_true",
                        help='print {"ok", "source", "problems", "warnings", "stages", "shadow"}')
     csub.add_parser("show", help="the settings in effect, secrets hidden (TOML)")
+    fs = csub.add_parser("freeswitch", help="write the FreeSWITCH reference configuration (dialplan, "
+                                            "callcenter, event_socket) into DIR")
+    fs.add_argument("dir", metavar="DIR", help="where to write (dialplan/ and autoload_configs/ are made in it)")
+    fs.add_argument("--listen", metavar="HOST:PORT",
+                    help="the address FreeSWITCH's socket application connects to (default: esl.listen)")
+    fs.add_argument("--force", action="store_true", help="replace files that exist")
+    fs.add_argument("--json", action="store_true", help='print {"written", "kept", "socket"}')
+    fs.set_defaults(func=cmd_freeswitch)
     p.set_defaults(func=cmd_config)
