@@ -598,3 +598,36 @@ def test_config_freeswitch_writes_the_snippets_for_this_nodes_listener(run, tmp_
     code, _, err = run("config", "freeswitch", str(tmp_path / "other"))
     assert code == 1
     one_line_error(err, "is every address", "--listen HOST:PORT")
+
+
+# ------------------------------------------------------------ 11: the CRM client
+
+
+def test_the_http_crm_reuses_one_kept_alive_connection(settings, start_guard, db):
+    """Three callers the CRM is asked about (no cache can answer): one TCP connection, not three
+    handshakes on the calls' way to the queue."""
+    from gevent import pywsgi
+
+    from fsguard.testing.simulator import FakeFreeSWITCH
+
+    ports: list[str] = []
+
+    def app(environ, start_response):
+        ports.append(environ["REMOTE_PORT"])
+        number = environ["PATH_INFO"].rsplit("/", 1)[-1].replace("%2B", "+")
+        if number == "+13125550100":
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps({"id": "CRM-1", "vip": True}).encode()]
+        start_response("404 Not Found", [("Content-Type", "application/json")])
+        return [b'{"error": "unknown number"}']
+
+    server = pywsgi.WSGIServer(("127.0.0.1", 0), app, log=None, error_log=None)
+    server.start()
+    try:
+        settings.routing.crm_url = f"http://127.0.0.1:{server.server_port}/customers/{{number}}"
+        fs = FakeFreeSWITCH(start_guard(settings).address, time_scale=0.005)
+        routes = [fs.call(Caller(ani=ani)).route for ani in ("+13125550100", "+14155550123", "+12025550143")]
+    finally:
+        server.stop(timeout=0)
+    assert routes == ["callcenter vip@default", "transfer default XML queues", "transfer default XML queues"]
+    assert len(ports) == 3 and len(set(ports)) == 1, ports
