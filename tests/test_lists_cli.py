@@ -343,7 +343,7 @@ def test_import_100000_rows_with_progress(fsguard, db, tmp_path):
     code, out, err = fsguard("lists", "import", str(f))
     assert code == 0, err
     assert out.strip() == "imported 100000 entries from 100000 rows"
-    assert "validated 50000 rows" in err and "written 100000 rows" in err
+    assert "validated" not in err and "written" not in err   # progress bars are for a terminal only
     with db.begin() as session:
         assert session.scalar(select(func.count()).select_from(ListEntry)) == 100_000
         some = sorted(numbers)[12345]

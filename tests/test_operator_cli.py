@@ -631,3 +631,47 @@ def test_the_http_crm_reuses_one_kept_alive_connection(settings, start_guard, db
         server.stop(timeout=0)
     assert routes == ["callcenter vip@default", "transfer default XML queues", "transfer default XML queues"]
     assert len(ports) == 3 and len(set(ports)) == 1, ports
+
+
+def test_a_large_import_shows_progress_bars_on_a_terminal_only(settings, db, tmp_path):
+    import pty
+    import select
+    import time
+
+    source = tmp_path / "big.csv"
+    source.write_text("number,kind,level\n" + "".join(f"+1212{n:07d},block,3\n" for n in range(2_000_000, 2_025_000)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FSGUARD_")}
+    env.update(FSGUARD_DATABASE_URL=settings.database.url, FSGUARD_RECORDING_DIR=settings.recording.dir)
+    primary, secondary = pty.openpty()        # stderr is a terminal, stdout a file
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))   # a terminal has a size
+    out = tmp_path / "out.txt"
+    chunks = []
+    try:
+        with out.open("wb") as stdout:
+            child = subprocess.Popen([sys.executable, "-m", "fsguard", "lists", "import", str(source)], env=env,
+                                     stdout=stdout, stderr=secondary, stdin=subprocess.DEVNULL)
+        os.close(secondary)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:   # read as it comes: a full terminal would stop the child
+            ready, _, _ = select.select([primary], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(primary, 65536)
+                except OSError:               # EIO: the child is gone and its terminal closed
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            elif child.poll() is not None:
+                break
+        code = child.wait(timeout=30)
+    finally:
+        os.close(primary)
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert code == 0 and out.read_text().strip() == "imported 25000 entries from 25000 rows"
+    assert "validated" in terminal and "written" in terminal and "rows" in terminal, terminal
+    assert "20.0k" in terminal or "20000" in terminal, terminal   # tqdm's count of the rows so far

@@ -310,24 +310,30 @@ def cmd_import(ctx: Context) -> int:
 
 
 class _Progress:
-    """Progress on large files, on standard error (so that output stays clean)."""
+    """Progress of a large import (lists.read_csv and import_entries report every 10,000 rows),
+    as tqdm bars on standard error, and only on a terminal: a script or a log gets the result
+    line alone. tqdm draws, throttles and sizes the bar (rows, rate, elapsed) on any terminal."""
 
     def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.shown = False
+        self.enabled = sys.stderr.isatty()
+        self.bar: Any = None
+        self.what = ""
 
     def __call__(self, what: str, count: int) -> None:
-        self.shown = True
-        if self.tty:
-            sys.stderr.write(f"\r{what} {count} rows ")
-        else:
-            sys.stderr.write(f"{what} {count} rows\n")
-        sys.stderr.flush()
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None or what != self.what:
+            self.done()
+            self.what = what
+            self.bar = tqdm(desc=what, unit=" rows", unit_scale=True, file=sys.stderr, leave=True)
+        self.bar.update(count - self.bar.n)
 
     def done(self) -> None:
-        if self.shown and self.tty:
-            sys.stderr.write("\n")
-        self.shown = False
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def cmd_export(ctx: Context) -> int:
