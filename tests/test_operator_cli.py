@@ -588,7 +588,9 @@ def test_config_freeswitch_writes_the_snippets_for_this_nodes_listener(run, tmp_
     assert code == 0 and out.count("wrote ") == 5
     public = (tmp_path / "fs" / "dialplan" / "public_fsguard.xml").read_text()
     assert 'data="10.0.0.5:8090 async full"' in public and "fallback XML queues" in public
-    assert (tmp_path / "fs" / "autoload_configs" / "event_socket.conf.xml").is_file()
+    event_socket = (tmp_path / "fs" / "autoload_configs" / "event_socket.conf.xml").read_text()
+    assert '<param name="listen-port" value="8021"/>' in event_socket        # esl.inbound's port
+    assert "$${fsguard_socket}" not in public and "lab_esl_port" not in event_socket
     (tmp_path / "fs" / "dialplan" / "queues.xml").write_text("<!-- mine -->")
     code, out, err = run("config", "freeswitch", str(tmp_path / "fs"), "--listen", "10.0.0.6:8084", "--json")
     report = json.loads(out)

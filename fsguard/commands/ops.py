@@ -315,11 +315,14 @@ def cmd_freeswitch(ctx: cli.Context) -> int:
     if host in ("0.0.0.0", "", "[::]", "::"):
         raise cli.CLIError(f"esl.listen {listen} is every address: give the address FreeSWITCH connects to "
                            "with --listen HOST:PORT")
+    inbound_port = ctx.settings.esl.inbound.rpartition(":")[2]
     target = Path(args.dir)
     written, kept = [], []
     for name in FREESWITCH_FILES:
         text = (source / "freeswitch" / name).read_text(encoding="utf-8")
-        text = text.replace('data="127.0.0.1:8084 async full"', f'data="{host}:{port} async full"')
+        # the lab's variables, given this node's values: the socket fsguard listens on, and the
+        # port of the inbound Event Socket fsguard uses for api commands (esl.inbound)
+        text = text.replace("$${fsguard_socket}", f"{host}:{port}").replace("$${lab_esl_port}", inbound_port)
         path = target / name
         if path.exists() and not args.force:
             kept.append(str(path))
