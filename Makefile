@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-monitor bench lab lab-freeswitch clean
+.PHONY: install tools run test test-monitor bench lab lab-freeswitch clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,10 +12,21 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) tools
 
+# Tools the tests run besides Python: promtool checks and tests conf/monitoring's alert rules
+# (Debian's prometheus package ships it). Installed only when missing, and only as root with apt.
+tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	  else echo "promtool is missing: install Debian's prometheus package (tests/test_monitoring.py needs it)"; fi; }
+
+# An installed fsguard keeps its state in /var/lib/fsguard; the checkout's keeps it in var/.
+run: export FSGUARD_DATABASE_URL ?= sqlite:///$(CURDIR)/var/fsguard.db
+run: export FSGUARD_RECORDING_DIR ?= $(CURDIR)/var/recordings
 run: install
-	mkdir -p var
+	mkdir -p var/recordings
 	$(BIN)/fsguard db upgrade
 	$(BIN)/fsguard serve
 

@@ -11,9 +11,12 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 from importlib import import_module  # noqa: E402
 from typing import Any, Callable  # noqa: E402
+
+import structlog  # noqa: E402
 
 from fsguard import __version__  # noqa: E402
 from fsguard.config import ConfigError, Settings, load_settings  # noqa: E402
@@ -29,6 +32,23 @@ def command_modules() -> list[str]:
                   if not m.name.startswith("_"))
 
 
+class _CurrentStderr:
+    """``sys.stderr`` as it is when a log line is written, not when logging was configured
+    (``fsguard.cli.main`` run in-process, by tests, sees sys.stderr swapped between runs)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+STDERR = _CurrentStderr()
+
+
 class CLIError(Exception):
     """A problem the user can fix; printed as one line."""
 
@@ -40,11 +60,16 @@ class Context:
         self.args = args
         self._settings: Settings | None = None
         self._db: Any = None
+        #: only ``db upgrade`` may create a SQLite file; any other command on a missing one is told to run it
+        self.creates_database = False
 
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from fsguard import logs
+
             self._settings = load_settings(self.args.config)
+            logs.configure(self._settings.logging, stream=STDERR)
         return self._settings
 
     @property
@@ -52,8 +77,23 @@ class Context:
         if self._db is None:
             from fsguard.db import Database
 
+            self._check_sqlite_file()
             self._db = Database(self.settings.database)
         return self._db
+
+    def _check_sqlite_file(self) -> None:
+        """A SQLite file is created by ``db upgrade`` only, and only in a directory that exists:
+        a command run with the wrong settings must not leave an empty database (or directories
+        owned by whoever ran it) behind and then complain about its schema."""
+        path = self.settings.database.sqlite_path
+        if path is None or path.exists():
+            return
+        if not self.creates_database:
+            raise CLIError(f"no database at {path} (database.url): create it with 'fsguard db upgrade', "
+                           "or point database.url / FSGUARD_DATABASE_URL at the existing one")
+        if not path.parent.is_dir():
+            raise CLIError(f"cannot create the database {path}: the directory {path.parent} does not exist "
+                           "(create it, owned by the user fsguard runs as)")
 
     def require_schema(self) -> None:
         """Refuse to work on a database whose schema is not the one this fsguard expects."""
@@ -75,6 +115,48 @@ class Context:
             self._db.dispose()
 
 
+def operator_name() -> str:
+    """Who runs the command, for the records it writes (``added_by``, ``created_by``, ``--by``):
+    the sudo user if any, else the login name (from the environment or the password database,
+    so that it is known under cron and systemd too)."""
+    import getpass
+
+    try:
+        return os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def add_skip_invalid(parser: argparse.ArgumentParser) -> None:
+    """The one name of "import the good rows and report the bad ones" (``--skip-invalid``); the
+    older ``--skip-bad`` of ``lists import`` still works, unlisted."""
+    parser.add_argument("--skip-invalid", dest="skip_invalid", action="store_true",
+                        help="import the good rows and report the bad ones (default: a bad row stops the import)")
+    parser.add_argument("--skip-bad", dest="skip_invalid", action="store_true", help=argparse.SUPPRESS)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts such as ``--limit``: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def count_or_all(text: str) -> int:
+    """An argparse type for a ``--limit`` whose 0 means "all": a whole number of 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (all) or more, got {value}")
+    return value
+
+
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
@@ -92,12 +174,54 @@ def print_json_or_text(as_json: bool, data: Any, text: Callable[[], str]) -> Non
         print(text())
 
 
+def print_csv(headers: list[str], rows: list[list[Any]]) -> None:
+    """Rows as CSV on stdout for a spreadsheet: a cell that would run as a formula is text."""
+    from fsguard.spreadsheet import write_rows
+
+    write_rows(sys.stdout, headers, ([json.dumps(c) if isinstance(c, (dict, list)) else c for c in row]
+                                     for row in rows))
+
+
 def print_table(rows: list[list[Any]], headers: list[str]) -> None:
     cells = [[("" if c is None else str(c)) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+#: the shortest uuid prefix ``calls show`` and ``lists add --from-call`` accept
+MIN_UUID_PREFIX = 6
+
+
+def find_call(ctx: Context, text: str) -> Any:
+    """The call a uuid or a unique prefix of at least MIN_UUID_PREFIX characters names.
+
+    A prefix several calls share is refused with the candidates listed: acting on one of them
+    (blocking its caller) because it sorted first would be acting on a guess.
+    """
+    from sqlalchemy import select
+
+    from fsguard.models import CallRecord
+
+    uuid = text.strip().lower()
+    with ctx.db.begin() as session:
+        call = session.get(CallRecord, uuid)
+        if call is not None:
+            return call
+        if len(uuid) < MIN_UUID_PREFIX:
+            raise CLIError(f"no call {uuid}: give the whole uuid or at least its first {MIN_UUID_PREFIX} characters")
+        found = list(session.scalars(select(CallRecord).where(CallRecord.uuid.startswith(uuid))
+                                     .order_by(CallRecord.started_at.desc()).limit(11)))
+    if not found:
+        raise CLIError(f"no call {uuid}")
+    if len(found) > 1:
+        shown = "; ".join(f"{c.uuid} ({f'{c.started_at:%Y-%m-%d %H:%M:%S}' if c.started_at else 'start unknown'}, from {c.ani or c.ani_raw or 'anonymous'})"
+                          for c in found[:10])
+        more = " and more" if len(found) > 10 else ""
+        raise CLIError(f"{uuid!r} matches {len(found) if not more else 'more than 10'} calls: {shown}{more}; "
+                       "give more of the uuid")
+    return found[0]
 
 
 # ------------------------------------------------------------------ serve
@@ -111,10 +235,19 @@ def cmd_serve(ctx: Context) -> int:
     settings = ctx.settings
     if ctx.args.listen:
         settings.esl.listen = ctx.args.listen
-    logs.configure(settings.logging)
+    logs.configure(settings.logging, stream=STDERR)
+    from fsguard.config import unknown_variables
+
+    for var in unknown_variables():
+        structlog.get_logger("fsguard.config").warning("config.unknown_variable", variable=var,
+                                                       note="names no setting; ignored")
     ctx.require_schema()
     app = App(settings, db=ctx.db)
     server = CallServer(app)
+    try:
+        server.server.init_socket()   # bind now: a port in use is one line, before anything else starts
+    except OSError as exc:
+        raise CLIError(f"esl.listen {settings.esl.listen}: cannot listen: {exc.strerror or exc}") from None
     server.on_reload = lambda: load_settings(ctx.args.config)
     for hook in SERVE_HOOKS:
         hook(app, server)
@@ -134,18 +267,38 @@ def cmd_db(ctx: Context) -> int:
 
     from fsguard import migrate
 
+    args = ctx.args
+    ctx.creates_database = args.db_command == "upgrade"
     try:
-        if ctx.args.db_command == "upgrade":
-            migrate.upgrade(ctx.db, ctx.args.revision)
-            print(f"database at {migrate.current(ctx.db)} (head {migrate.head()})")
-        elif ctx.args.db_command == "downgrade":
-            migrate.downgrade(ctx.db, ctx.args.revision)
-            print(f"database at {migrate.current(ctx.db) or 'base (empty)'}")
-        elif ctx.args.db_command == "current":
+        if args.db_command == "upgrade":
+            before = migrate.current(ctx.db)
+            migrate.upgrade(ctx.db, args.revision)
+            after, head = migrate.current(ctx.db), migrate.head()
+            data = {"before": before, "after": after, "head": head, "changed": before != after}
+            print_json_or_text(args.json, data, lambda: (
+                f"migrated the database from {before or 'empty'} to {after} (head {head})" if before != after
+                else f"the database is already at {after}{' (head)' if after == head else f' (head is {head})'}; "
+                     "nothing to do"))
+        elif args.db_command == "downgrade":
+            if args.revision == "base" and not args.yes:
+                raise CLIError("'db downgrade base' drops every table and all of fsguard's data: "
+                               "add --yes if that is what you want")
+            before = migrate.current(ctx.db)
+            migrate.downgrade(ctx.db, args.revision)
+            after = migrate.current(ctx.db)
+            data = {"before": before, "after": after, "head": migrate.head(), "changed": before != after}
+            print_json_or_text(args.json, data, lambda: (
+                f"downgraded the database from {before or 'empty'} to {after or 'base (empty)'}" if before != after
+                else f"the database is already at {after or 'base (empty)'}; nothing to do"))
+        elif args.db_command == "current":
             current, head = migrate.current(ctx.db), migrate.head()
-            print(f"{current or 'none'}{' (head)' if current == head else f' (head is {head})'}")
+            print_json_or_text(args.json, {"current": current, "head": head, "at_head": current == head},
+                               lambda: f"{current or 'none'}"
+                                       f"{' (head)' if current == head else f' (head is {head})'}")
         else:
             return 2
+    except migrate.CommandError as exc:
+        raise CLIError(f"db {args.db_command}: {str(exc).splitlines()[0]}") from None
     except SQLAlchemyError as exc:
         raise CLIError(f"database error: {str(exc).splitlines()[0]}") from None
     return 0
@@ -159,21 +312,81 @@ def cmd_calls(ctx: Context) -> int:
 
     ctx.require_schema()
     if ctx.args.calls_command == "show":
-        call = records.find_call(ctx.db, ctx.args.uuid)
-        if call is None:
-            raise CLIError(f"no call {ctx.args.uuid}")
-        data = records.call_as_dict(call)
+        data = records.call_as_dict(records.find_call(ctx.db, find_call(ctx, ctx.args.uuid).uuid))
         print_json_or_text(ctx.args.json, data, lambda: explain(data))
         return 0
-    calls = [records.call_as_dict(c) for c in records.recent_calls(ctx.db, ctx.args.limit)]
+    calls = [records.call_as_dict(c) for c in _find_calls(ctx)]
     if ctx.args.json:
         print_json(calls)
         return 0
+    if ctx.args.csv:
+        print_csv(["started_at", "uuid", "ani", "ani_raw", "caller_name", "dnis", "direction", "outcome", "why",
+                   "action", "hangup_cause", "billsec", "risk", "node"],
+                  [[c["started_at"], c["uuid"], c["ani"], c["ani_raw"], c["caller_name"], c["dnis"], c["direction"],
+                    c["outcome"], why(c), c["action"], c["hangup_cause"], c["billsec"], c["risk"], c["node"]]
+                   for c in calls])
+        return 0
     print_table([[c["started_at"][:19].replace("T", " ") if c["started_at"] else "", c["uuid"], c["ani"] or c["ani_raw"],
-                  c["dnis"], c["direction"], c["outcome"], c["action"], c["hangup_cause"], c["billsec"]]
+                  c["dnis"], c["direction"], c["outcome"], why(c), c["hangup_cause"], c["billsec"]]
                  for c in calls],
-                ["started (UTC)", "uuid", "caller", "dialled", "dir", "outcome", "action", "cause", "billsec"])
+                ["started (UTC)", "uuid", "caller", "dialled", "dir", "outcome", "why", "cause", "billsec"])
     return 0
+
+
+#: what a stored call's outcome can be (calls refused over capacity or at shutdown are not stored)
+CALL_OUTCOMES = ("routed", "rejected", "abandoned", "failed_open", "failed_closed")
+
+
+def _find_calls(ctx: Context) -> list[Any]:
+    """The calls matching ``fsguard calls``' filters, newest first."""
+    from sqlalchemy import or_, select
+
+    from fsguard import numbers
+    from fsguard.admin import parse_when
+    from fsguard.models import CallRecord, StageVerdict
+
+    args = ctx.args
+    query = select(CallRecord).order_by(CallRecord.started_at.desc()).limit(args.limit)
+    if args.since:
+        query = query.where(CallRecord.started_at >= parse_when(args.since, "--since", error=CLIError))
+    if args.until:
+        query = query.where(CallRecord.started_at < parse_when(args.until, "--until", error=CLIError))
+    region = ctx.settings.node.default_region
+    if args.ani:
+        parsed = numbers.parse(args.ani, region)
+        forms = {args.ani.strip()} | ({parsed.e164} if parsed.e164 else set())
+        query = query.where(or_(CallRecord.ani.in_(forms), CallRecord.ani_raw.in_(forms)))
+    if args.dnis:
+        parsed = numbers.parse(args.dnis, region)
+        forms = {args.dnis.strip()}
+        if parsed.e164:   # FreeSWITCH hands the dialled number over in whatever form the carrier sent
+            forms |= {parsed.e164, parsed.e164.lstrip("+")}
+        query = query.where(CallRecord.dnis.in_(forms))
+    if args.outcome:
+        query = query.where(CallRecord.outcome == args.outcome)
+    if args.stage or args.code:
+        verdict = select(StageVerdict.call_uuid)
+        if args.stage:
+            # the calls this stage decided something about (not those it only let through)
+            verdict = verdict.where(StageVerdict.stage == args.stage, StageVerdict.outcome != "continue")
+        if args.code:
+            code = args.code.strip()
+            verdict = verdict.where(StageVerdict.code.startswith(code[:-1], autoescape=True) if code.endswith("*")
+                                    else StageVerdict.code == code)
+        query = query.where(CallRecord.uuid.in_(verdict))
+    with ctx.db.begin() as session:
+        return list(session.scalars(query))
+
+
+def why(call: dict[str, Any]) -> str:
+    """The short answer to "why was this call decided so": the code of the verdict that decided
+    it (the last one that did more than let the call through), with its stage."""
+    deciding = [v for v in call["verdicts"] if v["outcome"] != "continue"]
+    if not deciding:
+        return ""
+    verdict = next((v for v in deciding if v["outcome"] in ("reject", "error", "abandoned")), deciding[-1])
+    label = verdict["code"] or verdict["outcome"]
+    return label if label.startswith(verdict["stage"]) else f"{verdict['stage']}: {label}"
 
 
 def explain(call: dict[str, Any]) -> str:
@@ -229,6 +442,12 @@ def _explain_details(details: dict[str, Any], indent: str) -> list[str]:
 # ------------------------------------------------------------------- main
 
 
+def _stage_names() -> list[str]:
+    from fsguard.pipeline import STAGES
+
+    return list(STAGES)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsguard", description="Call guard for FreeSWITCH.")
     parser.add_argument("--config", "-c", help="TOML settings file (default /etc/fsguard/fsguard.toml if present)")
@@ -241,19 +460,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("db", help="database schema: upgrade, downgrade, current")
     dbsub = p.add_subparsers(dest="db_command", required=True)
-    up = dbsub.add_parser("upgrade", help="migrate to the latest schema (or REVISION)")
+    up = dbsub.add_parser("upgrade", help="migrate to the latest schema (or REVISION); creates a SQLite file")
     up.add_argument("revision", nargs="?", default="head")
-    down = dbsub.add_parser("downgrade", help="step back one migration (or to REVISION)")
+    up.add_argument("--json", action="store_true")
+    down = dbsub.add_parser("downgrade", help="step back one migration (or to REVISION; 'base' needs --yes)")
     down.add_argument("revision", nargs="?", default="-1")
-    dbsub.add_parser("current", help="show the schema revision")
+    down.add_argument("--yes", action="store_true", help="confirm a downgrade to base, which drops all data")
+    down.add_argument("--json", action="store_true")
+    dbsub.add_parser("current", help="show the schema revision").add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_db)
 
-    p = sub.add_parser("calls", help="recent calls, and why each was decided as it was")
-    p.add_argument("--limit", type=int, default=20)
+    p = sub.add_parser("calls", help="recent calls, and why each was decided as it was",
+                       description="Recent calls, newest first, with the verdict that decided each one "
+                                   "('why'); the filters combine.")
+    p.add_argument("--limit", type=positive_int, default=20, help="at most this many calls (default 20)")
+    p.add_argument("--since", metavar="WHEN", help="calls since a duration ago (2h, 7d) or an ISO date/time (UTC)")
+    p.add_argument("--until", metavar="WHEN", help="calls before a duration ago or an ISO date/time (UTC)")
+    p.add_argument("--ani", metavar="NUMBER", help="calls from this number (any usual form, or as presented)")
+    p.add_argument("--dnis", metavar="NUMBER", help="calls to this dialled number")
+    p.add_argument("--outcome", choices=CALL_OUTCOMES, help="calls with this outcome")
+    p.add_argument("--stage", choices=sorted(_stage_names()),
+                   help="calls this stage decided something about (challenged, rejected, routed ...)")
+    p.add_argument("--code", help="calls with a verdict of this code (blocklist.hard), or codes starting "
+                                  "with a prefix given with a trailing * (flood.*)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--csv", action="store_true",
+                   help="CSV for a spreadsheet (cells that look like formulas are written as text)")
     csub = p.add_subparsers(dest="calls_command")
     show = csub.add_parser("show", help="every stage's verdict for one call")
-    show.add_argument("uuid")
+    show.add_argument("uuid", help=f"the call's uuid, or a prefix of at least {MIN_UUID_PREFIX} characters that "
+                                   "no other call shares")
     show.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_calls)
 
@@ -263,11 +499,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fsguard import logs
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    # every command logs like serve: to stderr, so that stdout holds only the command's answer
+    logs.configure(stream=STDERR)
     ctx = Context(args)
     try:
         return int(args.func(ctx) or 0)
+    except BrokenPipeError:
+        # the reader went away (`fsguard lists show --json | head`): stop quietly, as cat does,
+        # and keep the interpreter from failing again when it flushes stdout at exit
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except ConfigError as exc:
         print(f"fsguard: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -21,10 +21,32 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG_PATH = Path("/etc/fsguard/fsguard.toml")
+#: where an installed fsguard keeps its state (the unit's StateDirectory). The defaults below are
+#: absolute so that every command finds the same database whatever directory it is started from;
+#: a checkout's ``make run`` points them at its own var/ through FSGUARD_DATABASE_URL and
+#: FSGUARD_RECORDING_DIR.
+STATE_DIR = "/var/lib/fsguard"
+#: database URL schemes fsguard can use (its drivers are installed with it)
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+psycopg")
 
 
 class ConfigError(ValueError):
-    """A setting is missing, unknown or malformed; the message names the key."""
+    """A setting is missing, unknown or malformed; the message names the key.
+
+    ``problems`` holds every problem found (``fsguard config check`` prints them all); the message
+    is the first, with a count of the others, so that ``serve`` still stops with one line.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = problems or [message]
+        if len(self.problems) > 1:
+            message = (f"{self.problems[0]} (and {len(self.problems) - 1} more problem(s): "
+                       "'fsguard config check' lists them all)")
+        super().__init__(message)
+
+
+#: FSGUARD_* variables that are not settings but are read by fsguard or its tests
+NON_SETTING_VARIABLES = frozenset({"FSGUARD_CONFIG", "FSGUARD_TEST_PG"})
 
 
 def parse_hostport(value: str, key: str) -> tuple[str, int]:
@@ -110,8 +132,8 @@ class HTTPSettings:
 class DatabaseSettings:
     """Where all state lives. SQLite for one node, PostgreSQL for production and several nodes."""
 
-    #: sqlite:///path (one node) or postgresql://user:password@host/db (psycopg 3; several nodes)
-    url: str = "sqlite:///var/fsguard.db"
+    #: sqlite:////absolute/path (one node) or postgresql://user:password@host/db (psycopg 3; several nodes)
+    url: str = f"sqlite:///{STATE_DIR}/fsguard.db"
     #: connections kept open; at least the calls that use the database at the same moment
     pool_size: int = 20
     #: seconds a call waits for a database connection before failing open
@@ -124,9 +146,27 @@ class DatabaseSettings:
     #: seconds a call waits at its end for its records to be committed before closing the socket
     write_wait_seconds: float = 2.0
 
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The file of a SQLite database (None for PostgreSQL or an in-memory database)."""
+        scheme, _, rest = self.url.partition("://")
+        if scheme.lower() != "sqlite":
+            return None
+        path = rest.removeprefix("/").split("?", 1)[0]
+        return Path(path) if path and path != ":memory:" else None
+
     def validate(self) -> None:
         if "://" not in self.url:
             raise ConfigError(f"database.url: expected a URL such as sqlite:///path or postgresql://..., got {self.url!r}")
+        scheme = self.url.split("://", 1)[0].lower()
+        if scheme not in DATABASE_SCHEMES:
+            raise ConfigError(f"database.url: fsguard works with sqlite:/// and postgresql:// databases, "
+                              f"not {scheme}://")
+        path = self.sqlite_path
+        if path is not None and not path.is_absolute():
+            raise ConfigError(f"database.url: {self.url!r} names the relative path {str(path)!r}, which depends on "
+                              f"the directory fsguard is started from; give an absolute one "
+                              f"(sqlite:////var/lib/fsguard/fsguard.db: four slashes)")
         if self.write_retry_seconds < 0 or self.write_wait_seconds < 0:
             raise ConfigError("database.write_retry_seconds and database.write_wait_seconds cannot be negative")
 
@@ -587,7 +627,7 @@ class RecordingSettings:
 
     #: where FreeSWITCH writes and fsguard hashes and purges recordings: <dir>/YYYY/MM/DD/<uuid>.wav.
     #: Use an absolute path seen the same way by FreeSWITCH and fsguard (same host or same mount).
-    dir: str = "var/recordings"
+    dir: str = f"{STATE_DIR}/recordings"
     #: for calls no rule matches: "all", "sample", "on_demand" or "off"
     mode: str = "all"
     #: share of calls recorded in "sample" mode, in percent (reproducible from the call's uuid)
@@ -598,11 +638,12 @@ class RecordingSettings:
     retention: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RETENTION))
     #: play the consent announcement before the recording starts (rules may override)
     consent: bool = True
-    #: the announcement (a file or ``say:`` / ``tone_stream://`` string, as for playback). The default
-    #: is a PLACEHOLDER: FreeSWITCH's stock English sounds have no such prompt. Until it names a
-    #: recording of your own legal wording, FreeSWITCH cannot play it and calls that need the
-    #: notice are not recorded (verdict recording.consent_failed; docs/recording.rst)
-    consent_prompt: str = "ivr/ivr-this_call_may_be_recorded.wav"
+    #: the announcement (a file or ``say:`` / ``tone_stream://`` string, as for playback; a file is
+    #: relative to the channel's sound_prefix unless absolute). The default is fsguard's own
+    #: "This call may be recorded." (``fsguard:NAME`` names a sound shipped in the package, played
+    #: from where fsguard is installed: FreeSWITCH must be able to read it there). Have your own
+    #: legal wording recorded and name it here (docs/recording.rst)
+    consent_prompt: str = "fsguard:consent-en.wav"
     #: "answer": answer, then announce (the caller surely hears it; billed from the answer) or
     #: "early": announce in early media (unbilled, but only heard where the carrier passes 183 media)
     consent_media: str = "answer"
@@ -625,6 +666,9 @@ class RecordingSettings:
         if not self.dir.strip() or any(c.isspace() for c in self.dir):
             raise ConfigError(f"recording.dir: must be a path without spaces (FreeSWITCH splits record_session's "
                               f"argument on spaces), got {self.dir!r}")
+        if not Path(self.dir).expanduser().is_absolute():
+            raise ConfigError(f"recording.dir: must be an absolute path (FreeSWITCH and fsguard each resolve a "
+                              f"relative one against their own directory), got {self.dir!r}")
         # An operator who adds one purpose keeps the others (evidence, training, analytics).
         self.retention = {**DEFAULT_RETENTION, **self.retention}
         for purpose, period in self.retention.items():
@@ -679,8 +723,30 @@ class RecordingSettings:
         if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()
                                    or "\n" in prompt or "\r" in prompt):
             raise ConfigError(f"{key}.consent_prompt: expected a sound file or playback string, got {prompt!r}")
+        if isinstance(prompt, str) and prompt.startswith(PACKAGED_SOUND):
+            packaged_sound(prompt, f"{key}.consent_prompt")
         if "name" in values and not isinstance(values["name"], str):
             raise ConfigError(f"{key}.name: expected a string, got {values['name']!r}")
+
+
+#: a sound shipped inside the package: ``fsguard:consent-en.wav`` (fsguard/sounds/)
+PACKAGED_SOUND = "fsguard:"
+
+
+def packaged_sound(value: str, key: str = "sound") -> str:
+    """The playback argument for a sound setting: ``fsguard:NAME`` becomes the absolute path of
+    that sound in the installed package (FreeSWITCH on the same host plays it from there);
+    anything else is returned as it is."""
+    if not value.startswith(PACKAGED_SOUND):
+        return value
+    from importlib import resources
+
+    name = value[len(PACKAGED_SOUND):]
+    path = Path(str(resources.files("fsguard") / "sounds" / name))
+    if "/" in name or not name or not path.is_file():
+        shipped = ", ".join(sorted(p.name for p in path.parent.glob("*.wav"))) if path.parent.is_dir() else "none"
+        raise ConfigError(f"{key}: fsguard ships no sound {name!r} (shipped: {shipped})")
+    return str(path)
 
 
 #: recording retention by purpose when the configuration says nothing else
@@ -887,10 +953,17 @@ class Settings:
     source: Path | None = None
 
     def validate(self) -> None:
+        """Check every section; raise one ConfigError holding every section's problem."""
+        problems: list[str] = []
         for section in _sections(self):
             check = getattr(getattr(self, section), "validate", None)
             if check:
-                check()
+                try:
+                    check()
+                except ConfigError as exc:
+                    problems += exc.problems
+        if problems:
+            raise ConfigError(problems[0], problems)
 
 
 def _sections(settings: Settings) -> list[str]:
@@ -947,13 +1020,28 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-def _apply(section: Any, name: str, values: dict[str, Any], where: str) -> None:
+def _apply(section: Any, name: str, values: dict[str, Any], where: str, problems: list[str]) -> None:
+    """Set each key; a problem is added to ``problems`` and the next key is tried."""
     hints = typing.get_type_hints(type(section))
     known = {f.name for f in dataclasses.fields(section)}
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(f"{name}.{key}: unknown setting ({where})")
-        setattr(section, key, _coerce(value, hints[key], f"{name}.{key}"))
+            problems.append(f"{name}.{key}: unknown setting ({where})")
+            continue
+        try:
+            setattr(section, key, _coerce(value, hints[key], f"{name}.{key}"))
+        except ConfigError as exc:
+            problems.append(str(exc))
+
+
+def unknown_variables(env: typing.Mapping[str, str] | None = None) -> list[str]:
+    """FSGUARD_* variables that name no setting (``FSGUARD_ESL_LISTN``): a typo that would
+    otherwise be ignored without a word."""
+    env = os.environ if env is None else env
+    settings = Settings()
+    known = {f"FSGUARD_{name}_{f.name}".upper() for name in _sections(settings)
+             for f in dataclasses.fields(getattr(settings, name))} | NON_SETTING_VARIABLES
+    return sorted(var for var in env if var.upper().startswith("FSGUARD_") and var.upper() not in known)
 
 
 def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -978,11 +1066,13 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         settings.source = path
-        for name, values in data.items():
-            section = getattr(settings, name, None)
-            if not dataclasses.is_dataclass(section) or not isinstance(values, dict):
-                raise ConfigError(f"{name}: unknown section in {path}")
-            _apply(section, name, values, str(path))
+    problems: list[str] = []
+    for name, values in data.items() if path is not None else ():
+        section = getattr(settings, name, None)
+        if not dataclasses.is_dataclass(section) or not isinstance(values, dict) or name == "source":
+            problems.append(f"{name}: unknown section in {path}")
+            continue
+        _apply(section, name, values, str(path), problems)
     for name in _sections(settings):
         section = getattr(settings, name)
         if not dataclasses.is_dataclass(section):
@@ -990,8 +1080,13 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
         for f in dataclasses.fields(section):
             var = f"FSGUARD_{name}_{f.name}".upper()
             if var in env:
-                _apply(section, name, {f.name: env[var]}, var)
-    settings.validate()
+                _apply(section, name, {f.name: env[var]}, var, problems)
+    try:
+        settings.validate()
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems[0], problems)
     return settings
 
 

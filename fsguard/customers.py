@@ -23,9 +23,7 @@ import json
 import re
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -33,6 +31,7 @@ from typing import Any
 
 import gevent
 import structlog
+import urllib3
 from sqlalchemy import Engine, bindparam, create_engine, delete, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
@@ -43,6 +42,7 @@ from fsguard.db import normalise_url
 from fsguard.models.base import utcnow
 from fsguard.models.customers import Customer, CustomerNumber
 from fsguard.routing_table import NAME_RE
+from fsguard.spreadsheet import looks_like_formula, unescape_cell
 
 log = structlog.get_logger("fsguard.routing")
 
@@ -241,6 +241,7 @@ class CRM:
                                                                             "routing.crm_cooldown"))
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
+        self._pool: urllib3.PoolManager | None = None
 
     def describe(self) -> str:
         """The CRM's address for logs, without any password."""
@@ -282,25 +283,49 @@ class CRM:
 
     # --------------------------------------------------------------- HTTP
 
+    def _http_pool(self) -> urllib3.PoolManager:
+        """Kept-alive connections to the CRM (urllib3): a lookup on the call's path reuses one
+        instead of paying a TCP (and TLS) handshake each time, as urllib.request did. No retries
+        and no redirects inside the timeout: a 3xx is an error to fix in routing.crm_url."""
+        if self._pool is None:
+            self._pool = urllib3.PoolManager(
+                num_pools=4, maxsize=32, block=False, retries=False,
+                timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
+                headers={"Accept": "application/json", "User-Agent": "fsguard", **self.settings.crm_headers})
+        return self._pool
+
     def _http(self, number: str) -> CustomerInfo | None:
         url = self.url.format(number=urllib.parse.quote(number, safe=""), digits=number.lstrip("+"))
-        request = urllib.request.Request(url, headers={"Accept": "application/json", "User-Agent": "fsguard",
-                                                       **self.settings.crm_headers})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as reply:  # noqa: S310 - operator's URL
-                body = reply.read(MAX_CRM_BYTES + 1)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise CRMError(f"HTTP {exc.code} {exc.reason}") from None
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, TimeoutError):
-                raise CRMTimeout(f"no answer within {self.timeout:g} s") from None
-            raise CRMError(f"cannot reach the CRM: {exc.reason}") from None
-        except TimeoutError:
+            reply = self._http_pool().request("GET", url, preload_content=False)
+        except urllib3.exceptions.NewConnectionError as exc:   # a refusal, though urllib3 files it under timeouts
+            raise CRMError(f"cannot reach the CRM: {exc.__cause__ or exc}") from None
+        except urllib3.exceptions.TimeoutError:
             raise CRMTimeout(f"no answer within {self.timeout:g} s") from None
-        if len(body) > MAX_CRM_BYTES:
-            raise CRMError(f"answer larger than {MAX_CRM_BYTES} bytes")
+        except urllib3.exceptions.HTTPError as exc:
+            raise CRMError(f"cannot reach the CRM: {exc}") from None
+        reusable = True
+        try:
+            if reply.status == 404:
+                return None
+            if not 200 <= reply.status < 300:
+                raise CRMError(f"HTTP {reply.status} {reply.reason or ''}".rstrip())
+            body = reply.read(MAX_CRM_BYTES + 1)
+            if len(body) > MAX_CRM_BYTES:
+                reusable = False
+                raise CRMError(f"answer larger than {MAX_CRM_BYTES} bytes")
+        except urllib3.exceptions.TimeoutError:
+            reusable = False
+            raise CRMTimeout(f"no answer within {self.timeout:g} s") from None
+        except urllib3.exceptions.HTTPError as exc:
+            reusable = False
+            raise CRMError(f"cannot read the CRM's answer: {exc}") from None
+        finally:
+            if reusable:
+                reply.drain_conn()     # the rest of a 404's or an error's body, so the connection is reused
+                reply.release_conn()
+            else:
+                reply.close()
         if not body.strip():
             return None
         try:
@@ -374,6 +399,9 @@ class CRM:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+        if self._pool is not None:
+            self._pool.clear()
+            self._pool = None
 
 
 def _dig(data: Any, path: str) -> Any:
@@ -441,6 +469,10 @@ def normalise_customer(values: dict[str, Any], *, where: str = "") -> dict[str, 
             limit = {"name": 256, "account_id": 64, "region": 64}[key]
             if len(text_value) > limit:
                 raise CustomerError(f"{prefix}{key} is longer than {limit} characters")
+            if key != "name" and looks_like_formula(text_value):
+                # an identifier never starts like a spreadsheet formula (=, +, -, @); a name may,
+                # and is written as text in every CSV export (fsguard.spreadsheet)
+                raise CustomerError(f"{prefix}{key} {text_value!r} cannot start with =, +, -, or @")
             out[key] = text_value or None
     if "name" in out:
         out["name"] = out["name"] or ""
@@ -588,7 +620,7 @@ def import_csv(session: Session, stream: io.TextIOBase | Any, region: str, *, so
         record: dict[str, Any] = {}
         for col, cell in zip(columns, cells):
             if col and cell.strip():   # an empty cell leaves the field as it is
-                record[col] = cell
+                record[col] = unescape_cell(cell)   # what export wrote as text, back as it was
         try:
             nums = parse_numbers([record.pop("numbers", "")], region, where=f"line {line}")
             if not nums:

@@ -45,6 +45,7 @@ from fsguard import numbers
 from fsguard.config import ConfigError, parse_duration
 from fsguard.models.base import utcnow
 from fsguard.models.lists import ANY_DNIS, CallCounter, ListEntry
+from fsguard.spreadsheet import safe_cell, unescape_cell
 
 __all__ = [
     "ANY_DNIS", "HARD_LEVEL", "BUCKET_SECONDS", "ListError", "Match", "Counts", "EntrySpec", "ImportReport",
@@ -112,6 +113,9 @@ def _prefix(text: str, region: str) -> str:
     return "+" + body
 
 
+_DIALLED = re.compile(r"\+?[0-9*#]+|[A-Za-z0-9][A-Za-z0-9_.*#]*")
+
+
 @lru_cache(maxsize=4096)
 def dnis_key(raw: str | None, region: str = "US") -> str:
     """The form a dialled number is stored and compared in: E.164 when it is a valid number,
@@ -123,6 +127,18 @@ def dnis_key(raw: str | None, region: str = "US") -> str:
     if parsed.valid and parsed.e164:
         return parsed.e164
     return re.sub(r"[\s().\-/]", "", text)
+
+
+def operator_dnis(raw: str | None, region: str = "US") -> str:
+    """:func:`dnis_key` of a dialled number an operator gives (command line, API, import): a
+    number, digits such as an extension (5000, *97) or an extension name; never a formula
+    (``=1+1``) or anything else a spreadsheet or a dial string would read as more than a number.
+    (A call's own dialled number is looked up as it comes, whatever it holds.)"""
+    key = dnis_key(raw, region)
+    if key != ANY_DNIS and not key.startswith("+") and not _DIALLED.fullmatch(key) \
+            or key.startswith("+") and not key[1:].isdigit():
+        raise ListError(f"dnis {raw!r}: expected a dialled number (+18005550100, 5000) or an extension name")
+    return key
 
 
 @lru_cache(maxsize=256)
@@ -334,7 +350,7 @@ def make_spec(number: str, *, kind: str, level: int | None = None, dnis: str | N
     if "\n" in reason or "\r" in reason:
         reason = " ".join(reason.split())
     return EntrySpec(number=stored, is_prefix=is_prefix, kind=kind, level=level or 0,
-                     dnis=dnis_key(dnis, region), reason=reason.strip()[:1000],
+                     dnis=operator_dnis(dnis, region), reason=reason.strip()[:1000],
                      expires_at=expires if isinstance(expires, datetime) else parse_expiry(expires, now),
                      action=parsed_action, source=source,
                      added_by=added_by[:128])
@@ -529,7 +545,7 @@ def read_csv(text: Iterable[str], *, defaults: dict[str, Any] | None = None, reg
         report.rows += 1
         if progress and report.rows % 10000 == 0:
             progress("validated", report.rows)
-        cells = dict(zip(columns, (c.strip() for c in row)))
+        cells = dict(zip(columns, (unescape_cell(c.strip()) for c in row)))
         if len(row) > len(columns) and any(c.strip() for c in row[len(columns):]):
             report.errors.append((line, f"{len(row)} cells, expected at most {len(columns)}"))
             continue
@@ -626,10 +642,12 @@ def export_rows(session: Session, *, include_expired: bool = False, kind: str | 
 
 
 def csv_text(rows: Iterable[list[str]]) -> Iterator[str]:
+    """The rows as CSV, a line at a time; cells a spreadsheet would run as a formula are written
+    as text (fsguard.spreadsheet; read_csv takes the ``'`` off again)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     for row in rows:
-        writer.writerow(row)
+        writer.writerow([safe_cell(c) for c in row])
         yield buf.getvalue()
         buf.seek(0)
         buf.truncate()

@@ -7,9 +7,12 @@ applications and hang-up causes, never numbers or uuids.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram,
+                               ProcessCollector, disable_created_metrics)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from fsguard import __version__
 
@@ -19,10 +22,25 @@ disable_created_metrics()
 if TYPE_CHECKING:
     from fsguard.pipeline import Verdict
 
+#: how a challenge can end (fsguard_challenges_total{outcome})
+CHALLENGE_OUTCOMES = ("passed", "wrong", "no_input", "abandoned")
+
 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        # process_* (CPU seconds, resident memory, open file descriptors, start time) and
+        # python_* (version, garbage collections): what every Prometheus dashboard expects
+        ProcessCollector(registry=r)
+        r.register(PLATFORM_COLLECTOR)
+        r.register(GC_COLLECTOR)
+        self.challenges = Counter(
+            "fsguard_challenges", "Verification challenges by how they ended: passed, wrong (a wrong code), "
+            "no_input (nothing keyed in the window), abandoned (the caller hung up)", ["outcome"], registry=r)
+        for outcome in CHALLENGE_OUTCOMES:   # every series exists from the start: rates and alerts see 0
+            self.challenges.labels(outcome=outcome)
+        self._writer = _WriterCollector()
+        r.register(self._writer)
         self.calls = Counter("fsguard_calls", "Calls taken, by direction and outcome", ["direction", "outcome"],
                              registry=r)
         self.verdicts = Counter("fsguard_verdicts", "Stage verdicts by stage and outcome; enforced=false is shadow mode",
@@ -54,6 +72,14 @@ class Metrics:
         if verdict.code:
             self.rule_verdicts.labels(stage=verdict.stage, code=verdict.code, outcome=verdict.outcome.value,
                                       enforced=enforced).inc()
+        if verdict.stage == "verification":
+            outcome = challenge_outcome(verdict)
+            if outcome is not None:
+                self.challenges.labels(outcome=outcome).inc()
+
+    def watch_writer(self, writer: Any) -> None:
+        """Report the call writer's backlog and abandoned rows (read at each scrape)."""
+        self._writer.writer = writer
 
     def call_action(self, direction: str, action: str | None) -> None:
         """Count the final instruction by application: ``transfer``, ``callcenter``, ``hangup CALL_REJECTED``.
@@ -67,3 +93,40 @@ class Metrics:
 
     def node(self, node_id: str) -> None:
         self.info.labels(node=node_id, version=__version__).set(1)
+
+
+def challenge_outcome(verdict: Verdict) -> str | None:
+    """How a challenge the verification stage ran ended, or None for a verdict that is no
+    challenge's end (shadow mode, a replay, a stage that let the call through)."""
+    if verdict.details.get("replayed"):
+        return None
+    if verdict.outcome.value == "abandoned":
+        return "abandoned"
+    if verdict.code == "verification.passed":
+        return "passed"
+    if verdict.code == "verification.failed":
+        outcome = str(verdict.details.get("outcome") or "")
+        return outcome if outcome in CHALLENGE_OUTCOMES else "wrong"
+    return None
+
+
+class _WriterCollector(Collector):
+    """The group-commit writer's state at scrape time: rows waiting for the database, and rows
+    given up on (logged whole as db.write_abandoned for an operator to replay)."""
+
+    def __init__(self) -> None:
+        self.writer: Any = None
+
+    def collect(self) -> Iterator[Metric]:
+        writer = self.writer
+        backlog = GaugeMetricFamily("fsguard_writer_backlog", "Call rows queued for the database, not yet written")
+        backlog.add_metric([], float(len(writer.queue)) if writer is not None else 0.0)
+        yield backlog
+        written = CounterMetricFamily("fsguard_writer_rows_written", "Call rows written to the database")
+        written.add_metric([], float(getattr(writer, "rows_written", 0)))
+        yield written
+        abandoned = CounterMetricFamily(
+            "fsguard_writer_abandoned", "Call rows given up on after database.write_retry_seconds (or at "
+            "shutdown), each logged whole as db.write_abandoned")
+        abandoned.add_metric([], float(getattr(writer, "abandoned", 0)))
+        yield abandoned

@@ -1,28 +1,35 @@
-"""Run the alembic migrations from fsguard itself (``fsguard db upgrade``), from a checkout or
-from an installed package (the scripts are installed under ``<prefix>/share/fsguard/alembic``)."""
+"""Run the alembic migrations from fsguard itself (``fsguard db upgrade``).
+
+The scripts ship inside the package (``fsguard/migrations``: env.py, script.py.mako, versions/)
+and are found with :mod:`importlib.resources`, so a checkout, an editable install, a wheel in a
+virtualenv and ``pip install --user`` all migrate the same way (an earlier layout installed them
+under ``sys.prefix``, which ``--user`` installs do not use).
+"""
 
 from __future__ import annotations
 
-import sys
+from importlib import resources
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 
 from fsguard.db import Database
 
+__all__ = ["CommandError", "check", "current", "downgrade", "head", "script_location", "upgrade"]
+
 
 def script_location() -> Path:
-    """The migration scripts: the checkout's ``alembic/`` or the installed copy."""
-    candidates = [Path(__file__).resolve().parent.parent / "alembic",
-                  Path(sys.prefix) / "share" / "fsguard" / "alembic"]
-    for path in candidates:
-        if (path / "env.py").exists():
-            return path
-    raise FileNotFoundError("fsguard's migration scripts are not installed (looked in "
-                            + ", ".join(str(p) for p in candidates) + ")")
+    """The directory of the migration scripts inside the installed package."""
+    location = resources.files("fsguard") / "migrations"
+    path = Path(str(location))
+    if not (path / "env.py").is_file():
+        # a zipped install would need extracting first; fsguard is never installed that way
+        raise FileNotFoundError(f"fsguard's migration scripts are missing from {path}")
+    return path
 
 
 def _config(connection: object | None = None) -> Config:
@@ -34,13 +41,32 @@ def _config(connection: object | None = None) -> Config:
 
 
 def upgrade(db: Database, revision: str = "head") -> None:
+    """Migrate to ``revision``; an unknown revision raises CommandError before anything runs."""
+    _known(revision)
     with db.engine.begin() as conn:
         command.upgrade(_config(conn), revision)
 
 
 def downgrade(db: Database, revision: str = "-1") -> None:
+    """Step back to ``revision`` (``-1``: one migration; ``base``: an empty database)."""
+    _known(revision)
     with db.engine.begin() as conn:
         command.downgrade(_config(conn), revision)
+
+
+def _known(revision: str) -> None:
+    """Refuse a revision the scripts do not have (alembic's own errors for these are tracebacks
+    from deep inside, or KeyErrors)."""
+    if revision in ("head", "heads", "base") or revision.lstrip("+-").isdigit() and revision[:1] in "+-":
+        return
+    scripts = ScriptDirectory.from_config(_config())
+    try:
+        found = scripts.get_revision(revision)
+    except Exception:   # noqa: BLE001 - alembic raises several kinds for an unknown or ambiguous id
+        found = None
+    if found is None:
+        known = ", ".join(s.revision for s in reversed(list(scripts.walk_revisions())))
+        raise CommandError(f"no migration {revision!r} (known: base, {known}, head)")
 
 
 def current(db: Database) -> str | None:
@@ -50,6 +76,13 @@ def current(db: Database) -> str | None:
 
 def head() -> str | None:
     return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+def pending(db: Database) -> list[str]:
+    """The migrations ``upgrade`` to head would run, oldest first."""
+    scripts = ScriptDirectory.from_config(_config())
+    now = current(db)
+    return [s.revision for s in reversed(list(scripts.iterate_revisions("head", now or "base")))]
 
 
 def check(db: Database) -> None:

@@ -62,13 +62,26 @@ def parse(raw: str, region: str = "US") -> Number:
 
 
 def to_e164(raw: str, region: str = "US") -> str:
-    """The E.164 form of a number an operator typed, or InvalidNumber with the reason."""
+    """The E.164 form of a number an operator typed, or InvalidNumber with the reason.
+
+    One rule for every command that takes a number (lists, outbound, erase, customers, ...): a
+    number phonenumbers calls valid, or one of a *possible* length for its country (a range newer
+    than phonenumbers' metadata, or +1 555, still reaches carriers and callers), never a string
+    such as ``123`` that only becomes a number by guessing (``+1123``).
+    """
     number = parse(raw, region)
     if number.anonymous:
         raise InvalidNumber(f"{raw!r} is not a number")
-    if not number.e164 or not number.valid:
+    if not number.e164 or not (number.valid or _possible(number.e164)):
         raise InvalidNumber(f"{raw!r} is not a valid telephone number (region {region})")
     return number.e164
+
+
+def _possible(e164: str) -> bool:
+    try:
+        return bool(phonenumbers.is_possible_number(phonenumbers.parse(e164)))
+    except phonenumbers.NumberParseException:
+        return False
 
 
 def number_from_uri(value: str) -> str:

@@ -101,5 +101,7 @@ def find_call(db: Database, uuid: str) -> CallRecord | None:
     with db.begin() as session:
         call = session.get(CallRecord, uuid)
         if call is None and len(uuid) >= 6:
-            call = session.scalars(select(CallRecord).where(CallRecord.uuid.startswith(uuid)).limit(2)).first()
+            # a prefix shared by several calls finds none of them (the CLI lists the candidates)
+            found = list(session.scalars(select(CallRecord).where(CallRecord.uuid.startswith(uuid)).limit(2)))
+            call = found[0] if len(found) == 1 else None
         return call

@@ -88,6 +88,8 @@ class Writer:
         #: counters for the metrics and the benchmark
         self.batches = 0
         self.rows_written = 0
+        #: rows given up on (each logged whole as db.write_abandoned); fsguard_writer_abandoned
+        self.abandoned = 0
 
     def declare(self, name: str, build: Callable[[], Any]) -> None:
         self.statements[name] = build
@@ -205,6 +207,7 @@ class Writer:
                 ticket.done.set()
 
     def _abandon(self, tickets: list[Ticket], error: str) -> None:
+        self.abandoned += len(tickets)
         for ticket in tickets:
             log.error("db.write_abandoned", kind=ticket.kind, error=error, row=_printable(ticket.row),
                       waited_s=round(time.monotonic() - ticket.queued_at, 1))

@@ -237,9 +237,9 @@ def test_show_everything_and_filter(fsguard, db):
                                            "source", "reason"]
     assert "+13125550100" not in out and "+18005550100  dno" in out
     assert "+13125550100" in fsguard("lists", "show", "--all")[1]
-    rows = json.loads(fsguard("lists", "show", "--source", "auto", "--json")[1])
+    rows = json.loads(fsguard("lists", "show", "--source", "auto", "--json")[1])["entries"]   # one shape
     assert [(r["number"], r["level"], r["code"], r["hard"]) for r in rows] == [("+14155550123", 3, "flood.hour", False)]
-    rows = json.loads(fsguard("lists", "show", "--kind", "dno", "--json")[1])
+    rows = json.loads(fsguard("lists", "show", "--kind", "dno", "--json")[1])["entries"]
     assert [r["number"] for r in rows] == ["+18005550100"]
 
 
@@ -295,7 +295,7 @@ def test_import_reports_bad_rows_by_line_and_writes_nothing(fsguard, db, tmp_pat
     assert lines[2] == "line 5: kind 'maybe': expected allow, block or dno"
     assert lines[3].startswith("line 6: a block needs a level")
     assert lines[4] == "line 8: 5 cells, expected at most 4"
-    assert lines[5] == ("fsguard: 5 bad row(s) of 7; nothing was written (fix them, or use --skip-bad to import "
+    assert lines[5] == ("fsguard: 5 bad row(s) of 7; nothing was written (fix them, or use --skip-invalid to import "
                         "the good rows)")
     assert entries(db) == []
 
@@ -344,7 +344,7 @@ def test_import_100000_rows_with_progress(fsguard, db, tmp_path):
     code, out, err = fsguard("lists", "import", str(f))
     assert code == 0, err
     assert out.strip() == "imported 100000 entries from 100000 rows"
-    assert "validated 50000 rows" in err and "written 100000 rows" in err
+    assert "validated" not in err and "written" not in err   # progress bars are for a terminal only
     with db.begin() as session:
         assert session.scalar(select(func.count()).select_from(ListEntry)) == 100_000
         some = sorted(numbers)[12345]

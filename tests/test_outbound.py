@@ -618,7 +618,7 @@ def test_settings_defaults_env_and_validation(tmp_path):
 
 def test_cli_errors_are_one_clear_line(node, cli_env, capsys):
     code, _, err = run_cli(capsys, "outbound", "freeze", "not-a-number", "--reason", "x")
-    assert code == 1 and "'not-a-number' is not a telephone number" in err and "Traceback" not in err
+    assert code == 1 and "'not-a-number' is not a valid telephone number" in err and "Traceback" not in err
     code, _, err = run_cli(capsys, "outbound", "freeze", NUMBER, "--reason", "x", "--days", "0")
     assert code == 1 and "--days must be more than 0" in err
     code, _, err = run_cli(capsys, "outbound", "freeze", NUMBER, "--reason", "   ")

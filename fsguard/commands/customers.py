@@ -15,6 +15,7 @@ import importlib.util
 import sys
 from typing import Any
 
+from fsguard import cli
 from fsguard.cli import CLIError, Context, print_json, print_table
 from fsguard.commands._common import area_parser, open_input, routing_traits
 
@@ -44,27 +45,56 @@ def register(subparsers: Any) -> None:
                                    "account, vip, queue, agent, region. Rows with the same account are one "
                                    "customer. Any bad row: nothing is imported (unless --skip-invalid).")
     i.add_argument("file", help="the CSV file ('-' for standard input)")
-    i.add_argument("--skip-invalid", action="store_true", help="import the good rows and list the bad ones")
+    cli.add_skip_invalid(i)
     i.add_argument("--dry-run", action="store_true", help="check the file and say what would change")
+    i.add_argument("--json", action="store_true",
+                   help='print {"rows", "created", "updated", "numbers", "dry_run", "bad": [...]}')
 
     s = sub.add_parser("show", help="list customers, or show one by number or account")
     s.add_argument("number", nargs="?", metavar="NUMBER")
     s.add_argument("--account")
     s.add_argument("--vip", action="store_true", help="VIPs only")
-    s.add_argument("--limit", type=int, default=0, help="at most this many (default all)")
+    s.add_argument("--limit", type=cli.count_or_all, default=0, help="at most this many (default all)")
     s.add_argument("--json", action="store_true")
+
+    e = sub.add_parser("export", help="write every customer as CSV (the form import reads)",
+                       description="One row per customer: numbers (separated by ;), name, account, vip, queue, "
+                                   "agent, region. Cells a spreadsheet would run as a formula are written as text.")
+    e.add_argument("--output", "-o", help="file to write (default: standard output)")
 
     r = sub.add_parser("remove", help="remove a number from its customer, or a whole customer",
                        description="Remove NUMBER from its customer (a customer left with no number goes "
                                    "too), or with --account the customer and all their numbers.")
     r.add_argument("number", nargs="?", metavar="NUMBER")
     r.add_argument("--account")
+    r.add_argument("--json", action="store_true", help='print {"removed": "what was removed"}')
 
 
 def cmd_customers(ctx: Context) -> int:
     ctx.require_schema()
     command = ctx.args.customers_command
-    return {"add": _add, "import": _import, "show": _show, "remove": _remove}[command](ctx)
+    return {"add": _add, "import": _import, "show": _show, "remove": _remove, "export": _export}[command](ctx)
+
+
+def _export(ctx: Context) -> int:
+    from fsguard import customers
+    from fsguard.spreadsheet import write_rows
+
+    with ctx.db.begin() as session:
+        found = customers.listing(session, vip_only=False, limit=None)
+    rows = [[";".join(c.numbers), c.name or "", c.account_id or "", "yes" if c.vip else "no", c.queue or "",
+             c.agent or "", c.region or ""] for c in found]
+    header = ["number", "name", "account", "vip", "queue", "agent", "region"]
+    if not ctx.args.output:
+        write_rows(sys.stdout, header, rows)
+        return 0
+    try:
+        with open(ctx.args.output, "w", newline="", encoding="utf-8") as out:
+            count = write_rows(out, header, rows)
+    except OSError as exc:
+        raise CLIError(f"cannot write {ctx.args.output}: {exc.strerror or exc}") from None
+    print(f"exported {count} customers to {ctx.args.output}")
+    return 0
 
 
 def _numbers(ctx: Context, raw: list[str]) -> list[str]:
@@ -134,6 +164,10 @@ def _import(ctx: Context) -> int:
     except Abort:
         pass
     assert result is not None
+    if args.json and (args.dry_run or not result.errors or args.skip_invalid):
+        print_json({"rows": result.rows, "created": result.created, "updated": result.updated,
+                    "numbers": result.numbers, "dry_run": bool(args.dry_run), "bad": list(result.errors)})
+        return 0
     shown = result.errors[:20]
     for line in shown:
         print(f"  {line}", file=sys.stderr)
@@ -164,7 +198,7 @@ def _show(ctx: Context) -> int:
             found = customers.listing(session, vip_only=args.vip, limit=args.limit or None)
             total, total_numbers = customers.count(session)
     if args.json:
-        print_json([c.as_dict() for c in found] if not (args.number or args.account) else found[0].as_dict())
+        print_json([c.as_dict() for c in found])   # one shape: a list, of one when a customer is named
         return 0
     print_table([[c.id, c.account_id, c.name, "yes" if c.vip else "", c.agent, c.queue, c.region,
                   " ".join(c.numbers)] for c in found],
@@ -190,6 +224,9 @@ def _remove(ctx: Context) -> int:
             missing = f"no customer with account {args.account}"
     if done is None:
         raise CLIError(missing)
+    if args.json:
+        print_json({"removed": done})
+        return 0
     print(done)
     return 0
 

@@ -7,7 +7,7 @@
     fsguard lists add +442079460000 --allow --reason "head office"
     fsguard lists show [NUMBER] [--json]
     fsguard lists remove NUMBER [--dnis D]
-    fsguard lists import blocklist.csv [--skip-bad] [--dry-run]
+    fsguard lists import blocklist.csv [--skip-invalid] [--dry-run]
     fsguard lists export > lists.csv
     fsguard lists purge
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from fsguard import lists
+from fsguard import cli, lists
 from fsguard.cli import SERVE_HOOKS, CLIError, Context, print_json, print_table
 from fsguard.commands._common import area_parser, open_input
 
@@ -43,7 +43,8 @@ def register(subparsers: Any) -> None:
     add = sub.add_parser("add", help="add or replace an entry",
                          description="Numbers in any usual form are stored in E.164; a prefix ends with * (+1900*).")
     add.add_argument("number", nargs="?", help="number or prefix (+12125550147, 0044 20 7946 0000, +1900*)")
-    add.add_argument("--from-call", metavar="UUID", help="the caller of this recorded call (instead of NUMBER)")
+    add.add_argument("--from-call", metavar="UUID", help="the caller of this recorded call (instead of NUMBER): its "
+                     f"uuid or a prefix of at least {cli.MIN_UUID_PREFIX} characters no other call shares")
     _kind_options(add, required=True)
     _entry_options(add)
     add.add_argument("--json", action="store_true", help="print the entry as JSON")
@@ -53,6 +54,7 @@ def register(subparsers: Any) -> None:
     rm.add_argument("number")
     rm.add_argument("--dnis", help="only the entry for this dialled number")
     rm.add_argument("--kind", choices=lists.KINDS, help="only an entry of this kind")
+    rm.add_argument("--json", action="store_true", help='print {"removed": [entries]}')
     rm.set_defaults(func=cmd_remove)
 
     show = sub.add_parser("show", help="the entries covering a number, or every entry")
@@ -61,17 +63,19 @@ def register(subparsers: Any) -> None:
     show.add_argument("--kind", choices=lists.KINDS)
     show.add_argument("--source", help="only entries from this source (auto, cli, import)")
     show.add_argument("--all", action="store_true", help="include expired entries")
-    show.add_argument("--limit", type=int, default=0, help="at most this many entries")
+    show.add_argument("--limit", type=cli.count_or_all, default=0, help="at most this many entries")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_show)
 
     imp = sub.add_parser("import", help="import entries from a CSV file",
                          description="Columns: number,kind,level,reason,expires,dnis,action (a header row names "
                                      "them; without one this order is assumed). Every row is checked first; if any "
-                                     "is bad nothing is written, unless --skip-bad. Options fill empty cells.")
+                                     "is bad nothing is written, unless --skip-invalid. Options fill empty cells.")
     imp.add_argument("file", help="CSV file ('-' for standard input)")
-    imp.add_argument("--skip-bad", action="store_true", help="import the good rows even if some are bad")
+    cli.add_skip_invalid(imp)
     imp.add_argument("--dry-run", action="store_true", help="check the file, write nothing")
+    imp.add_argument("--json", action="store_true",
+                     help='print {"rows", "imported", "dry_run", "bad": [{"line", "problem"}], "warnings"}')
     _kind_options(imp, required=False)
     _entry_options(imp)
     imp.set_defaults(func=cmd_import)
@@ -83,6 +87,7 @@ def register(subparsers: Any) -> None:
     exp.set_defaults(func=cmd_export)
 
     purge = sub.add_parser("purge", help="drop old call counters and long-expired entries now")
+    purge.add_argument("--json", action="store_true", help='print {"counters": N, "entries": N}')
     purge.set_defaults(func=cmd_purge)
 
 
@@ -131,7 +136,7 @@ def cmd_add(ctx: Context) -> int:
     kind, level = _kind(args)
     try:
         spec = lists.make_spec(number, kind=kind or "", level=level, dnis=args.dnis, reason=reason or "",
-                               expires=args.expires, action=args.action, source="cli", added_by=lists.operator(),
+                               expires=args.expires, action=args.action, source="cli", added_by=cli.operator_name(),
                                region=_region(ctx))
     except lists.ListError as exc:
         raise CLIError(str(exc)) from None
@@ -139,7 +144,7 @@ def cmd_add(ctx: Context) -> int:
         entry, replaced = lists.add(session, spec)
         data = lists.entry_dict(entry)
     if args.json:
-        print_json({"entry": data, "replaced": replaced, **({"from_call": note} if note else {})})
+        print_json({"entry": data, "replaced": replaced, "from_call": note})
         return 0
     if note:
         print(note)
@@ -155,9 +160,7 @@ def _caller_of(ctx: Context, uuid: str, reason: str | None) -> tuple[str, str, s
     """The network number of a recorded call's caller (even if it was withheld), a default reason, and a note."""
     from fsguard import records
 
-    call = records.find_call(ctx.db, uuid)
-    if call is None:
-        raise CLIError(f"no call {uuid}")
+    call = records.find_call(ctx.db, cli.find_call(ctx, uuid).uuid)   # refuses an ambiguous prefix
     if not call.ani:
         raise CLIError(f"call {call.uuid} has no caller number to block (anonymous or unreadable: {call.ani_raw!r})")
     withheld = " (the caller had withheld the number)" if (call.inputs or {}).get("privacy") else ""
@@ -171,9 +174,9 @@ def cmd_remove(ctx: Context) -> int:
     region = _region(ctx)
     try:
         number, is_prefix = lists.parse_pattern(args.number, region)
+        dnis = lists.operator_dnis(args.dnis, region) if args.dnis else None
     except lists.ListError as exc:
         raise CLIError(str(exc)) from None
-    dnis = lists.dnis_key(args.dnis, region) if args.dnis else None
     with ctx.db.begin() as session:
         gone = lists.remove(session, number, is_prefix, dnis=dnis, kind=args.kind)
         covering = [] if gone or is_prefix else lists.entries_for(session, number)
@@ -182,6 +185,9 @@ def cmd_remove(ctx: Context) -> int:
         if covering:
             hint = "; it is covered by " + ", ".join(e.pattern for e in covering) + " (remove that prefix instead)"
         raise CLIError(f"no entry for {number}{'*' if is_prefix else ''}{' for ' + dnis if dnis else ''}{hint}")
+    if args.json:
+        print_json({"removed": gone})
+        return 0
     for entry in gone:
         print(f"removed: {lists.describe(entry)}")
     return 0
@@ -200,14 +206,14 @@ def cmd_show(ctx: Context) -> int:
         rows = [lists.entry_dict(e) for e in lists.all_entries(session, kind=args.kind, source=args.source,
                                                                 include_expired=args.all, limit=args.limit or None)]
     if args.json:
-        print_json(rows)
+        print_json({"number": None, "dnis": None, "applies": None, "entries": rows, "counts": {}})
         return 0
     if not rows:
         print("the list is empty" if not (args.kind or args.source) else "no matching entries")
         return 0
     print_table([[r["number"], r["kind"], "" if r["level"] is None else r["level"], r["action"],
                   "all" if r["dnis"] == "*" else r["dnis"], (r["expires_at"] or "never")[:19].replace("T", " "),
-                  r["source"], r["reason"][:60]] for r in rows],
+                  r["source"], r["reason"]] for r in rows],   # the whole reason: it is why
                 ["number", "kind", "level", "action", "dialled", "expires (UTC)", "source", "reason"])
     return 0
 
@@ -216,9 +222,9 @@ def _show_number(ctx: Context, region: str) -> int:
     args = ctx.args
     try:
         number, is_prefix = lists.parse_pattern(args.number, region)
+        dnis = lists.operator_dnis(args.dnis, region) if args.dnis else lists.ANY_DNIS
     except lists.ListError as exc:
         raise CLIError(str(exc)) from None
-    dnis = lists.dnis_key(args.dnis, region) if args.dnis else lists.ANY_DNIS
     with ctx.db.begin() as session:
         if is_prefix:
             covering = [e for e in lists.all_entries(session, include_expired=args.all)
@@ -266,20 +272,31 @@ def cmd_import(ctx: Context) -> int:
     handle = open_input(args.file)
     try:
         with handle:
-            report = lists.read_csv(handle, defaults=defaults, region=_region(ctx), added_by=lists.operator(),
+            report = lists.read_csv(handle, defaults=defaults, region=_region(ctx), added_by=cli.operator_name(),
                                     progress=progress)
     except UnicodeDecodeError:
         raise CLIError(f"{args.file} is not UTF-8 text") from None
     progress.done()
+    if args.json and (args.dry_run or not report.errors or args.skip_invalid):
+        written = 0
+        if not args.dry_run:
+            with ctx.db.begin() as session:
+                written = lists.import_entries(session, report.specs, progress=progress)
+            progress.done()
+        print_json({"rows": report.rows, "imported": written, "would_import": len(report.specs),
+                    "dry_run": bool(args.dry_run),
+                    "bad": [{"line": line, "problem": message} for line, message in report.errors],
+                    "warnings": [{"line": line, "problem": message} for line, message in report.warnings]})
+        return 0
     for line, message in report.errors[:50]:
         print(f"line {line}: {message}", file=sys.stderr)
     if len(report.errors) > 50:
         print(f"... and {len(report.errors) - 50} more bad rows", file=sys.stderr)
     for line, message in report.warnings[:20]:
         print(f"line {line}: warning: {message}", file=sys.stderr)
-    if report.errors and not args.skip_bad:
+    if report.errors and not args.skip_invalid:
         raise CLIError(f"{len(report.errors)} bad row(s) of {report.rows}; nothing was written "
-                       "(fix them, or use --skip-bad to import the good rows)")
+                       "(fix them, or use --skip-invalid to import the good rows)")
     if args.dry_run:
         print(f"{len(report.specs)} entries would be imported"
               + (f", {len(report.errors)} bad rows skipped" if report.errors else "") + " (dry run: nothing written)")
@@ -293,24 +310,30 @@ def cmd_import(ctx: Context) -> int:
 
 
 class _Progress:
-    """Progress on large files, on standard error (so that output stays clean)."""
+    """Progress of a large import (lists.read_csv and import_entries report every 10,000 rows),
+    as tqdm bars on standard error, and only on a terminal: a script or a log gets the result
+    line alone. tqdm draws, throttles and sizes the bar (rows, rate, elapsed) on any terminal."""
 
     def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.shown = False
+        self.enabled = sys.stderr.isatty()
+        self.bar: Any = None
+        self.what = ""
 
     def __call__(self, what: str, count: int) -> None:
-        self.shown = True
-        if self.tty:
-            sys.stderr.write(f"\r{what} {count} rows ")
-        else:
-            sys.stderr.write(f"{what} {count} rows\n")
-        sys.stderr.flush()
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None or what != self.what:
+            self.done()
+            self.what = what
+            self.bar = tqdm(desc=what, unit=" rows", unit_scale=True, file=sys.stderr, leave=True)
+        self.bar.update(count - self.bar.n)
 
     def done(self) -> None:
-        if self.shown and self.tty:
-            sys.stderr.write("\n")
-        self.shown = False
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def cmd_export(ctx: Context) -> int:
@@ -337,6 +360,9 @@ def cmd_export(ctx: Context) -> int:
 def cmd_purge(ctx: Context) -> int:
     ctx.require_schema()
     counters, entries = _purge(ctx.db, ctx.settings)
+    if ctx.args.json:
+        print_json({"counters": counters, "entries": entries})
+        return 0
     print(f"purged {counters} call counter rows and {entries} expired entries")
     return 0
 

@@ -21,6 +21,7 @@ import json
 import re
 import socket
 import typing
+from pathlib import Path
 from typing import Any, Callable
 
 import structlog
@@ -88,6 +89,7 @@ def serve_hook(app: Any, server: Any) -> None:
     from fsguard import systemd
 
     app.metrics.node(app.settings.node.id)
+    app.metrics.watch_writer(app.writer)
     if server.on_reload is not None:
         server.on_reload = PolicyReloader(server.on_reload, lambda: app.settings)
 
@@ -226,22 +228,120 @@ def cmd_config(ctx: cli.Context) -> int:
     if command == "example":
         print(render_settings(Settings(), example=True), end="")
         return 0
-    settings = load_settings(ctx.args.config)   # a bad file raises ConfigError: exit 2 with the key
     if command == "show":
+        settings = load_settings(ctx.args.config)   # a bad file raises ConfigError: exit 2 with the key
         print(render_settings(settings, example=False), end="")
         return 0
+    return _check(ctx)
+
+
+def _check(ctx: cli.Context) -> int:
+    """Every problem of the configuration, not only the first; and environment variables that
+    look like settings but name none (a typo there is otherwise silently ignored)."""
+    import os
+    import sys
+
+    from fsguard.config import ConfigError, unknown_variables
     from fsguard.pipeline import load_stage
 
-    for name in settings.policy.stages:
+    warnings = [f"{var}: names no setting (ignored); see 'fsguard config example' for the settings"
+                for var in unknown_variables()]
+    problems: list[str] = []
+    settings = None
+    try:
+        settings = load_settings(ctx.args.config)
+    except ConfigError as exc:
+        problems += exc.problems
+    if settings is not None:
+        for name in settings.policy.stages:
+            try:
+                load_stage(name)
+            except (ValueError, ImportError) as exc:
+                problems.append(f"policy.stages: {exc}")
+    source = str(settings.source) if settings and settings.source else \
+        (ctx.args.config or os.environ.get("FSGUARD_CONFIG") or "defaults and environment")
+    stages = settings.policy.stages if settings else []
+    shadow = [s for s in stages if settings and not settings.policy.enforced(s)]
+    if ctx.args.json:
+        cli.print_json({"ok": not problems, "source": source, "problems": problems, "warnings": warnings,
+                        "stages": stages, "shadow": shadow})
+    else:
+        for warning in warnings:
+            print(f"fsguard: warning: {warning}", file=sys.stderr)
+        for problem in problems:
+            print(f"fsguard: configuration error: {problem}", file=sys.stderr)
+        if not problems:
+            print(f"configuration OK ({source}): stages {' -> '.join(stages) or '(none)'}"
+                  + (f"; shadow mode for {', '.join(shadow)}" if shadow else ""))
+    if problems:
+        # a stage that cannot load is a problem of the code or the install (1); any other is the file's (2)
+        return 1 if all(p.startswith("policy.stages: ") for p in problems) and settings is not None else 2
+    return 0
+
+
+#: the FreeSWITCH reference configuration a user copies (conf/freeswitch/README.rst)
+FREESWITCH_FILES = ("dialplan/public_fsguard.xml", "dialplan/default_fsguard_outbound.xml", "dialplan/queues.xml",
+                    "autoload_configs/callcenter.conf.xml", "autoload_configs/event_socket.conf.xml")
+
+
+def shipped_conf() -> Path | None:
+    """Where the shipped conf/ is: <prefix>/share/fsguard/conf of an installed wheel (found
+    through the distribution's file list, so a --user install finds its own), else the checkout's."""
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution("fsguard").files or []
+    except metadata.PackageNotFoundError:
+        files = []
+    for entry in files:
+        posix = entry.as_posix()
+        if posix.endswith("share/fsguard/conf/freeswitch/dialplan/public_fsguard.xml"):
+            found = Path(str(entry.locate())).resolve()
+            return found.parents[2]
+    checkout = Path(__file__).resolve().parents[2] / "conf"
+    return checkout if (checkout / "freeswitch").is_dir() else None
+
+
+def cmd_freeswitch(ctx: cli.Context) -> int:
+    """Write the FreeSWITCH snippets into DIR, the socket pointed at this node's esl.listen."""
+    import sys
+
+    args = ctx.args
+    source = shipped_conf()
+    if source is None:
+        raise cli.CLIError("the FreeSWITCH configuration is not installed with this fsguard (conf/freeswitch)")
+    listen = args.listen or ctx.settings.esl.listen
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", "", "[::]", "::"):
+        raise cli.CLIError(f"esl.listen {listen} is every address: give the address FreeSWITCH connects to "
+                           "with --listen HOST:PORT")
+    inbound_port = ctx.settings.esl.inbound.rpartition(":")[2]
+    target = Path(args.dir)
+    written, kept = [], []
+    for name in FREESWITCH_FILES:
+        text = (source / "freeswitch" / name).read_text(encoding="utf-8")
+        # the lab's variables, given this node's values: the socket fsguard listens on, and the
+        # port of the inbound Event Socket fsguard uses for api commands (esl.inbound)
+        text = text.replace("$${fsguard_socket}", f"{host}:{port}").replace("$${lab_esl_port}", inbound_port)
+        path = target / name
+        if path.exists() and not args.force:
+            kept.append(str(path))
+            continue
         try:
-            load_stage(name)
-        except (ValueError, ImportError) as exc:
-            raise cli.CLIError(f"policy.stages: {exc}") from None
-    policy = settings.policy
-    shadow = [s for s in policy.stages if not policy.enforced(s)]
-    print(f"configuration OK ({settings.source or 'defaults and environment'}): "
-          f"stages {' -> '.join(policy.stages) or '(none)'}"
-          + (f"; shadow mode for {', '.join(shadow)}" if shadow else ""))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise cli.CLIError(f"cannot write {path}: {exc.strerror or exc}") from None
+        written.append(str(path))
+    if args.json:
+        cli.print_json({"written": written, "kept": kept, "socket": f"{host}:{port} async full"})
+    else:
+        for path in written:
+            print(f"wrote {path}")
+        for path in kept:
+            print(f"kept {path} (exists; --force replaces it)", file=sys.stderr)
+        print(f"the socket application connects to {host}:{port}; see conf/freeswitch/README.rst for where "
+              "each file goes")
     return 0
 
 
@@ -249,6 +349,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("config", help="the configuration: example, check, show")
     csub = p.add_subparsers(dest="config_command", required=True)
     csub.add_parser("example", help="every setting with its default and documentation (TOML)")
-    csub.add_parser("check", help="validate the configuration file (before a reload)")
+    check = csub.add_parser("check", help="validate the configuration file (before a reload): every problem, and "
+                                          "FSGUARD_* variables that name no setting")
+    check.add_argument("--json", action="store_true",
+                       help='print {"ok", "source", "problems", "warnings", "stages", "shadow"}')
     csub.add_parser("show", help="the settings in effect, secrets hidden (TOML)")
+    fs = csub.add_parser("freeswitch", help="write the FreeSWITCH reference configuration (dialplan, "
+                                            "callcenter, event_socket) into DIR")
+    fs.add_argument("dir", metavar="DIR", help="where to write (dialplan/ and autoload_configs/ are made in it)")
+    fs.add_argument("--listen", metavar="HOST:PORT",
+                    help="the address FreeSWITCH's socket application connects to (default: esl.listen)")
+    fs.add_argument("--force", action="store_true", help="replace files that exist")
+    fs.add_argument("--json", action="store_true", help='print {"written", "kept", "socket"}')
+    fs.set_defaults(func=cmd_freeswitch)
     p.set_defaults(func=cmd_config)

@@ -10,11 +10,10 @@ Importing this module also registers the outbound eraser with ``fsguard erase``.
 
 from __future__ import annotations
 
-import getpass
 import importlib.util
-import os
 from typing import Any
 
+from fsguard import cli
 from fsguard.cli import CLIError, Context, print_json, print_table
 from fsguard.commands._common import area_parser
 
@@ -33,18 +32,20 @@ def register(subparsers: Any) -> None:
     f.add_argument("number", help="the number, E.164 (+15557654321) or as dialled in node.default_region")
     f.add_argument("--reason", required=True, help="why (shown to operators and in the call records)")
     f.add_argument("--days", type=float, help="how long (default: outbound.freeze_for)")
+    f.add_argument("--json", action="store_true", help='print {"frozen": freeze, "replaced": [freezes]}')
 
     u = sub.add_parser("unfreeze", help="let agents dial a number again",
                        description="Lift the freeze on NUMBER; strikes counted before it no longer count.")
     u.add_argument("number")
     u.add_argument("--reason", default="", help="why it was lifted (kept with the freeze's history)")
+    u.add_argument("--json", action="store_true", help='print {"number": N, "lifted": [freezes]}')
 
     z = sub.add_parser("frozen", help="numbers frozen now")
     z.add_argument("--json", action="store_true")
 
     a = sub.add_parser("attempts", help="a number's call attempts, freeze state and history")
     a.add_argument("number")
-    a.add_argument("--limit", type=int, default=50)
+    a.add_argument("--limit", type=cli.positive_int, default=50)
     a.add_argument("--json", action="store_true")
 
 
@@ -62,21 +63,17 @@ def cmd_outbound(ctx: Context) -> int:
 
 
 def _number(ctx: Context, raw: str) -> str:
-    from fsguard import outbound
+    from fsguard import numbers
 
-    number = outbound.dialled_number(raw, ctx.settings.node.default_region)
-    if number is None:
-        raise CLIError(f"{raw!r} is not a telephone number (region {ctx.settings.node.default_region}); "
-                       "give it in E.164, e.g. +15557654321")
-    return number
+    try:   # the rule every command uses for a typed number (lists, erase, customers)
+        return numbers.to_e164(raw, ctx.settings.node.default_region)
+    except numbers.InvalidNumber as exc:
+        raise CLIError(f"{exc}; give it in E.164, e.g. +15557654321") from None
 
 
 def _operator() -> str:
-    """Who is running the command: the sudo user if any, else the login name."""
-    try:
-        return os.environ.get("SUDO_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+    """Who is running the command (the same name every command records)."""
+    return cli.operator_name()
 
 
 def _when(value: Any) -> str:
@@ -97,6 +94,9 @@ def _freeze(ctx: Context, number: str) -> int:
     with ctx.db.begin() as session:
         new, replaced = outbound.freeze(session, number, reason=reason, seconds=seconds, source="operator",
                                         by=_operator())
+    if ctx.args.json:
+        print_json({"frozen": new.as_dict(), "replaced": [old.as_dict() for old in replaced]})
+        return 0
     for old in replaced:
         print(f"replaced freeze #{old.id} ({old.source}, until {_when(old.until)} UTC: {old.reason})")
     print(f"frozen {number} until {_when(new.until)} UTC (freeze #{new.id}): {new.reason}")
@@ -110,6 +110,9 @@ def _unfreeze(ctx: Context, number: str) -> int:
         lifted = outbound.unfreeze(session, number, by=_operator(), reason=" ".join(ctx.args.reason.split()))
     if not lifted:
         raise CLIError(f"{number} is not frozen")
+    if ctx.args.json:
+        print_json({"number": number, "lifted": [old.as_dict() for old in lifted]})
+        return 0
     for old in lifted:
         print(f"unfrozen {number}: lifted freeze #{old.id} ({old.source}, was until {_when(old.until)} UTC: "
               f"{old.reason})")

@@ -19,7 +19,7 @@ from typing import Any
 import gevent
 import structlog
 
-from fsguard import cli, erasure, recordings
+from fsguard import cli, erasure, numbers, recordings
 from fsguard.commands._common import area_parser
 from fsguard.config import parse_duration
 from fsguard.numbers import InvalidNumber
@@ -37,8 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls.add_argument("--held", action="store_true", help="only those under legal hold")
     ls.add_argument("--expired", action="store_true", help="only those past their retain-until date")
     ls.add_argument("--status", choices=["recording", "complete", "missing", "unreadable"])
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--limit", type=cli.positive_int, default=50)
     ls.add_argument("--json", action="store_true")
+    ls.add_argument("--csv", action="store_true", help="CSV for a spreadsheet (cells that look like formulas "
+                                                       "are written as text)")
 
     show = rs.add_parser("show", help="one recording: file, purpose, retention, hold, hash, masked intervals")
     show.add_argument("uuid", help="the call's uuid (or its first 8+ characters)")
@@ -47,7 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     hold = rs.add_parser("hold", help="put a recording under legal hold (no purge, no erasure)")
     hold.add_argument("uuid")
     hold.add_argument("--reason", required=True, help="the case or request it is kept for")
-    rs.add_parser("release", help="lift a legal hold").add_argument("uuid")
+    hold.add_argument("--json", action="store_true", help="print the recording as JSON")
+    release = rs.add_parser("release", help="lift a legal hold")
+    release.add_argument("uuid")
+    release.add_argument("--json", action="store_true", help="print the recording as JSON")
 
     purge = rs.add_parser("purge", help="delete recordings past their retention (not those under legal hold)")
     purge.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
@@ -58,11 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        ("stop", "stop an on-demand recording")):
         a = rs.add_parser(name, help=text)
         a.add_argument("uuid")
-        a.add_argument("--by", default="cli", help="who asks (an agent id), kept with the request")
+        a.add_argument("--by", help="who asks (an agent id), kept with the request (default: your user name)")
+        a.add_argument("--json", action="store_true", help='print {"uuid", "action", "recording"}')
     st = rs.add_parser("start", help="start recording a live call whose rule is on_demand")
     st.add_argument("uuid")
     st.add_argument("--purpose", help="purpose of this recording (default: the rule's)")
-    st.add_argument("--by", default="cli", help="who asks (an agent id), kept with the recording")
+    st.add_argument("--by", help="who asks (an agent id), kept with the recording (default: your user name)")
+    st.add_argument("--json", action="store_true", help='print {"uuid", "action", "recording"}')
 
     vf = rs.add_parser("verify", help="hash recordings again and compare with the SHA-256 taken at the end of the call")
     vf.add_argument("uuid", nargs="?")
@@ -92,6 +99,9 @@ def cmd_recordings(ctx: cli.Context) -> int:
                                               region=settings.node.default_region)
             if args.json:
                 cli.print_json(rows)
+            elif args.csv:
+                columns = list(rows[0]) if rows else ["uuid", "number"]
+                cli.print_csv(columns, [[r.get(c) for c in columns] for r in rows])
             else:
                 cli.print_table([[r["started_at"][:19].replace("T", " "), r["uuid"], r["number"], r["mode"],
                                   r["purpose"], r["retain_until"][:10], "HOLD" if r["legal_hold"] else "",
@@ -105,10 +115,16 @@ def cmd_recordings(ctx: cli.Context) -> int:
             return 0
         if action == "hold":
             data = recordings.hold(db, args.uuid, args.reason)
+            if args.json:
+                cli.print_json(data)
+                return 0
             print(f"recording of call {data['uuid']} is under legal hold: {data['hold_reason']}")
             return 0
         if action == "release":
             data = recordings.release(db, args.uuid)
+            if args.json:
+                cli.print_json(data)
+                return 0
             print(f"legal hold lifted on call {data['uuid']}; kept until {data['retain_until'][:10]} "
                   f"({data['purpose']} retention)")
             return 0
@@ -117,15 +133,26 @@ def cmd_recordings(ctx: cli.Context) -> int:
             cli.print_json_or_text(args.json, report.as_dict(), lambda: purge_text(report))
             return 0 if report.ok else 1
         if action in ("pause", "resume", "start", "stop"):
+            by = args.by or cli.operator_name()
             if action == "start":
-                data = recordings.start(db, settings, args.uuid, purpose=args.purpose, by=args.by)
+                data = recordings.start(db, settings, args.uuid, purpose=args.purpose, by=by)
+                if args.json:
+                    cli.print_json({"uuid": data["uuid"], "action": action, "recording": data})
+                    return 0
                 print(f"recording call {data['uuid']} for {data['purpose']} to {data['path']}")
             elif action == "stop":
-                data = recordings.stop(db, settings, args.uuid, by=args.by)
+                data = recordings.stop(db, settings, args.uuid, by=by)
+                if args.json:
+                    cli.print_json({"uuid": data["uuid"], "action": action, "recording": data})
+                    return 0
                 print(f"stopped recording call {data['uuid']}: {_duration(data['duration'])}, "
                       f"sha256 {data['sha256'] or '-'} ({data['status']})")
             else:
-                getattr(recordings, action)(db, settings, args.uuid, by=args.by)
+                result = getattr(recordings, action)(db, settings, args.uuid, by=by)
+                if args.json:
+                    cli.print_json({"uuid": args.uuid, "action": action,
+                                    "recording": result if isinstance(result, dict) else None})
+                    return 0
                 print(f"recording of call {args.uuid} {'paused (masked)' if action == 'pause' else 'resumed'}")
             return 0
         if action == "verify":
@@ -141,6 +168,8 @@ def cmd_erase(ctx: cli.Context) -> int:
     ctx.require_schema()
     settings = ctx.settings
     try:
+        # the rule every command uses for a typed number: "123" is refused, not erased as +1123
+        numbers.to_e164(ctx.args.number, settings.node.default_region)
         report = erasure.erase(ctx.db, ctx.args.number, region=settings.node.default_region, settings=settings,
                                dry_run=ctx.args.dry_run)
     except InvalidNumber as exc:

@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--until", help="end of the period (a duration back from now or an ISO date; default now)")
     p.add_argument("--config", dest="policy_config", metavar="NEW.toml",
                    help="the changed configuration to replay (default: the current one)")
-    p.add_argument("--limit", type=int, help="replay at most N calls (the oldest first)")
+    p.add_argument("--limit", type=cli.positive_int, help="replay at most N calls (the oldest first)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
     p.add_argument("--verbose", action="store_true", help="show the stages' log lines")

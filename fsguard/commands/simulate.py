@@ -86,6 +86,17 @@ def summary(result: Any) -> dict[str, Any]:
             "decision_ms": round(result.decision_latency * 1000, 3) if result.decision_latency is not None else None}
 
 
+def _words(value: Any) -> str:
+    """A value as an operator reads it: lists joined, tables as name=value, no Python reprs."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_words(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_words(v) for v in value)
+    return str(value)
+
+
 def cmd_call(ctx: Context) -> int:
     from fsguard.testing.simulator import Caller
 
@@ -104,7 +115,7 @@ def cmd_call(ctx: Context) -> int:
         return 0
     for key, value in data.items():
         if value not in (None, [], {}, ""):
-            print(f"{key:>13}: {value}")
+            print(f"{key:>13}: {_words(value)}")
     print(f"\nwhy: fsguard calls show {result.uuid}")
     return 0 if not result.violations and result.outcome != "stranded" else 1
 

@@ -38,7 +38,7 @@ import structlog
 
 from fsguard import numbers
 from fsguard.call import Call, CallGone
-from fsguard.config import RecordingSettings
+from fsguard.config import RecordingSettings, packaged_sound
 from fsguard.models import utcnow
 from fsguard.pipeline import CallEnd, Stage, Verdict
 from fsguard.recordings import finalize, finalize_queued, open_recording, party_number, recording_path, recording_root, retain_until
@@ -95,10 +95,12 @@ class RecordingPolicy:
 
     def __init__(self, cfg: RecordingSettings, region: str) -> None:
         defaults: dict[str, Any] = {"mode": cfg.mode, "purpose": cfg.purpose, "sample_percent": cfg.sample_percent,
-                    "consent": cfg.consent, "consent_prompt": cfg.consent_prompt, "consent_media": cfg.consent_media}
+                    "consent": cfg.consent, "consent_prompt": packaged_sound(cfg.consent_prompt),
+                    "consent_media": cfg.consent_media}
         self.rules: list[Rule] = []
         for i, table in enumerate(cfg.rules):
             values = {**defaults, **{k: v for k, v in table.items() if k in defaults}}
+            values["consent_prompt"] = packaged_sound(values["consent_prompt"])   # fsguard:NAME -> its path
             dnis: list[str] = []
             for pattern in _strings(table.get("dnis")):
                 dnis.append(pattern)

@@ -15,6 +15,7 @@ import pytest
 
 from fsguard import lists
 from fsguard.app import App
+from fsguard.config import packaged_sound
 from fsguard.testing.freeswitch import CallPlacer, Event, EventSocketClient, RealFreeSWITCH, sip_invite
 
 CALLER = "12125550101"
@@ -76,7 +77,8 @@ def test_ordinary_caller_is_queued_and_talks_to_a_logged_in_agent(
     names = [name for name, _ in apps]
     assert names[0] == "socket"
     assert names.index("answer") < names.index("playback") < names.index("transfer") < names.index("callcenter")
-    assert ("playback", app.settings.recording.consent_prompt) in apps
+    # the default notice is fsguard's own, played from the installed package (fsguard:consent-en.wav)
+    assert ("playback", packaged_sound(app.settings.recording.consent_prompt)) in apps
 
     fs_events.api(f"uuid_kill {a_leg}")
     end = hangup(fs_events, b_leg)
