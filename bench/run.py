@@ -558,14 +558,15 @@ def available_stages(wanted: list[str]) -> tuple[list[str], list[str]]:
 
 
 def write_config(path: Path, *, port: int, http_port: int, db_url: str, stages: list[str], event_format: str,
-                 pool_size: int, consent: bool, extra: str = "") -> None:
+                 pool_size: int, consent: bool, extra: str = "", esl_extra: str = "",
+                 recording_dir: str | None = None) -> None:
     path.write_text(f"""# written by bench/run.py
 [esl]
 listen = "127.0.0.1:{port}"
 max_calls = 20000
 event_format = "{event_format}"
 command_timeout = 10.0
-
+{esl_extra}
 [http]
 listen = "127.0.0.1:{http_port}"
 enabled = true
@@ -585,7 +586,7 @@ id = "bench"
 stages = {json.dumps(stages)}
 
 [recording]
-dir = "{path.parent / 'recordings'}"
+dir = "{recording_dir or path.parent / 'recordings'}"
 # with consent, every call is answered and hears the notice before it is routed: its decision
 # time is the notice's length, not fsguard's (measured apart, as the "consent notice" variant)
 consent = {'true' if consent else 'false'}
@@ -593,13 +594,18 @@ consent = {'true' if consent else 'false'}
 
 
 def start_fsguard(workdir: Path, db_url: str, stages: list[str], *, event_format: str = "plain",
-                  variant: str = "", consent: bool = False, tag: str = "fsguard", extra: str = "") -> Server:
-    port, http_port, stats_port = free_port(), free_port(), free_port()
+                  variant: str = "", consent: bool = False, tag: str = "fsguard", extra: str = "",
+                  port: int | None = None, esl_extra: str = "", recording_dir: str | None = None,
+                  environment: dict[str, str] | None = None) -> Server:
+    """fsguard serving on ``port`` (a free one by default); ``extra`` is TOML appended to its
+    configuration, ``esl_extra`` lines added to its ``[esl]`` table, ``environment`` its
+    ``FSGUARD_*`` overrides."""
+    port, http_port, stats_port = port or free_port(), free_port(), free_port()
     config = workdir / f"{tag}.toml"
     write_config(config, port=port, http_port=http_port, db_url=db_url, stages=stages, event_format=event_format,
-                 pool_size=20, consent=consent, extra=extra)
+                 pool_size=20, consent=consent, extra=extra, esl_extra=esl_extra, recording_dir=recording_dir)
     env = {"FSGUARD_BENCH_STATS": str(stats_port), "FSGUARD_BENCH_VARIANT": variant,
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": str(ROOT), **(environment or {})}
     server = Server(tag, [PY, str(BENCH / "serve.py"), "-c", str(config), "serve"], port, env=env,
                     stats_port=stats_port, metrics_port=http_port, workdir=workdir)
     wait_port(stats_port, 10, server.proc)

@@ -30,6 +30,23 @@ from gevent.server import StreamServer  # noqa: E402
 from fsguard import cli  # noqa: E402
 from fsguard.esl import OutboundSession  # noqa: E402
 
+#: frames fsguard's sessions read from FreeSWITCH, by Content-Type (events, replies, notices):
+#: the real-FreeSWITCH bench reports events per call from it
+FRAMES: dict[str, int] = {}
+
+
+def count_frames() -> None:
+    """Count every frame an OutboundSession dispatches (one dict update per frame)."""
+    original = OutboundSession._dispatch
+
+    def _dispatch(self: OutboundSession, frame: Any) -> None:
+        ctype = frame.content_type
+        FRAMES[ctype] = FRAMES.get(ctype, 0) + 1
+        original(self, frame)
+
+    OutboundSession._dispatch = _dispatch  # type: ignore[method-assign]
+
+
 def _status_value(name: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -43,7 +60,7 @@ def stats(app: Any, server: Any, full: bool) -> dict[str, Any]:
     data: dict[str, Any] = {
         "pid": os.getpid(), "rss_kb": _status_value("VmRSS"), "hwm_kb": _status_value("VmHWM"),
         "fds": len(os.listdir("/proc/self/fd")), "active": server.active, "deciding": len(app.deciding),
-        "held": len(app.held), "db_checkedout": pool.checkedout() if hasattr(pool, "checkedout") else None,
+        "held": len(app.held), "frames": dict(FRAMES), "db_checkedout": pool.checkedout() if hasattr(pool, "checkedout") else None,
     }
     if full:
         import greenlet
@@ -112,6 +129,7 @@ def main() -> int:
         raise SystemExit(f"FSGUARD_BENCH_VARIANT: unknown experiment(s) {', '.join(sorted(unknown))}")
     if "allevents" in variants:
         all_events_variant()
+    count_frames()
     cli.SERVE_HOOKS.append(stats_hook)
     return cli.main()
 
