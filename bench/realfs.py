@@ -418,6 +418,45 @@ def channels_up(conn: Inbound) -> int:
     raise RuntimeError(f"show channels count: unexpected answer {answer!r}")
 
 
+def held_calls(fs: RealFreeSWITCH, target: Target, count: int, *, mix: Any, rate: float = 50.0,
+               window: float = 5.0) -> dict[str, Any]:
+    """``count`` calls routed and still up at once (the a leg sleeps past the measurement):
+    what FreeSWITCH and the target spend per second while nothing happens but holding them.
+    A target that keeps each call's socket (fsguard follows calls to their end) against one that
+    lets go after routing (the greenswitch app)."""
+    rng = random.Random(42)
+    collector = Collector(fs.esl_address)
+    originator = Inbound(fs.esl_address)
+    hold = count / rate + window + 10
+    try:
+        for i in range(count):
+            a_leg = str(uuidlib.uuid4())
+            collector.place(a_leg)
+            originator.send_only(
+                f"bgapi originate {{origination_uuid={a_leg},origination_caller_id_number={pick_caller(rng, mix)},"
+                f"origination_caller_id_name=bench}}loopback/{DNIS}/public &sleep({int(hold * 1000)})")
+            originator.drop_replies()
+            gevent.sleep(1 / rate)
+        gevent.sleep(3.0)
+        up = channels_up(collector.conn)
+        decided = sum(1 for c in collector.calls.values() if c.route_us is not None)
+        fs0, tgt0, t0 = fs.cpu_seconds(), bench.proc_cpu(target.server.pid), time.monotonic()
+        gevent.sleep(window)
+        elapsed = time.monotonic() - t0
+        fs_rate = (fs.cpu_seconds() - fs0) / elapsed
+        tgt_rate = (bench.proc_cpu(target.server.pid) - tgt0) / elapsed
+        out = {"target": target.name, "calls": count, "decided": decided, "channels_up": up,
+               "fs_cpu_pct": round(100 * fs_rate, 1), "target_cpu_pct": round(100 * tgt_rate, 1),
+               "fs_cpu_us_per_held_call_per_s": round(1e6 * fs_rate / max(1, decided), 1)}
+        log(f"  {target.name}: {decided} calls held ({up} channels): FreeSWITCH {out['fs_cpu_pct']}% of a core "
+            f"({out['fs_cpu_us_per_held_call_per_s']} us per held call per second), target {out['target_cpu_pct']}%")
+        return out
+    finally:
+        originator.close()
+        clear(collector.conn)
+        collector.close()
+
+
 def clear(conn: Inbound, timeout: float = 30.0) -> None:
     """Hang up whatever is left, and wait until FreeSWITCH has no channel."""
     conn.api("hupall NORMAL_CLEARING")
@@ -472,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-saturation", action="store_true")
     parser.add_argument("--ladder", default="100,130,170,220,290", help="saturation search rates")
     parser.add_argument("--ladder-seconds", type=float, default=8.0)
+    parser.add_argument("--held", type=int, default=0, metavar="N",
+                        help="also hold N routed calls at once and measure what holding costs per second")
+    parser.add_argument("--only-held", action="store_true", help="only the held-calls measurement")
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--population", type=int, default=10_000, help="list entries and customers")
     parser.add_argument("--out", default=str(bench.RESULTS / "realfs.json"))
@@ -523,6 +565,10 @@ def main(argv: list[str] | None = None) -> int:
                 target = start_fsguard(port, workdir, db_url, fs, tag=name.replace(" ", "-"),  # type: ignore[arg-type]
                                        environment=variants.get(name, {}))
             try:
+                if args.held:
+                    report.setdefault("held", []).append(held_calls(fs, target, args.held, mix=mix))
+                if args.only_held:
+                    continue
                 warm = run_phase(fs, target, 20, 100, hold=args.hold, settle=args.settle, mix=mix, seed=1,
                                  every_application=True).summary()
                 report.setdefault("apps_per_call", {})[name] = warm["apps_per_call"]
@@ -543,8 +589,9 @@ def main(argv: list[str] | None = None) -> int:
         if drop is not None:
             drop()
         report["elapsed_s"] = round(time.monotonic() - T0, 1)
+        report["table"] = table(report)
         Path(args.out).write_text(json.dumps(report, indent=2, default=str))
-        print(table(report))
+        print(report["table"])
         if os.environ.get("FSGUARD_BENCH_KEEP"):
             log(f"kept {workdir}")
         else:
@@ -572,6 +619,10 @@ def table(report: dict[str, Any]) -> str:
         steps = ", ".join(f"{s['rate']:g} cps {'ok' if s['ok'] else 'FAILED'} (p99 {bench.fmt(s['latency_ms']['p99'])}"
                           f" ms, FS {s['fs_cpu_ms_per_call']} ms/call)" for s in sat["steps"])
         lines.append(f"saturation {name}: {sat['rate'] or '-'} cps  [{steps}]")
+    for h in report.get("held", []):
+        lines.append(f"held {h['target']}: {h['decided']} routed calls up at once: FreeSWITCH {h['fs_cpu_pct']}% of a "
+                     f"core ({h['fs_cpu_us_per_held_call_per_s']} us per held call per second), target "
+                     f"{h['target_cpu_pct']}%")
     return "\n".join(lines)
 
 

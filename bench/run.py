@@ -1005,6 +1005,63 @@ def write_docs(report: dict[str, Any]) -> None:
     log(f"  figures written to {DOC}")
 
 
+# ------------------------------------------------------------------------ real FreeSWITCH
+
+
+def real_freeswitch(quick: bool) -> dict[str, Any] | None:
+    """bench/realfs.py in its own process (it runs under gevent): fsguard and greenswitch through
+    a real FreeSWITCH, when one is installed. Its figures lead docs/performance.rst."""
+    from fsguard.testing.freeswitch import find_freeswitch
+
+    if find_freeswitch() is None:
+        log("FreeSWITCH is not installed (../shared/freeswitch/install): no real-FreeSWITCH phase")
+        return None
+    out = RESULTS / "realfs.json"
+    argv = [PY, str(BENCH / "realfs.py"), "--out", str(out)]
+    if quick:
+        argv += ["--rates", "30,100", "--calls", "300", "--ladder", "100,150", "--ladder-seconds", "5",
+                 "--population", "2000"]
+    log("real FreeSWITCH: " + " ".join(argv[1:]))
+    done = subprocess.run(argv, cwd=ROOT)
+    if done.returncode != 0 or not out.exists():
+        log(f"  the real-FreeSWITCH phase failed ({done.returncode})")
+        return {"failed": done.returncode}
+    return json.loads(out.read_text())
+
+
+def realfs_targets(realfs: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue 15's targets, read from the real-FreeSWITCH phase."""
+    if not realfs or "phases" not in realfs:
+        return []
+    out = []
+    by = {(p["target"], p["rate"]): p for p in realfs["phases"]}
+    fg, gs = by.get(("fsguard", 100.0)), by.get(("greenswitch", 100.0))
+    if fg:
+        clean = fg["decided"] == fg["calls"] and not fg["stranded"] and not fg["still_up_channels"]
+        out.append({"target": "real FreeSWITCH, 100 cps: every call decided, none stranded, none left up",
+                    "figure": f"{fg['decided']}/{fg['calls']} decided, {fg['stranded']} stranded, "
+                              f"{fg['still_up_channels']} channels up", "met": clean})
+    if fg and gs:
+        p_f, p_g = fg["latency_ms"]["p99"], gs["latency_ms"]["p99"]
+        out.append({"target": "real FreeSWITCH, 100 cps: fsguard's p99 no worse than greenswitch's",
+                    "figure": f"{fmt(p_f)} vs {fmt(p_g)} ms", "met": p_f is not None and p_g is not None
+                    and p_f <= p_g})
+        ratio = fg["fs_cpu_ms_per_call"] / gs["fs_cpu_ms_per_call"] if gs["fs_cpu_ms_per_call"] else None
+        out.append({"target": "real FreeSWITCH, 100 cps: FreeSWITCH CPU per call <= 1.5x greenswitch's",
+                    "figure": f"{fg['fs_cpu_ms_per_call']} vs {gs['fs_cpu_ms_per_call']} ms = {fmt(ratio)}x",
+                    "met": ratio is not None and ratio <= 1.5})
+        out.append({"target": "real FreeSWITCH, 100 cps: fsguard's own CPU per call <= greenswitch's",
+                    "figure": f"{fg['target_cpu_ms_per_call']} vs {gs['target_cpu_ms_per_call']} ms",
+                    "met": fg["target_cpu_ms_per_call"] <= gs["target_cpu_ms_per_call"]})
+    sat = realfs.get("saturation", {})
+    if "fsguard" in sat and "greenswitch" in sat:
+        f, g = sat["fsguard"]["rate"], sat["greenswitch"]["rate"]
+        out.append({"target": "real FreeSWITCH: fsguard's saturation rate >= greenswitch's",
+                    "figure": f"{f or 'below the ladder'} vs {g or 'below the ladder'} cps",
+                    "met": bool(f) and (not g or f >= g)})
+    return out
+
+
 # ------------------------------------------------------------------------------------ main
 
 
@@ -1021,6 +1078,9 @@ def main() -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the greenswitch baseline")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--docs", action="store_true", help="write the figures into docs/performance.rst")
+    parser.add_argument("--no-realfs", action="store_true",
+                        help="skip the real-FreeSWITCH phase (bench/realfs.py; run when FreeSWITCH is installed)")
+    parser.add_argument("--realfs-only", action="store_true", help="only the real-FreeSWITCH phase")
     args = parser.parse_args()
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -1054,6 +1114,11 @@ def main() -> int:
             return 0 if report["soak"]["ok"] else 1
         plan = Plan.quick() if args.quick else Plan.full()
         report["plan"] = plan.__dict__
+        if not args.no_realfs:
+            report["realfs"] = real_freeswitch(args.quick)
+        if args.realfs_only:
+            kinds = []
+            args.no_baseline = True
         for i, kind in enumerate(kinds):
             log(f"fsguard on {kind}: creating and populating the database")
             db_url, drop = make_database(kind, workdir)
@@ -1098,12 +1163,14 @@ def main() -> int:
                 report["greenswitch"] = latency_and_saturation(gs, plan, mix, db_url=None, label="greenswitch")
             finally:
                 gs.stop()
-        report["targets"] = targets(report)
+        report["targets"] = targets(report) + realfs_targets(report.get("realfs"))
         report["elapsed_s"] = round(time.monotonic() - began, 1)
         out = RESULTS / "latest.json"
         out.write_text(json.dumps(report, indent=2, default=str))
         stamp = RESULTS / f"bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
         shutil.copy(out, stamp)
+        if report.get("realfs") and "table" in report["realfs"]:
+            print("through a real FreeSWITCH:\n" + report["realfs"]["table"] + "\n")
         print(table(report))
         print(f"\n{report['elapsed_s']:.0f} s; JSON in {out}")
         if args.docs:

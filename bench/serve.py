@@ -16,6 +16,11 @@ labelled in the report:
 ``unfolded``  every ``set`` / ``export`` sent as an application of its own, as before
               ``fsguard.call.fold_variables`` (a routed call: 13 applications instead of 3), to
               measure through a real FreeSWITCH what the folding is worth.
+``letgo``     a what-if, never a product mode: fsguard lets go of each call once it is routed
+              (``exit`` at once, as the greenswitch app does) instead of holding the socket with
+              ``linger`` to the hang-up. Its calls are recorded without their end (no billsec,
+              no cause, recordings not completed): it measures what holding a socket per
+              routed call costs FreeSWITCH.
 """
 
 from gevent import monkey
@@ -132,15 +137,22 @@ def unfolded_variant() -> None:
     call.fold_variables = lambda apps, export_vars: list(apps)  # type: ignore[assignment]
 
 
+def letgo_variant() -> None:
+    """Routed calls are not followed: the wait for the end returns at once (see the docstring)."""
+    OutboundSession.wait_for_end = lambda self, timeout: None  # type: ignore[method-assign]
+
+
 def main() -> int:
     variants = {v for v in os.environ.get("FSGUARD_BENCH_VARIANT", "").split(",") if v}
-    unknown = variants - {"allevents", "unfolded"}
+    unknown = variants - {"allevents", "unfolded", "letgo"}
     if unknown:
         raise SystemExit(f"FSGUARD_BENCH_VARIANT: unknown experiment(s) {', '.join(sorted(unknown))}")
     if "allevents" in variants:
         all_events_variant()
     if "unfolded" in variants:
         unfolded_variant()
+    if "letgo" in variants:
+        letgo_variant()
     count_frames()
     cli.SERVE_HOOKS.append(stats_hook)
     return cli.main()
