@@ -16,6 +16,9 @@ labelled in the report:
 ``unfolded``  every ``set`` / ``export`` sent as an application of its own, as before
               ``fsguard.call.fold_variables`` (a routed call: 13 applications instead of 3), to
               measure through a real FreeSWITCH what the folding is worth.
+``longnix``   the subscription and applications written as before (``nixevent`` naming the 19
+              events fsguard does not read, an ``Event-UUID`` on every application): 330 bytes
+              more per call, each a ``recv`` and a ``sched_yield`` in FreeSWITCH.
 ``letgo``     a what-if, never a product mode: fsguard lets go of each call once it is routed
               (``exit`` at once, as the greenswitch app does) instead of holding the socket with
               ``linger`` to the hang-up. Its calls are recorded without their end (no billsec,
@@ -137,6 +140,27 @@ def unfolded_variant() -> None:
     call.fold_variables = lambda apps, export_vars: list(apps)  # type: ignore[assignment]
 
 
+def longnix_variant() -> None:
+    """fsguard's start and instructions with the byte counts they had before (see the docstring)."""
+    from fsguard import esl
+
+    def subscription(self: OutboundSession) -> tuple[str, str, str]:
+        myevents = "myevents json" if self.event_format == "json" else "myevents"
+        fmt = "json" if self.event_format == "json" else "plain"
+        return (myevents, "nixevent " + " ".join(esl.EVENTS_NOT_READ + (esl.COMPLETION,)),
+                f"event {fmt} CHANNEL_ANSWER")  # already subscribed by myevents: the same subscription
+
+    original = OutboundSession._sendmsg
+
+    def _sendmsg(app: str, arg: str, app_uuid: str | None) -> str:
+        import uuid
+
+        return original(app, arg, app_uuid or str(uuid.uuid4()))
+
+    OutboundSession.subscription = subscription  # type: ignore[method-assign]
+    OutboundSession._sendmsg = staticmethod(_sendmsg)  # type: ignore[method-assign,assignment]
+
+
 def letgo_variant() -> None:
     """Routed calls are not followed: the wait for the end returns at once (see the docstring)."""
     OutboundSession.wait_for_end = lambda self, timeout: None  # type: ignore[method-assign]
@@ -144,7 +168,7 @@ def letgo_variant() -> None:
 
 def main() -> int:
     variants = {v for v in os.environ.get("FSGUARD_BENCH_VARIANT", "").split(",") if v}
-    unknown = variants - {"allevents", "unfolded", "letgo"}
+    unknown = variants - {"allevents", "unfolded", "letgo", "longnix"}
     if unknown:
         raise SystemExit(f"FSGUARD_BENCH_VARIANT: unknown experiment(s) {', '.join(sorted(unknown))}")
     if "allevents" in variants:
@@ -153,6 +177,8 @@ def main() -> int:
         unfolded_variant()
     if "letgo" in variants:
         letgo_variant()
+    if "longnix" in variants:
+        longnix_variant()
     count_frames()
     cli.SERVE_HOOKS.append(stats_hook)
     return cli.main()
