@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=0,
                         help="calls per fixed rate (default: 10 s of calls, at least 300; 1,000 at 100 cps)")
     parser.add_argument("--targets", default="greenswitch,fsguard", help="greenswitch and/or fsguard")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE[,VAR=VALUE]",
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE[;VAR=VALUE]",
                         help="an extra fsguard target with FSGUARD_* overrides, e.g. "
                              "'fsguard recording off:FSGUARD_RECORDING_MODE=off'")
     parser.add_argument("--hold", type=float, default=2.0, help="seconds a routed call lasts (the a leg's sleep)")
@@ -519,6 +519,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(bench.RESULTS / "realfs.json"))
     args = parser.parse_args(argv)
 
+    variants: dict[str, dict[str, str]] = {}
+    for v in args.variant:
+        name, _, pairs = v.partition(":")
+        items = [p for p in pairs.split(";") if p]
+        if not name or any("=" not in p for p in items):
+            parser.error(f"--variant {v!r}: expected NAME:VAR=VALUE[;VAR=VALUE]")
+        variants[name] = dict(p.split("=", 1) for p in items)
     binary = find_freeswitch()
     if binary is None:
         log("FreeSWITCH is not installed (../shared/freeswitch/install): no real-FreeSWITCH phase")
@@ -541,10 +548,6 @@ def main(argv: list[str] | None = None) -> int:
         log(f"FreeSWITCH {report['freeswitch']['version']} on {fs.esl_address}; socket target 127.0.0.1:{port}")
 
         targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-        variants = {}
-        for v in args.variant:
-            name, _, pairs = v.partition(":")
-            variants[name] = dict(p.split("=", 1) for p in pairs.split(",") if p)
         targets += [name for name in variants if name not in targets]
         mix: list[tuple[float, list[str]]] = []
         db_url = None
