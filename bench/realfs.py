@@ -509,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold", type=float, default=2.0, help="seconds a routed call lasts (the a leg's sleep)")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds allowed after that for calls to end")
     parser.add_argument("--no-saturation", action="store_true")
-    parser.add_argument("--ladder", default="100,130,170,220,290", help="saturation search rates")
+    parser.add_argument("--ladder", default="30,50,75,100,130,170,220,290",
+                        help="saturation search rates, climbed until one fails")
     parser.add_argument("--ladder-seconds", type=float, default=8.0)
     parser.add_argument("--held", type=int, default=0, metavar="N",
                         help="also hold N routed calls at once and measure what holding costs per second")

@@ -1033,7 +1033,7 @@ def real_freeswitch(quick: bool) -> dict[str, Any] | None:
     out = RESULTS / "realfs.json"
     argv = [PY, str(BENCH / "realfs.py"), "--out", str(out)]
     if quick:
-        argv += ["--rates", "30,100", "--calls", "300", "--ladder", "100,150", "--ladder-seconds", "5",
+        argv += ["--rates", "30,100", "--calls", "300", "--ladder", "30,60,100", "--ladder-seconds", "5",
                  "--population", "2000"]
     log("real FreeSWITCH: " + " ".join(argv[1:]))
     done = subprocess.run(argv, cwd=ROOT)
