@@ -27,6 +27,12 @@ into docs/performance.rst between its ``bench-results`` markers.
     python bench/run.py --quick         # a smoke run: short phases, 1,000 held calls
     python bench/run.py --db sqlite
     python bench/run.py --soak 100000   # 100,000 calls: fds, greenlets, memory back to baseline
+    python bench/run.py --realfs-only   # only the real-FreeSWITCH phase (bench/realfs.py)
+    python bench/run.py --no-realfs     # only the simulator phases
+
+When FreeSWITCH is installed, the run starts with the real-FreeSWITCH phase (``bench/realfs.py``,
+in its own process): fsguard and the bare greenswitch app through one FreeSWITCH 1.10.12, side
+by side; its figures lead docs/performance.rst.
 """
 
 from __future__ import annotations
@@ -558,14 +564,15 @@ def available_stages(wanted: list[str]) -> tuple[list[str], list[str]]:
 
 
 def write_config(path: Path, *, port: int, http_port: int, db_url: str, stages: list[str], event_format: str,
-                 pool_size: int, consent: bool, extra: str = "") -> None:
+                 pool_size: int, consent: bool, extra: str = "", esl_extra: str = "",
+                 recording_dir: str | None = None) -> None:
     path.write_text(f"""# written by bench/run.py
 [esl]
 listen = "127.0.0.1:{port}"
 max_calls = 20000
 event_format = "{event_format}"
 command_timeout = 10.0
-
+{esl_extra}
 [http]
 listen = "127.0.0.1:{http_port}"
 enabled = true
@@ -585,7 +592,7 @@ id = "bench"
 stages = {json.dumps(stages)}
 
 [recording]
-dir = "{path.parent / 'recordings'}"
+dir = "{recording_dir or path.parent / 'recordings'}"
 # with consent, every call is answered and hears the notice before it is routed: its decision
 # time is the notice's length, not fsguard's (measured apart, as the "consent notice" variant)
 consent = {'true' if consent else 'false'}
@@ -593,13 +600,18 @@ consent = {'true' if consent else 'false'}
 
 
 def start_fsguard(workdir: Path, db_url: str, stages: list[str], *, event_format: str = "plain",
-                  variant: str = "", consent: bool = False, tag: str = "fsguard", extra: str = "") -> Server:
-    port, http_port, stats_port = free_port(), free_port(), free_port()
+                  variant: str = "", consent: bool = False, tag: str = "fsguard", extra: str = "",
+                  port: int | None = None, esl_extra: str = "", recording_dir: str | None = None,
+                  environment: dict[str, str] | None = None) -> Server:
+    """fsguard serving on ``port`` (a free one by default); ``extra`` is TOML appended to its
+    configuration, ``esl_extra`` lines added to its ``[esl]`` table, ``environment`` its
+    ``FSGUARD_*`` overrides."""
+    port, http_port, stats_port = port or free_port(), free_port(), free_port()
     config = workdir / f"{tag}.toml"
     write_config(config, port=port, http_port=http_port, db_url=db_url, stages=stages, event_format=event_format,
-                 pool_size=20, consent=consent, extra=extra)
+                 pool_size=20, consent=consent, extra=extra, esl_extra=esl_extra, recording_dir=recording_dir)
     env = {"FSGUARD_BENCH_STATS": str(stats_port), "FSGUARD_BENCH_VARIANT": variant,
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": str(ROOT), **(environment or {})}
     server = Server(tag, [PY, str(BENCH / "serve.py"), "-c", str(config), "serve"], port, env=env,
                     stats_port=stats_port, metrics_port=http_port, workdir=workdir)
     wait_port(stats_port, 10, server.proc)
@@ -995,8 +1007,74 @@ def write_docs(report: dict[str, Any]) -> None:
     body = (f"{start}\n\nRun of {report['started']} on {report['machine']['cpu'] or 'this machine'} "
             f"({report['machine']['cores']} cores), stages {', '.join(report['stages'])}:\n\n::\n\n"
             + "\n".join("    " + line for line in table(report).splitlines()) + f"\n\n{end}")
-    DOC.write_text(text[:text.index(start)] + body + text[text.index(end) + len(end):])
+    text = text[:text.index(start)] + body + text[text.index(end) + len(end):]
+    realfs = report.get("realfs") or {}
+    rstart, rend = ".. realfs-results-start", ".. realfs-results-end"
+    if realfs.get("table") and rstart in text and rend in text:
+        rbody = (f"{rstart}\n\nRun of {realfs['started']}, FreeSWITCH {realfs.get('freeswitch', {}).get('version', '')}, "
+                 f"calls held {realfs['hold_s']:g} s, {realfs['db']}:\n\n::\n\n"
+                 + "\n".join("    " + line for line in realfs["table"].splitlines()) + f"\n\n{rend}")
+        text = text[:text.index(rstart)] + rbody + text[text.index(rend) + len(rend):]
+    DOC.write_text(text)
     log(f"  figures written to {DOC}")
+
+
+# ------------------------------------------------------------------------ real FreeSWITCH
+
+
+def real_freeswitch(quick: bool) -> dict[str, Any] | None:
+    """bench/realfs.py in its own process (it runs under gevent): fsguard and greenswitch through
+    a real FreeSWITCH, when one is installed. Its figures lead docs/performance.rst."""
+    from fsguard.testing.freeswitch import find_freeswitch
+
+    if find_freeswitch() is None:
+        log("FreeSWITCH is not installed (../shared/freeswitch/install): no real-FreeSWITCH phase")
+        return None
+    out = RESULTS / "realfs.json"
+    argv = [PY, str(BENCH / "realfs.py"), "--out", str(out)]
+    if quick:
+        argv += ["--rates", "30,100", "--calls", "300", "--ladder", "30,60,100", "--ladder-seconds", "5",
+                 "--population", "2000"]
+    log("real FreeSWITCH: " + " ".join(argv[1:]))
+    done = subprocess.run(argv, cwd=ROOT)
+    if done.returncode != 0 or not out.exists():
+        log(f"  the real-FreeSWITCH phase failed ({done.returncode})")
+        return {"failed": done.returncode}
+    return json.loads(out.read_text())
+
+
+def realfs_targets(realfs: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue 15's targets, read from the real-FreeSWITCH phase (the 100 cps row: 1,000 calls in a
+    full run, 300 with --quick)."""
+    if not realfs or "phases" not in realfs:
+        return []
+    out = []
+    by = {(p["target"], p["rate"]): p for p in realfs["phases"]}
+    fg, gs = by.get(("fsguard", 100.0)), by.get(("greenswitch", 100.0))
+    if fg:
+        clean = fg["decided"] == fg["calls"] and not fg["stranded"] and not fg["still_up_channels"]
+        out.append({"target": "real FreeSWITCH, 100 cps: every call decided, none stranded, none left up",
+                    "figure": f"{fg['decided']}/{fg['calls']} decided, {fg['stranded']} stranded, "
+                              f"{fg['still_up_channels']} channels up", "met": clean})
+    if fg and gs:
+        p_f, p_g = fg["latency_ms"]["p99"], gs["latency_ms"]["p99"]
+        out.append({"target": "real FreeSWITCH, 100 cps: fsguard's p99 no worse than greenswitch's",
+                    "figure": f"{fmt(p_f)} vs {fmt(p_g)} ms", "met": p_f is not None and p_g is not None
+                    and p_f <= p_g})
+        ratio = fg["fs_cpu_ms_per_call"] / gs["fs_cpu_ms_per_call"] if gs["fs_cpu_ms_per_call"] else None
+        out.append({"target": "real FreeSWITCH, 100 cps: FreeSWITCH CPU per call <= 1.5x greenswitch's",
+                    "figure": f"{fg['fs_cpu_ms_per_call']} vs {gs['fs_cpu_ms_per_call']} ms = {fmt(ratio)}x",
+                    "met": ratio is not None and ratio <= 1.5})
+        out.append({"target": "real FreeSWITCH, 100 cps: fsguard's own CPU per call <= greenswitch's",
+                    "figure": f"{fg['target_cpu_ms_per_call']} vs {gs['target_cpu_ms_per_call']} ms",
+                    "met": fg["target_cpu_ms_per_call"] <= gs["target_cpu_ms_per_call"]})
+    sat = realfs.get("saturation", {})
+    if "fsguard" in sat and "greenswitch" in sat:
+        f, g = sat["fsguard"]["rate"], sat["greenswitch"]["rate"]
+        out.append({"target": "real FreeSWITCH: fsguard's saturation rate >= greenswitch's",
+                    "figure": f"{f or 'below the ladder'} vs {g or 'below the ladder'} cps",
+                    "met": bool(f) and (not g or f >= g)})
+    return out
 
 
 # ------------------------------------------------------------------------------------ main
@@ -1015,6 +1093,9 @@ def main() -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the greenswitch baseline")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--docs", action="store_true", help="write the figures into docs/performance.rst")
+    parser.add_argument("--no-realfs", action="store_true",
+                        help="skip the real-FreeSWITCH phase (bench/realfs.py; run when FreeSWITCH is installed)")
+    parser.add_argument("--realfs-only", action="store_true", help="only the real-FreeSWITCH phase")
     args = parser.parse_args()
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -1048,6 +1129,11 @@ def main() -> int:
             return 0 if report["soak"]["ok"] else 1
         plan = Plan.quick() if args.quick else Plan.full()
         report["plan"] = plan.__dict__
+        if not args.no_realfs:
+            report["realfs"] = real_freeswitch(args.quick)
+        if args.realfs_only:
+            kinds = []
+            args.no_baseline = True
         for i, kind in enumerate(kinds):
             log(f"fsguard on {kind}: creating and populating the database")
             db_url, drop = make_database(kind, workdir)
@@ -1092,13 +1178,19 @@ def main() -> int:
                 report["greenswitch"] = latency_and_saturation(gs, plan, mix, db_url=None, label="greenswitch")
             finally:
                 gs.stop()
-        report["targets"] = targets(report)
+        report["targets"] = targets(report) + realfs_targets(report.get("realfs"))
         report["elapsed_s"] = round(time.monotonic() - began, 1)
         out = RESULTS / "latest.json"
         out.write_text(json.dumps(report, indent=2, default=str))
         stamp = RESULTS / f"bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
         shutil.copy(out, stamp)
-        print(table(report))
+        if report.get("realfs") and "table" in report["realfs"]:
+            print("through a real FreeSWITCH:\n" + report["realfs"]["table"] + "\n")
+        if report["fsguard"] or report.get("greenswitch"):
+            print(table(report))
+        else:
+            print("targets:\n" + "\n".join(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['figure']}"
+                                            for t in report["targets"]))
         print(f"\n{report['elapsed_s']:.0f} s; JSON in {out}")
         if args.docs:
             write_docs(report)

@@ -13,6 +13,17 @@ labelled in the report:
 
 ``allevents`` fsguard as it was before it narrowed its events: no ``nixevent`` after ``myevents``
               and every event parsed whole, to measure what the narrowing is worth.
+``unfolded``  every ``set`` / ``export`` sent as an application of its own, as before
+              ``fsguard.call.fold_variables`` (a routed call: 13 applications instead of 3), to
+              measure through a real FreeSWITCH what the folding is worth.
+``longnix``   the subscription and applications written as before (``nixevent`` naming the 19
+              events fsguard does not read, an ``Event-UUID`` on every application): 330 bytes
+              more per call, each a ``recv`` and a ``sched_yield`` in FreeSWITCH.
+``letgo``     a what-if, never a product mode: fsguard lets go of each call once it is routed
+              (``exit`` at once, as the greenswitch app does) instead of holding the socket with
+              ``linger`` to the hang-up. Its calls are recorded without their end (no billsec,
+              no cause, recordings not completed): it measures what holding a socket per
+              routed call costs FreeSWITCH.
 """
 
 from gevent import monkey
@@ -30,6 +41,23 @@ from gevent.server import StreamServer  # noqa: E402
 from fsguard import cli  # noqa: E402
 from fsguard.esl import OutboundSession  # noqa: E402
 
+#: frames fsguard's sessions read from FreeSWITCH, by Content-Type (events, replies, notices):
+#: the real-FreeSWITCH bench reports events per call from it
+FRAMES: dict[str, int] = {}
+
+
+def count_frames() -> None:
+    """Count every frame an OutboundSession dispatches (one dict update per frame)."""
+    original = OutboundSession._dispatch
+
+    def _dispatch(self: OutboundSession, frame: Any) -> None:
+        ctype = frame.content_type
+        FRAMES[ctype] = FRAMES.get(ctype, 0) + 1
+        original(self, frame)
+
+    OutboundSession._dispatch = _dispatch  # type: ignore[method-assign]
+
+
 def _status_value(name: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -43,7 +71,7 @@ def stats(app: Any, server: Any, full: bool) -> dict[str, Any]:
     data: dict[str, Any] = {
         "pid": os.getpid(), "rss_kb": _status_value("VmRSS"), "hwm_kb": _status_value("VmHWM"),
         "fds": len(os.listdir("/proc/self/fd")), "active": server.active, "deciding": len(app.deciding),
-        "held": len(app.held), "db_checkedout": pool.checkedout() if hasattr(pool, "checkedout") else None,
+        "held": len(app.held), "frames": dict(FRAMES), "db_checkedout": pool.checkedout() if hasattr(pool, "checkedout") else None,
     }
     if full:
         import greenlet
@@ -105,13 +133,53 @@ def all_events_variant() -> None:
         lambda self: False, lambda self, value: None)
 
 
+def unfolded_variant() -> None:
+    """Each variable an application of its own (fsguard before fold_variables)."""
+    from fsguard import call
+
+    call.fold_variables = lambda apps, export_vars: list(apps)  # type: ignore[assignment]
+
+
+def longnix_variant() -> None:
+    """fsguard's start and instructions with the byte counts they had before (see the docstring)."""
+    from fsguard import esl
+
+    def subscription(self: OutboundSession) -> tuple[str, str, str]:
+        myevents = "myevents json" if self.event_format == "json" else "myevents"
+        fmt = "json" if self.event_format == "json" else "plain"
+        return (myevents, "nixevent " + " ".join(esl.EVENTS_NOT_READ + (esl.COMPLETION,)),
+                f"event {fmt} CHANNEL_ANSWER")  # already subscribed by myevents: the same subscription
+
+    original = OutboundSession._sendmsg
+
+    def _sendmsg(app: str, arg: str, app_uuid: str | None) -> str:
+        import uuid
+
+        return original(app, arg, app_uuid or str(uuid.uuid4()))
+
+    OutboundSession.subscription = subscription  # type: ignore[method-assign]
+    OutboundSession._sendmsg = staticmethod(_sendmsg)  # type: ignore[method-assign,assignment]
+
+
+def letgo_variant() -> None:
+    """Routed calls are not followed: the wait for the end returns at once (see the docstring)."""
+    OutboundSession.wait_for_end = lambda self, timeout: None  # type: ignore[method-assign]
+
+
 def main() -> int:
     variants = {v for v in os.environ.get("FSGUARD_BENCH_VARIANT", "").split(",") if v}
-    unknown = variants - {"allevents"}
+    unknown = variants - {"allevents", "unfolded", "letgo", "longnix"}
     if unknown:
         raise SystemExit(f"FSGUARD_BENCH_VARIANT: unknown experiment(s) {', '.join(sorted(unknown))}")
     if "allevents" in variants:
         all_events_variant()
+    if "unfolded" in variants:
+        unfolded_variant()
+    if "letgo" in variants:
+        letgo_variant()
+    if "longnix" in variants:
+        longnix_variant()
+    count_frames()
     cli.SERVE_HOOKS.append(stats_hook)
     return cli.main()
 

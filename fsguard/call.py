@@ -71,6 +71,74 @@ class IdentityTrust:
         return any(address in network for network in self.networks)
 
 
+#: applications that only start something (a media bug) and read no variable but their own
+#: ``record_*`` / ``RECORD_*`` ones: variables queued after them may be set before them
+HOISTABLE = frozenset({"record_session"})
+#: delimiters ``multiset`` can split on (``^^<c>`` picks one), tried in order
+MULTISET_DELIMITERS = "|~`^;#"
+
+
+def fold_variables(apps: list[tuple[str, str]], export_vars: list[str]) -> list[tuple[str, str]]:
+    """The same instructions with each run of ``set`` / ``export`` folded into one ``multiset``.
+
+    In FreeSWITCH every application is a queued message, a CHANNEL_EXECUTE / EXECUTE_COMPLETE
+    pair (each carrying every channel variable) and log lines: a routed call's dozen variables
+    cost more of FreeSWITCH's CPU than the routing itself. ``export NAME=VALUE`` is ``set`` plus
+    NAME appended to ``export_vars`` (what FreeSWITCH copies to a bridged leg), so an export folds
+    into the same ``multiset`` with ``export_vars`` rewritten; ``export_vars`` (the channel's, kept
+    by the caller across flushes) is updated in place. Order is kept: variables are set before
+    the application that follows them (``record_session`` reads RECORD_STEREO), except that the
+    variables queued after a ``record_session`` (routing's, after recording's) join the fold before
+    it unless they are recording variables. ``export nolocal:...`` (for a bridged leg only) and a
+    run no delimiter can split are left as they are.
+    """
+    out: list[tuple[str, str]] = []
+    run: dict[str, str] = {}
+    originals: list[tuple[str, str]] = []
+
+    def close_run() -> None:
+        if not run:
+            return
+        items = [f"{k}={v}" for k, v in run.items()]
+        if len(originals) == 1:
+            out.append(originals[0])  # one application either way: keep it as the stage wrote it
+        else:
+            delimiter = next((d for d in MULTISET_DELIMITERS if not any(d in item for item in items)), None)
+            if delimiter is None:
+                out.extend(("set", item) for item in items)
+            else:
+                out.append(("multiset", f"^^{delimiter}" + delimiter.join(items)))
+        run.clear()
+        originals.clear()
+
+    deferred: list[tuple[str, str]] = []
+    for app, arg in apps:
+        name, sep, value = arg.partition("=")
+        if app in ("set", "export") and sep and name and not name.startswith("nolocal:"):
+            if deferred and name.lower().startswith("record_"):
+                close_run()  # a variable the started recording reads: keep it after the recording
+                out.extend(deferred)
+                deferred.clear()
+            run.pop(name, None)  # a later value wins, in its later place
+            run[name] = value
+            originals.append((app, arg))
+            if app == "export" and name not in export_vars:
+                export_vars.append(name)
+                run.pop("export_vars", None)
+                run["export_vars"] = ",".join(export_vars)
+            continue
+        if app in HOISTABLE and run:
+            deferred.append((app, arg))  # the variables after it may go before it, in the same fold
+            continue
+        close_run()
+        out.extend(deferred)
+        deferred.clear()
+        out.append((app, arg))
+    close_run()
+    out.extend(deferred)
+    return out
+
+
 class Call:
     """One channel: its facts (read once from the ``connect`` reply) and its actions."""
 
@@ -130,6 +198,8 @@ class Call:
         self.replay: bool = False
         #: variables and applications queued for the next write to FreeSWITCH
         self._pending: list[tuple[str, str]] = []
+        #: the channel's export_vars as fsguard has left it (the dialplan's, then fsguard's exports)
+        self._export_vars: list[str] = [n for n in self.variables.get("export_vars", "").split(",") if n]
 
     def _asserted_number(self) -> str:
         v = self.variables
@@ -261,10 +331,11 @@ class Call:
         self._pending.append(("record_session", path))
 
     def flush(self) -> None:
-        """Send queued variables and applications now (one write, one reply each)."""
+        """Send queued variables and applications now: one write, the variables of each run of
+        ``set`` / ``export`` folded into one ``multiset`` (see :func:`fold_variables`)."""
         pending, self._pending = self._pending, []
         self.session.break_media()
-        self.session.send_apps(pending)
+        self.session.send_apps(fold_variables(pending, self._export_vars))
 
     def route(self, target: str) -> None:
         """Send the call on: ``transfer default XML queues``, ``callcenter support@default``, ``bridge ...``."""

@@ -28,8 +28,10 @@ def test_a_call_is_routed_to_the_default_target_and_recorded(fs, guard, db, cli_
     assert result.route == "transfer default XML queues"
     assert result.ok, result.violations
     commands = [c.splitlines()[0] for c in result.commands]
-    nixevent = "nixevent " + " ".join(EVENTS_NOT_READ + (COMPLETION,))
-    assert commands[:5] == ["connect", "resume", "myevents", nixevent, "linger"]
+    subscribe = "event plain CHANNEL_ANSWER CHANNEL_HANGUP CHANNEL_HANGUP_COMPLETE DTMF"
+    assert commands[:6] == ["connect", "resume", "myevents", "nixevent ALL", subscribe, "linger"]
+    # what fsguard never reads, FreeSWITCH never sent
+    assert not set(result.event_names) & set(EVENTS_NOT_READ + (COMPLETION,)), result.event_names
     settle(guard)
     call = stored(db, result.uuid)
     assert call is not None

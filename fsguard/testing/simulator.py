@@ -1723,10 +1723,17 @@ class _Channel:
         text, delim = run.arg, " "
         if text.startswith("^^") and len(text) > 2:
             delim, text = text[2], text[3:]
+        values = {}
         for item in text.split(delim):
             name, sep, value = item.partition("=")
             if sep and name:
                 self._setvar(name.strip(), value)
+                values[name.strip()] = value
+        # the variables named in export_vars go to a bridged leg, as ``export`` sends them
+        listed = values.get("export_vars")
+        for name in (listed.split(",") if listed else []):
+            if name in values:
+                self.result.exported[name] = values[name]
         return
         yield 0.0
 
