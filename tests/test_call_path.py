@@ -149,9 +149,9 @@ def test_completions_are_subscribed_only_while_a_stage_waits_for_an_application(
     assert heads[subscribe + 1] == "sendmsg execute-app-name: pre_answer"
     assert subscribe < heads.index("sendmsg execute-app-name: playback") < unsubscribe
     assert heads[-2:] == ["sendmsg execute-app-name: transfer", "exit"]
-    # pre_answer's, playback's, and the export's: queued just before, it ran once the subscription
-    # was on (async mode runs queued applications on the channel's next tick); none for the route
-    assert result.event_names.count(COMPLETION) == 3
+    # pre_answer's and playback's; the export's too when it ran after the subscription (queued
+    # applications run on the channel's next tick, which may fall either side); none for the route
+    assert result.event_names.count(COMPLETION) in (2, 3)
 
 
 def test_a_stage_that_raises_fails_open(fs_factory, settings, db, test_stages):
