@@ -1,4 +1,10 @@
-"""Loader for the byte-exact FreeSWITCH captures in ``esl-transcripts/``.
+"""Loader for the byte-exact FreeSWITCH captures kept with the tests in ``tests/captures/``.
+
+``tests/captures/shared/`` holds the first captures (FreeSWITCH 1.10.12 in the top folder, 1.11.1
+in ``fs-1.11/``, each with its README); ``tests/captures/fs-1.10.12/`` holds the ones
+:mod:`fsguard.testing.capture` records with fsguard itself behind a recording proxy. The folder is
+found relative to this file, so a clone anywhere has it; a capture that is missing raises
+``FileNotFoundError`` (a test that needs it fails, never skips).
 
 Two formats exist and both are parsed into the same :class:`Chunk` list:
 
@@ -37,8 +43,12 @@ from typing import Literal
 
 Direction = Literal["from_fs", "to_fs", "timeout", "eof", "closed_by_target"]
 
-#: Where the shared captures live unless FSGUARD_TRANSCRIPTS points elsewhere.
-DEFAULT_DIR = Path(os.environ.get("FSGUARD_TRANSCRIPTS", "/work/shared/esl-transcripts"))
+#: Every capture of the repository (``tests/captures`` beside the ``fsguard`` package).
+CAPTURES_DIR = Path(__file__).resolve().parent.parent.parent / "tests" / "captures"
+#: The first captures (``full.txt``..., and ``fs-1.11/``): bare names resolve here.
+DEFAULT_DIR = CAPTURES_DIR / "shared"
+#: What fsguard itself exchanged with a real FreeSWITCH 1.10.12 (see its README).
+FS_1_10_12_DIR = CAPTURES_DIR / "fs-1.10.12"
 
 
 @dataclass(frozen=True)
@@ -72,14 +82,18 @@ _OLD_DIRECTIONS: dict[bytes, Direction] = {
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
-    """Accept an absolute path or a name relative to the shared capture folder."""
+    """An existing path, or a name relative to ``shared/`` or to ``tests/captures/``.
+
+    Raises ``FileNotFoundError`` naming every place looked at: a missing capture is an error.
+    """
     p = Path(path)
     if p.exists():
         return p
-    candidate = DEFAULT_DIR / p
-    if candidate.exists():
-        return candidate
-    raise FileNotFoundError(path)
+    for folder in (DEFAULT_DIR, CAPTURES_DIR):
+        candidate = folder / p
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"no capture {str(path)!r} (looked in {DEFAULT_DIR} and {CAPTURES_DIR})")
 
 
 def load(path: str | os.PathLike[str]) -> list[Chunk]:
@@ -164,8 +178,15 @@ def parse_headers(block: bytes) -> list[tuple[str, str]]:
 
 
 def available() -> list[Path]:
-    """Every capture file present (top folder and fs-1.11), for parametrised tests."""
-    if not DEFAULT_DIR.exists():
-        return []
-    files = sorted(DEFAULT_DIR.glob("*.txt")) + sorted((DEFAULT_DIR / "fs-1.11").glob("*.txt"))
-    return [f for f in files if not f.name.endswith(".sip.txt")]
+    """Every ESL capture of the repository (shared, fs-1.11, fs-1.10.12), for parametrised tests.
+
+    Raises ``FileNotFoundError`` when a capture folder is missing or empty, so that a
+    parametrised test errors at collection instead of silently running for no file.
+    """
+    files: list[Path] = []
+    for folder in (DEFAULT_DIR, DEFAULT_DIR / "fs-1.11", FS_1_10_12_DIR):
+        found = sorted(f for f in folder.glob("*.txt") if not f.name.endswith(".sip.txt"))
+        if not found:
+            raise FileNotFoundError(f"no captures in {folder}")
+        files += found
+    return files
