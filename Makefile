@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install tools run test test-monitor bench lab lab-freeswitch clean
+.PHONY: install tools run test test-monitor bench lab lab-freeswitch capture clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,3 +52,8 @@ lab-freeswitch:
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
+
+# Re-record tests/captures/fs-1.10.12/ from a real FreeSWITCH with fsguard behind a recording
+# proxy (tests/captures/fs-1.10.12/README.md); the tests only read the files.
+capture: install
+	$(BIN)/python -m fsguard.testing.capture --out tests/captures/fs-1.10.12
