@@ -4,7 +4,10 @@
   each simulated channel and plays FreeSWITCH's outbound socket application byte for byte;
 * :mod:`fsguard.testing.wire` -- FreeSWITCH-style URL encoding, event serialisation and a
   safe frame reader;
-* :mod:`fsguard.testing.transcripts` -- a loader for the real captures in esl-transcripts/.
+* :mod:`fsguard.testing.transcripts` -- a loader for the real captures in tests/captures/;
+* :mod:`fsguard.testing.capture` -- the recording proxy and the scenarios that made
+  tests/captures/fs-1.10.12/ from a real FreeSWITCH (``make capture``);
+* :mod:`fsguard.testing.freeswitch` -- a real FreeSWITCH on conf/freeswitch for the tests.
 """
 
 from fsguard.testing.simulator import Caller, FakeFreeSWITCH, SimResult

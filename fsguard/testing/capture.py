@@ -304,8 +304,9 @@ def _version(binary: str) -> str:
 
 
 @contextlib.contextmanager
-def _events_not_read(events: tuple[str, ...] | None) -> Iterator[None]:
-    """fsguard's ``nixevent`` list replaced for one capture (None: as shipped)."""
+def events_not_read(events: tuple[str, ...] | None) -> Iterator[None]:
+    """fsguard's ``nixevent`` list replaced while calls run (None: as shipped); ``()`` makes fsguard
+    keep every ``myevents`` event, so that a recording shows all of them."""
     from fsguard import esl
 
     if events is None:
@@ -361,7 +362,7 @@ def capture(out_dir: Path, names: list[str], *, binary: str | None = None, workd
                     what, run = SCENARIOS[name]
                     lab.unblock_all()
                     recording = proxy.expect(name + suffix)
-                    with _events_not_read(not_read):
+                    with events_not_read(not_read):
                         run(lab, recording)
                     header = (f"{what}\n{subscription}\n"
                               f"FreeSWITCH {version}, conf/freeswitch as shipped; fsguard's default chain; "

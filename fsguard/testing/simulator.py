@@ -3,15 +3,20 @@
 For every simulated channel the simulator opens a TCP connection to the target, exactly
 as ``<action application="socket" data="host:port async full"/>`` does, and then behaves
 as FreeSWITCH would, byte for byte where it matters (checked against the captures in
-``esl-transcripts/`` and against mod_event_socket.c):
+``tests/captures/`` and against mod_event_socket.c; tests/test_simulator_matches_freeswitch.py
+runs fsguard on the simulator and on a real FreeSWITCH 1.10.12's recordings and compares them):
 
 * the first command must be ``connect``; its reply is the channel's CHANNEL_DATA
   serialised like an event, values URL-encoded without double encoding (wire.py);
 * a first command other than ``connect`` is processed but never answered (capture 12);
   the channel waits in the socket application until ``connect`` arrives;
 * ``sendmsg`` execute is answered ``+OK`` at once (async mode) and the application is
-  queued; the park loop runs it on the next 20 ms media tick, with CHANNEL_EXECUTE /
-  CHANNEL_EXECUTE_COMPLETE carrying the sendmsg's ``Event-UUID`` as ``Application-UUID``;
+  queued; the park loop runs it on the next 20 ms media tick, and whatever is queued behind it
+  right after it, on the same tick; CHANNEL_EXECUTE / CHANNEL_EXECUTE_COMPLETE carry the
+  sendmsg's ``Event-UUID`` as ``Application-UUID``;
+* empty caller-profile fields are left out of events (no caller id name: no
+  ``Caller-Caller-ID-Name``); ``transfer`` gives the channel a second profile (index 2,
+  Transfer-Source, RDNIS) and the transfer variables;
 * after ``myevents`` every channel event carries all channel variables (2-5 KB), sent as
   ``Content-Length`` + ``Content-Type: text/event-plain`` (or ``text/event-json``) and the
   body, sometimes in two writes as FreeSWITCH does (header block, then body);
@@ -272,7 +277,8 @@ _PROFILE_FIELDS_LOOPBACK = (
     "Orig-Caller-ID-Number", "Callee-ID-Name", "Callee-ID-Number",
 )
 _PROFILE_FIELDS_COMMON = (
-    "ANI", "Destination-Number", "Unique-ID", "Source", "Context", "Channel-Name", "Profile-Index",
+    "ANI", "Destination-Number", "Unique-ID", "Source", "Transfer-Source", "Context", "RDNIS", "Channel-Name",
+    "Profile-Index",
     "Profile-Created-Time", "Channel-Created-Time", "Channel-Answered-Time", "Channel-Progress-Time",
     "Channel-Progress-Media-Time", "Channel-Hangup-Time", "Channel-Transfer-Time", "Channel-Resurrect-Time",
     "Channel-Bridged-Time", "Channel-Last-Hold", "Channel-Hold-Accum", "Screen-Bit", "Privacy-Hide-Name",
@@ -463,6 +469,7 @@ class _Channel:
         self.progress_t: float | None = None
         self.hangup_t: float | None = None
         self.transfer_t: float | None = None
+        self.record_started: float | None = None  # record_session's media bug, until the hang-up
         self.bridged_t: float | None = None
         self.hung_up = False
         self.cause: str | None = None
@@ -761,7 +768,7 @@ class _Channel:
                     "write_codec": "L16",
                     "write_rate": "8000",
                     "origination_caller_id_number": c.ani,
-                    "origination_caller_id_name": c.name,
+                    **({"origination_caller_id_name": c.name} if c.name else {}),
                     "other_loopback_leg_uuid": c.loopback_leg_uuid or str(uuid4()),
                     "loopback_leg": "B",
                 }
@@ -826,23 +833,30 @@ class _Channel:
         return ""
 
     def _profile_block(self, prefix: str) -> list[tuple[str, str]]:
-        """The caller profile as ``<prefix>-Name`` headers (switch_caller_profile_event_set_data)."""
+        """The caller profile as ``<prefix>-Name`` headers (switch_caller_profile_event_set_data).
+
+        Like FreeSWITCH, a string field that is empty is left out (a caller without a caller id
+        name has no ``Caller-Caller-ID-Name`` at all: fs-1.10.12 captures). After a transfer the
+        channel runs on a new profile: index 2, Transfer-Source, RDNIS, the transfer's dialplan
+        name, and a Channel-Transfer-Time of 0 (the old profile's time is not reported).
+        """
         c, p = self.caller, self.profile
         hide = "true" if c.privacy else "false"
         name, number, created = p["Caller-ID-Name"], p["Caller-ID-Number"], str(self.created_us)
         values = ["inbound", "inbound"]
         if self.sofia:
-            values += [c.sip_from_user if c.sip_from_user is not None else c.ani, "XML", name, number, name, number,
-                       c.network_addr]
+            values += [c.sip_from_user if c.sip_from_user is not None else c.ani, p.get("Dialplan", "XML"), name,
+                       number, name, number, c.network_addr]
         else:
-            values += ["xml", name, number, name, number, "Outbound Call", p["Context"]]
+            values += [p.get("Dialplan", "xml"), name, number, name, number, "Outbound Call", c.context]
         values += [
-            p["ANI"], p["Destination-Number"], self.uuid, self.source, p["Context"], self.channel_name, "1",
+            p["ANI"], p["Destination-Number"], self.uuid, self.source, p.get("Transfer-Source", ""), p["Context"],
+            p.get("RDNIS", ""), self.channel_name, p.get("Profile-Index", "1"),
             created, created, self._time_us(self.answered_t), self._time_us(self.progress_t),
             self._time_us(self.early_t), self._time_us(self.hangup_t if self.state == "CS_REPORTING" else None),
-            self._time_us(self.transfer_t), "0", self._time_us(self.bridged_t), "0", "0", "true", hide, hide,
+            "0", "0", self._time_us(self.bridged_t), "0", "0", "true", hide, hide,
         ]
-        return list(zip(_profile_names(prefix, self.sofia), values))
+        return [(k, v) for k, v in zip(_profile_names(prefix, self.sofia), values) if v != ""]
 
     def _time_us(self, ch: float | None) -> str:
         return "0" if ch is None else str(self._us(ch))
@@ -945,8 +959,8 @@ class _Channel:
         head = self._base_headers(name)
         head.extend(pre)
         head.extend(self._channel_block())
-        times = (self.answered_t, self.progress_t, self.early_t, self.state == "CS_REPORTING", self.transfer_t,
-                 self.bridged_t, self.profile.get("Destination-Number"), self.profile.get("Context"))
+        times = (self.answered_t, self.progress_t, self.early_t, self.state == "CS_REPORTING", self.bridged_t,
+                 tuple(self.profile.items()))
         if self._profile_cache is None or self._profile_cache[0] != times:
             self._profile_cache = (times, wire.serialize_headers(self._profile_block("Caller")))
         parts = [wire.serialize_headers(head), self._profile_cache[1]]
@@ -1389,7 +1403,9 @@ class _Channel:
         if self.socket_gone and not self.queue and not self.hung_up and not self.routed:
             self._decide_after_close()
             return
-        self._schedule_start()
+        # switch_ivr_parse_all_events runs every queued execute back to back: the next one starts
+        # now, on the same media tick, not on the next (fs-1.10.12: eleven routing apps, one tick)
+        self._schedule_start(immediate=True)
 
     def _sync_done(self, run: _AppRun) -> None:
         if run.reply is not None:
@@ -1454,8 +1470,9 @@ class _Channel:
             return
         self.answered_t = self.clock
         self.answer_state = "answered"
-        self._setvar("endpoint_disposition", "ANSWER")
         self.emit("CHANNEL_ANSWER")
+        # switch_channel_perform_mark_answered sets it after firing the event (fs-1.10.12 captures)
+        self._setvar("endpoint_disposition", "ANSWER")
         self.call_state = "ACTIVE"
 
     def _hear(self, item: str) -> None:
@@ -1745,13 +1762,17 @@ class _Channel:
         name, sep, value = text.partition("=")
         if sep and name:
             name = name.strip()
+            if not value:
+                # switch_channel_export_variable with no value: the variable is unset and not
+                # added to export_vars (fs-1.10.12: ``export fsguard_customer_id=``)
+                self._setvar(name, None)
+                self.result.exported.pop(name, None)
+                return
             if local:
                 self._setvar(name, value)
+            # appended each time, repeats included (fs-1.10.12: fsguard_risk twice)
             current = self.vars.get("export_vars")
-            names = [n for n in (current.split(",") if isinstance(current, str) else []) if n]
-            if name not in names:
-                names.append(name)
-            self._setvar("export_vars", ",".join(names))
+            self._setvar("export_vars", f"{current},{name}" if isinstance(current, str) and current else name)
             self.result.exported[name] = value
         return
         yield 0.0
@@ -1760,6 +1781,8 @@ class _Channel:
         self._pre_answer()  # a media bug needs media
         path = run.arg.strip()
         self.result.recordings.append(path)
+        if self.record_started is None:
+            self.record_started = self.clock
         self.emit("RECORD_START", post=[("Record-File-Path", path)])
         return
         yield 0.0
@@ -1806,19 +1829,40 @@ class _Channel:
         dp = args[1] if len(args) > 1 else "XML"
         ctx = args[2] if len(args) > 2 else self.profile.get("Context", self.caller.context)
         self._route(f"transfer {ext} {dp} {ctx}")
-        self.transfer_t = self.clock
-        self.profile["Destination-Number"] = ext
-        self.profile["Context"] = ctx
+        self._transfer_profile(ext, dp, ctx)
         run.after_complete = self._after_transfer
         return
         yield 0.0
+
+    def _transfer_profile(self, ext: str, dialplan: str, context: str) -> None:
+        """switch_ivr_session_transfer: a new caller profile and the transfer variables, before the
+        transfer's own CHANNEL_EXECUTE_COMPLETE (shared/transfer.txt, fs-1.10.12/routed.all-events.txt)."""
+        self.transfer_t = self.clock
+        p = self.profile
+        source = f"{int(self._us() // 1_000_000)}:{uuid4()}:bl_xfer:{ext}/{context}/{dialplan}"
+        p["RDNIS"] = p.get("RDNIS") or p["Destination-Number"]
+        p["Transfer-Source"] = source
+        p["Dialplan"] = dialplan
+        p["Profile-Index"] = str(int(p.get("Profile-Index", "1")) + 1)
+        p["Destination-Number"] = ext
+        p["Context"] = context
+        forwards = _atoi(str(self.vars.get("max_forwards", ""))) - 1 if self.vars.get("max_forwards") else 70
+        self._setvar("max_forwards", str(forwards))
+        history = self.vars.get("transfer_history")
+        self._setvar("transfer_history", [*([history] if isinstance(history, str) else history or []), source]
+                     if history else source)
+        self._setvar("transfer_source", source)
+        self.state_number = 2  # the state machine goes back to CS_ROUTING
 
     def _after_transfer(self) -> None:
         """The channel leaves the socket application; events keep coming (transfer.txt)."""
         self.emit("CHANNEL_UNPARK")
         self._complete_socket_app()
+        # FreeSWITCH reports the call state RINGING in this CHANNEL_STATE (transfer.txt, fs-1.10.12)
+        call_state, self.call_state = self.call_state, "RINGING"
         self.state, self.state_number = "CS_ROUTING", 2
         self.emit("CHANNEL_STATE", with_vars=False)
+        self.call_state = call_state
         self.state, self.state_number = "CS_EXECUTE", 4
         self.emit("CHANNEL_STATE", with_vars=False)
         self.queue.clear()
@@ -1917,7 +1961,7 @@ class _Channel:
                 dp = args[2] if len(args) > 2 else "XML"
                 ctx = args[3] if len(args) > 3 else self.profile.get("Context", "default")
                 self._route(f"transfer {args[1]} {dp} {ctx}")
-                self.transfer_t = self.clock
+                self._transfer_profile(args[1], dp, ctx)
                 if self.current:
                     self._abort_current()
                 self._after_transfer()
@@ -2057,6 +2101,15 @@ class _Channel:
 
         answered = self.answered_t
         set_ = self._setvar
+        if self.record_started is not None:
+            # the media bug closes at the hang-up: 8 kHz, 16 bit, two channels with RECORD_STEREO
+            ms = int((end - self.record_started) * 1000)
+            channels = 2 if _true(str(self.vars.get("RECORD_STEREO", ""))) else 1
+            set_("record_file_size", str(44 + ms * 8 * 2 * channels))
+            set_("record_samples", str(ms * 8))
+            set_("record_seconds", str(ms // 1000))
+            set_("record_ms", str(ms))
+            set_("record_completion_cause", "success-silence")  # the lab's callers are silent
         set_("hangup_cause", self.cause)
         set_("hangup_cause_q850", str(Q850.get(self.cause or "", 0)))
         set_("digits_dialed", self.collected_digits or "none")
@@ -2088,8 +2141,9 @@ class _Channel:
         answer_in = answered - start if answered is not None else 0.0
         progress_in = self.progress_t - start if self.progress_t is not None else 0.0
         media_in = self.early_t - start if self.early_t is not None else 0.0
+        # flow_billsec runs from the start like duration, but only for a call that was answered
         values = {"duration": dur, "billsec": bill, "progresssec": progress_in, "answersec": answer_in,
-                  "waitsec": 0.0, "progress_mediasec": media_in, "flow_billsec": dur}
+                  "waitsec": 0.0, "progress_mediasec": media_in, "flow_billsec": dur if answered is not None else 0.0}
         for name, secs in values.items():
             set_(name, str(int(secs)))
         for name, secs in values.items():
@@ -2098,6 +2152,8 @@ class _Channel:
         for name, secs in values.items():
             base = "uduration" if name == "duration" else name[:-3] + "usec"
             set_(base, str(int(secs * 1_000_000)))
+        if not self.sofia:
+            set_("is_loopback", "1")  # mod_loopback marks its legs at the end (fs-1.10.12 captures)
 
     # ------------------------------------------------------------------ closing
 

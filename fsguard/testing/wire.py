@@ -1,7 +1,7 @@
 """FreeSWITCH-style encoding and serialising helpers, for the simulator and parser tests.
 
 These reproduce what mod_event_socket and the core put on the wire, checked against
-FreeSWITCH's source and the byte-exact captures in ``esl-transcripts/``:
+FreeSWITCH's source and the byte-exact captures in ``tests/captures/``:
 
 * ``switch_url_encode`` (no double encoding): every byte below 0x20 or above 0x7E and every
   byte of ``SWITCH_URL_UNSAFE`` becomes ``%XX`` with upper-case hex, EXCEPT a ``%`` that
