@@ -1762,18 +1762,17 @@ class _Channel:
         name, sep, value = text.partition("=")
         if sep and name:
             name = name.strip()
+            self.result.exported[name] = value  # what the target asked for
             if not value:
                 # switch_channel_export_variable with no value: the variable is unset and not
                 # added to export_vars (fs-1.10.12: ``export fsguard_customer_id=``)
                 self._setvar(name, None)
-                self.result.exported.pop(name, None)
                 return
             if local:
                 self._setvar(name, value)
             # appended each time, repeats included (fs-1.10.12: fsguard_risk twice)
             current = self.vars.get("export_vars")
             self._setvar("export_vars", f"{current},{name}" if isinstance(current, str) and current else name)
-            self.result.exported[name] = value
         return
         yield 0.0
 
