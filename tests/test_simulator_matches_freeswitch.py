@@ -386,7 +386,9 @@ def test_events_come_in_freeswitchs_order(pair):
 
 def test_queued_applications_run_back_to_back_on_one_media_tick(pair):
     """FreeSWITCH runs every queued ``sendmsg`` execute as soon as the one ahead finishes (one
-    tick for eleven routing applications), not one application per 20 ms tick."""
+    tick for eleven routing applications), not one application per 20 ms tick. A write that
+    arrives while a tick runs is split over that tick and the next (seen in a capture run: 20 ms),
+    so a batch spans at most two ticks; one per application would be 200 ms for the routing."""
     real_x, sim_x = pair
 
     def spreads_ms(exchange: Exchange) -> list[float]:
@@ -406,8 +408,8 @@ def test_queued_applications_run_back_to_back_on_one_media_tick(pair):
     real_spreads, sim_spreads = spreads_ms(real_x), spreads_ms(sim_x)
     if real_x.name.endswith(".all-events"):  # CHANNEL_EXECUTE is only seen there
         assert real_spreads and len(sim_spreads) == len(real_spreads)
-    assert all(spread < 20 for spread in real_spreads), real_spreads
-    assert all(spread < 20 for spread in sim_spreads), sim_spreads
+    assert all(spread < 40 for spread in real_spreads), real_spreads
+    assert all(spread < 40 for spread in sim_spreads), sim_spreads
 
 
 def _notice_template(frame: wire.Frame, uuid: str) -> bytes:
