@@ -37,7 +37,7 @@ from fsguard.testing import transcripts, wire
 from fsguard.testing.capture import BLOCKED, CALLER, DIALLED, SOFT, RecordingProxy, events_not_read
 from fsguard.testing.simulator import Caller, FakeFreeSWITCH
 
-SCENARIOS = ("routed", "challenge_keyed", "challenge_caller_hangup", "hard_block")
+SCENARIOS = ("routed", "challenge_keyed", "challenge_caller_hangup", "hard_block", "hard_block_sip")
 VARIANTS = ("", ".all-events")
 CASES = [s + v for v in VARIANTS for s in SCENARIOS]
 
@@ -53,7 +53,10 @@ CALL_SPECIFIC_VARIABLE = re.compile(
     r"^variable_(.*uuid.*|.*_(epoch|uepoch|stamp|time)|.*(sec|duration)|uuid|session_id|call_uuid"
     r"|socket_host|current_application_data|last_arg|transfer_(history|source)|record_.*|fsguard_verification_digits"
     r"|playback_.*|read_result|DP_MATCH|caller_id|digits_dialed|other_loopback_leg_uuid|sound_prefix"
-    r"|RECORD_.*|cc_export_vars|fsguard_.*|current_application_response)$"
+    r"|RECORD_.*|cc_export_vars|fsguard_.*|current_application_response"
+    # the addresses, ports, tags, Call-ID and SDP of one SIP INVITE and of the profile it reached
+    r"|sip_(call_id|.*_port|.*_rport|.*_host|.*_uri|.*_tag|full_.*|local_network_addr)|sofia_profile_url"
+    r"|switch_r_sdp|remote_media_port)$"
 )
 #: Set by mod_callcenter, which the lab's dialplan runs after fsguard's transfer; the simulator
 #: plays FreeSWITCH and mod_event_socket, not the dialplan.
@@ -142,8 +145,12 @@ def _sim_caller(case: str) -> Caller:
         # the challenge prompt (7 files of 0.2 s here) and the answer are over by 2 s; the digit
         # window (play_and_get_digits, 2 s for the first key) is open at 3 s
         return Caller(ani=SOFT, hangup_after=3.0, **base)
-    assert scenario == "hard_block"
-    return Caller(ani=BLOCKED, **base)
+    if scenario == "hard_block":
+        return Caller(ani=BLOCKED, **base)
+    assert scenario == "hard_block_sip"
+    # a real INVITE from "Bob" <sip:13125550166@127.0.0.1> to the lab profile (sip_invite)
+    return Caller(ani=BLOCKED, name="Bob", dnis=DIALLED, context="public", uuid=str(uuid4()), endpoint="sofia",
+                  network_addr="127.0.0.1")
 
 
 @pytest.fixture(scope="module")
@@ -422,9 +429,10 @@ def test_linger_and_disconnect_notices_are_freeswitchs_byte_for_byte(pair):
     sim_uuid = sim_x.connect_reply().get("Unique-ID")
     real_notices = [_notice_template(n, real_uuid) for n in real_x.notices()]
     sim_notices = [_notice_template(n, sim_uuid) for n in sim_x.notices()]
+    channel = "sofia/lab/13125550166@127.0.0.1" if "sip" in real_x.name else "loopback/18005550100-b"
     assert real_notices == [
         b"Content-Type: text/disconnect-notice\nControlled-Session-UUID: <uuid>\nContent-Disposition: linger\n"
-        b"Channel-Name: loopback/18005550100-b\nLinger-Time: -1\nContent-Length: 0\n\n",
+        b"Channel-Name: " + channel.encode() + b"\nLinger-Time: -1\nContent-Length: 0\n\n",
         b"Content-Type: text/disconnect-notice\nControlled-Session-UUID: <uuid>\nContent-Disposition: disconnect\n"
         b"Content-Length: 67\n\n" + wire.GOODBYE,
     ]

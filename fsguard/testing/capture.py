@@ -30,13 +30,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gevent
 import gevent.event
 from gevent import socket as gsocket
 from gevent.server import StreamServer
 
-from fsguard.testing.transcripts import Chunk
+from fsguard.testing.transcripts import Chunk, Direction
+
+if TYPE_CHECKING:
+    from fsguard.app import App
+    from fsguard.testing.freeswitch import CallPlacer, Event, EventSocketClient, RealFreeSWITCH
 
 #: The default port of nothing: pick a free one.
 ANY_PORT = 0
@@ -54,8 +59,8 @@ class Recording:
     def _now(self) -> float:
         return time.monotonic() - self.t0
 
-    def add(self, direction: str, data: bytes) -> None:
-        self.items.append(Chunk(direction, "outbound", self._now(), data))  # type: ignore[arg-type]
+    def add(self, direction: Direction, data: bytes) -> None:
+        self.items.append(Chunk(direction, "outbound", self._now(), data))
 
     def note(self, text: str) -> None:
         """An annotation: what the scenario did at this moment (a key press, a hang-up)."""
@@ -154,7 +159,7 @@ class RecordingProxy:
         recording.closed.set()
 
     @staticmethod
-    def _pump(src: gsocket.socket, dst: gsocket.socket, recording: Recording, direction: str, who: str) -> None:
+    def _pump(src: gsocket.socket, dst: gsocket.socket, recording: Recording, direction: Direction, who: str) -> None:
         """Copy one direction chunk by chunk; an EOF is passed on as a half-close."""
         while True:
             try:
@@ -188,16 +193,16 @@ DIALLED = "18005550100"
 class Lab:
     """A real FreeSWITCH, fsguard behind the recording proxy, and an inbound client."""
 
-    freeswitch: object
-    app: object
-    client: object
-    placer: object
+    freeswitch: RealFreeSWITCH
+    app: App
+    client: EventSocketClient
+    placer: CallPlacer
     proxy: RecordingProxy
 
     def block(self, number: str, level: int) -> None:
         from fsguard import lists
 
-        with self.app.db.begin() as session:  # type: ignore[attr-defined]
+        with self.app.db.begin() as session:
             lists.add(session, lists.make_spec(number, kind="block", level=level))
 
     def unblock_all(self) -> None:
@@ -205,15 +210,15 @@ class Lab:
 
         from fsguard.models.lists import ListEntry
 
-        with self.app.db.begin() as session:  # type: ignore[attr-defined]
+        with self.app.db.begin() as session:
             session.execute(delete(ListEntry))
 
-    def wait(self, name: str, uuid: str, timeout: float = 15.0, **where: str) -> object:
-        return self.client.wait_for(name, where={"Unique-ID": uuid, **where}, timeout=timeout)  # type: ignore[attr-defined]
+    def wait(self, name: str, uuid: str, timeout: float = 15.0, **where: str) -> Event:
+        return self.client.wait_for(name, where={"Unique-ID": uuid, **where}, timeout=timeout)
 
     def api(self, recording: Recording, command: str) -> str:
         recording.note(f"inbound ESL: api {command}")
-        return self.client.api(command)  # type: ignore[attr-defined, no-any-return]
+        return self.client.api(command)
 
     def finish(self, recording: Recording, b_leg: str, timeout: float = 20.0) -> None:
         """Wait for the call's end and the proxied socket's close."""
@@ -225,16 +230,16 @@ class Lab:
 def _heard_code(lab: Lab, b_leg: str) -> str:
     """The code fsguard played in early media (digits/N.wav, played verification.code_repeats times)."""
     playback = lab.wait("CHANNEL_EXECUTE", b_leg, Application="playback")
-    digits = re.findall(r"digits/(\d)\.wav", playback["Application-Data"])  # type: ignore[index]
+    digits = re.findall(r"digits/(\d)\.wav", playback["Application-Data"])
     if not digits:
-        raise RuntimeError(f"no code in the challenge prompt {playback['Application-Data']!r}")  # type: ignore[index]
+        raise RuntimeError(f"no code in the challenge prompt {playback['Application-Data']!r}")
     return "".join(digits[: len(digits) // 2])
 
 
 def scenario_routed(lab: Lab, recording: Recording) -> None:
     """An ordinary caller: consent prompt, routed to the queues; the caller hangs up in the queue."""
     recording.note(f"placing a loopback call from {CALLER} to {DIALLED}: the b leg runs the dialplan")
-    a_leg, b_leg = lab.placer.loopback(CALLER, DIALLED)  # type: ignore[attr-defined]
+    a_leg, b_leg = lab.placer.loopback(CALLER, DIALLED)
     lab.wait("CHANNEL_EXECUTE", b_leg, Application="callcenter")
     gevent.sleep(1.0)
     lab.api(recording, f"uuid_kill {a_leg}")
@@ -245,7 +250,7 @@ def scenario_challenge_keyed(lab: Lab, recording: Recording) -> None:
     """A soft-blocked caller hears the code in early media, keys it, and is routed."""
     lab.block("+" + SOFT, 2)
     recording.note(f"{SOFT} is on the block list at level 2 (soft: challenged)")
-    a_leg, b_leg = lab.placer.loopback(SOFT, DIALLED)  # type: ignore[attr-defined]
+    a_leg, b_leg = lab.placer.loopback(SOFT, DIALLED)
     code = _heard_code(lab, b_leg)
     lab.wait("CHANNEL_EXECUTE", b_leg, Application="play_and_get_digits")
     lab.api(recording, f"uuid_recv_dtmf {b_leg} {code}")
@@ -260,7 +265,7 @@ def scenario_challenge_caller_hangup(lab: Lab, recording: Recording) -> None:
     """A soft-blocked caller hangs up while the challenge waits for the digits."""
     lab.block("+" + SOFT, 2)
     recording.note(f"{SOFT} is on the block list at level 2 (soft: challenged)")
-    a_leg, b_leg = lab.placer.loopback(SOFT, DIALLED)  # type: ignore[attr-defined]
+    a_leg, b_leg = lab.placer.loopback(SOFT, DIALLED)
     lab.wait("CHANNEL_EXECUTE", b_leg, Application="play_and_get_digits")
     gevent.sleep(0.5)
     lab.api(recording, f"uuid_kill {a_leg}")
@@ -271,8 +276,22 @@ def scenario_hard_block(lab: Lab, recording: Recording) -> None:
     """A hard-blocked caller is refused before any answer (CALL_REJECTED, unbilled)."""
     lab.block("+" + BLOCKED, 8)
     recording.note(f"{BLOCKED} is on the block list at level 8 (hard: refused)")
-    a_leg, b_leg = lab.placer.loopback(BLOCKED, DIALLED)  # type: ignore[attr-defined]
+    a_leg, b_leg = lab.placer.loopback(BLOCKED, DIALLED)
     lab.finish(recording, b_leg)
+
+
+def scenario_hard_block_sip(lab: Lab, recording: Recording) -> None:
+    """The hard-blocked caller again, over real SIP (mod_sofia): the channel a carrier brings."""
+    from fsguard.testing.freeswitch import sip_invite
+
+    lab.block("+" + BLOCKED, 8)
+    recording.note(f"{BLOCKED} is on the block list at level 8 (hard: refused); a SIP INVITE from "
+                   f"\"Bob\" <sip:{BLOCKED}@127.0.0.1> to {DIALLED}")
+    call = sip_invite(lab.freeswitch.ports.sip, user=BLOCKED, display="Bob", to=DIALLED)
+    recording.note(f"SIP responses: {' '.join(str(s) for s in call.statuses)}")
+    end = lab.client.wait_for("CHANNEL_HANGUP_COMPLETE", where={"variable_sip_call_id": call.call_id},
+                              timeout=15)
+    lab.finish(recording, end.uuid)
 
 
 #: name -> (what it shows, the scenario); each is one call, its capture ``<name>.txt``.
@@ -282,6 +301,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Lab, Recording], None]]] = {
     "challenge_caller_hangup": ("a soft-blocked caller hangs up during the digit window",
                                 scenario_challenge_caller_hangup),
     "hard_block": ("a hard-blocked caller refused before answer", scenario_hard_block),
+    "hard_block_sip": ("a hard-blocked caller over real SIP refused before answer (603)", scenario_hard_block_sip),
 }
 
 

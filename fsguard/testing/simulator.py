@@ -2153,6 +2153,11 @@ class _Channel:
             set_(base, str(int(secs * 1_000_000)))
         if not self.sofia:
             set_("is_loopback", "1")  # mod_loopback marks its legs at the end (fs-1.10.12 captures)
+        else:
+            # mod_sofia says how the SIP dialog ended (fs-1.10.12/hard_block_sip: send_refuse)
+            ours = self.result.hangup_by != "caller"
+            set_("sip_hangup_disposition", ("send_bye" if ours else "recv_bye") if answered is not None
+                 else ("send_refuse" if ours else "recv_cancel"))
 
     # ------------------------------------------------------------------ closing
 
