@@ -224,8 +224,9 @@ def fsguard_events(exchange: Exchange) -> list[wire.Event]:
       it if fsguard's ``event`` reached it before the media tick that ran the application;
     * CHANNEL_PARK: the socket application parks the channel as soon as ``connect`` is read, while
       mod_event_socket goes on with ``myevents`` (and ``nixevent``) from the same packet, so the
-      event is sent or not by a race (it is missing from ``hard_block.all-events.txt`` and slipped
-      past the ``nixevent`` in ``routed.txt``); its headers are compared where both sides have one.
+      event is sent or not by a race (from one capture run to the next it went missing with every
+      event subscribed, and slipped past fsguard's ``nixevent``); its headers are compared where
+      both sides have one.
     """
     sent = exchange.app_uuids()
     kept = []
@@ -441,10 +442,10 @@ def test_linger_and_disconnect_notices_are_freeswitchs_byte_for_byte(pair):
 
 def test_linger_notice_falls_where_real_freeswitch_has_put_it(pair):
     """Where the linger notice falls among the hang-up events is a race between FreeSWITCH's
-    threads: after CHANNEL_HANGUP_COMPLETE in the fs-1.10.12 captures kept here (a second capture
-    run had ``routed``'s right after CHANNEL_HANGUP), right after CHANNEL_HANGUP in
-    shared/caller_hangup.txt, before it in shared/fs-1.11/03d. The simulator must put it at one of
-    those places, and only ``exit``'s ``+OK bye`` may follow it."""
+    threads: after CHANNEL_HANGUP_COMPLETE in most fs-1.10.12 captures, between CHANNEL_HANGUP
+    and CHANNEL_HANGUP_COMPLETE in others (and in shared/caller_hangup.txt), before CHANNEL_HANGUP
+    in shared/fs-1.11/03d. The simulator must put it at one of those places, and only ``exit``'s
+    ``+OK bye`` may follow it."""
     def position(exchange: Exchange) -> str:
         frames = exchange.frames
         at = next(i for i, f in enumerate(frames) if f.get("Content-Disposition") == "linger")
