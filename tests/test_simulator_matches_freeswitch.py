@@ -17,7 +17,6 @@ falls; whether an event queued before a ``nixevent`` / ``event`` took effect is 
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shutil
 from collections.abc import Iterator

@@ -8,7 +8,7 @@ found relative to this file, so a clone anywhere has it; a capture that is missi
 
 Two formats exist and both are parsed into the same :class:`Chunk` list:
 
-* the top folder (FreeSWITCH 1.10.12)::
+* the top of ``shared/`` (FreeSWITCH 1.10.12, a scripted target)::
 
       >>>> SENT|RECV|TIMEOUT|EOF|CLOSED-BY-TARGET +S.SSSs
       <bytes exactly as they crossed the socket>
@@ -19,7 +19,7 @@ Two formats exist and both are parsed into the same :class:`Chunk` list:
   frames read at once.  Only the outbound socket is captured, so every chunk has
   ``channel == "outbound"``.
 
-* ``fs-1.11/`` (FreeSWITCH 1.11.1)::
+* ``shared/fs-1.11/`` (FreeSWITCH 1.11.1) and ``fs-1.10.12/`` (written by the recording proxy)::
 
       ----- <<< FROM-FS|>>> TO-FS [outbound|inbound] t=+S.SSSs N bytes -----
       <exactly N raw bytes>
