@@ -419,6 +419,19 @@ def test_queued_applications_run_back_to_back_on_one_media_tick(pair):
     assert all(spread < 40 for spread in sim_spreads), sim_spreads
 
 
+def position(exchange: Exchange) -> str:
+    """Where the linger notice falls among the hang-up events."""
+    frames = exchange.frames
+    at = next(i for i, f in enumerate(frames) if f.get("Content-Disposition") == "linger")
+    before = [f.event().name for f in frames[:at] if f.content_type == "text/event-plain"]
+    after = [f.event().name for f in frames[at:] if f.content_type == "text/event-plain"]
+    if "CHANNEL_HANGUP_COMPLETE" in before:
+        return "after CHANNEL_HANGUP_COMPLETE"
+    if "CHANNEL_HANGUP" in before and "CHANNEL_HANGUP_COMPLETE" in after:
+        return "after CHANNEL_HANGUP"
+    return "before CHANNEL_HANGUP"
+
+
 def _notice_template(frame: wire.Frame, uuid: str) -> bytes:
     return frame.raw.replace(uuid.encode(), b"<uuid>")
 
@@ -445,17 +458,6 @@ def test_linger_notice_falls_where_real_freeswitch_has_put_it(pair):
     and CHANNEL_HANGUP_COMPLETE in others (and in shared/caller_hangup.txt), before CHANNEL_HANGUP
     in shared/fs-1.11/03d. The simulator must put it at one of those places, and only ``exit``'s
     ``+OK bye`` may follow it."""
-    def position(exchange: Exchange) -> str:
-        frames = exchange.frames
-        at = next(i for i, f in enumerate(frames) if f.get("Content-Disposition") == "linger")
-        before = [f.event().name for f in frames[:at] if f.content_type == "text/event-plain"]
-        after = [f.event().name for f in frames[at:] if f.content_type == "text/event-plain"]
-        if "CHANNEL_HANGUP_COMPLETE" in before:
-            return "after CHANNEL_HANGUP_COMPLETE"
-        if "CHANNEL_HANGUP" in before and "CHANNEL_HANGUP_COMPLETE" in after:
-            return "after CHANNEL_HANGUP"
-        return "before CHANNEL_HANGUP"
-
     def replies_after_the_notice(exchange: Exchange) -> list[str | None]:
         at = next(i for i, f in enumerate(exchange.frames) if f.get("Content-Disposition") == "linger")
         return [f.get("Reply-Text") for f in exchange.frames[at:] if f.content_type == "command/reply"]
@@ -531,3 +533,39 @@ def test_a_missing_capture_fails_the_test_instead_of_skipping_it(monkeypatch: py
         transcripts.available()  # what the parametrised tests are collected from: a collection error
     with pytest.raises(pytest.fail.Exception, match="capture missing"):
         real("routed")
+
+
+# =========================================================================== fsguard and the race
+
+
+@pytest.mark.parametrize("place, seen", [("before_hangup", "before CHANNEL_HANGUP"),
+                                         ("after_hangup", "after CHANNEL_HANGUP"),
+                                         ("last", "after CHANNEL_HANGUP_COMPLETE")])
+def test_fsguard_finishes_a_caller_hangup_wherever_the_linger_notice_falls(start_guard, settings, db, place, seen):
+    """The captures show the linger notice before CHANNEL_HANGUP, right after it, and after
+    CHANNEL_HANGUP_COMPLETE: whichever FreeSWITCH sends, fsguard keeps the socket until the final
+    event, records the hang-up cause FreeSWITCH gave, says ``exit`` and closes."""
+    from fsguard.records import find_call
+    from fsguard.testing.waiting import settle
+
+    settings.policy.stages = Settings().policy.stages  # the whole default chain, as captured
+    guard = start_guard(settings)
+    with db.begin() as session:
+        lists.add(session, lists.make_spec("+" + SOFT, kind="block", level=2))
+    proxy = RecordingProxy(guard.address).start()
+    try:
+        fs = FakeFreeSWITCH(proxy.address, time_scale=0.05, linger_notice=place)
+        caller = _sim_caller("challenge_caller_hangup")
+        recording = proxy.expect(place)
+        result = fs.call(caller)
+        assert recording.closed.wait(5)
+    finally:
+        proxy.stop()
+    assert position(Exchange(place, recording.chunks)) == seen
+    assert result.outcome == "caller_hangup" and result.answered, result
+    assert result.violations == []
+    assert result.late_commands == ["exit"]  # after the hang-up, nothing but goodbye
+    settle(guard)
+    call = find_call(db, caller.uuid)
+    assert call is not None and call.hangup_cause == "NORMAL_CLEARING" and call.answered
+    assert call.ended_at is not None

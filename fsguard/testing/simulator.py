@@ -2031,12 +2031,18 @@ class _Channel:
         self.queue.clear()
         lingering = self.linger is not None and self.connected
         notice_sent = False
-        if lingering and (self.sim.linger_race or by == "freeswitch"):
-            self._linger_notice()  # badapp.txt, fs-1.11/03d
+        place = self.sim.linger_notice
+        if place == "auto":
+            if self.sim.linger_race or by == "freeswitch":
+                place = "before_hangup"  # badapp.txt, fs-1.11/03d
+            else:
+                place = "after_hangup" if by in ("caller", "far_end") else "last"  # caller_hangup.txt
+        if lingering and place == "before_hangup":
+            self._linger_notice()
             notice_sent = True
         self.emit("CHANNEL_HANGUP")
-        if lingering and not notice_sent and by in ("caller", "far_end"):
-            self._linger_notice()  # caller_hangup.txt, transfer.txt
+        if lingering and not notice_sent and place == "after_hangup":
+            self._linger_notice()
             notice_sent = True
         # Without linger a caller hang-up closes the socket at once (03c); a hang-up the
         # target asked for still flushes the final events first (09b, 12).
@@ -2289,6 +2295,7 @@ class FakeFreeSWITCH:
         time_scale: float = 0.01,
         mode: str = "async",
         linger_race: bool = False,
+        linger_notice: str = "auto",
         linger_timeout: float | None = None,
         max_call_time: float = 120.0,
         min_real_timeout: float = 5.0,
@@ -2308,6 +2315,10 @@ class FakeFreeSWITCH:
         time_scale: real seconds per channel second.
         mode: "async" (``async full``) or "full" (static ``full``: sendmsg replies after the app).
         linger_race: send the linger notice BEFORE CHANNEL_HANGUP (seen under load, 03d).
+        linger_notice: where the linger notice goes among the hang-up events, a race in
+            FreeSWITCH: "before_hangup" (03d), "after_hangup" (caller_hangup.txt), "last" (after
+            CHANNEL_HANGUP_COMPLETE: most fs-1.10.12 captures), or "auto": before with
+            ``linger_race``, after CHANNEL_HANGUP for a caller's or far end's hang-up, else last.
         linger_timeout: channel seconds to keep a ``linger`` (forever) socket open after the
             hang-up before closing it ourselves; None: wait for ``exit`` up to 30 channel
             seconds (at least ``min_real_timeout`` real seconds) and record a violation.
@@ -2329,6 +2340,9 @@ class FakeFreeSWITCH:
         self.time_scale = time_scale
         self.mode = mode
         self.linger_race = linger_race
+        if linger_notice not in ("auto", "before_hangup", "after_hangup", "last"):
+            raise ValueError("linger_notice must be auto, before_hangup, after_hangup or last")
+        self.linger_notice = linger_notice
         self.linger_timeout = linger_timeout
         self.max_call_time = max_call_time
         self.min_real_timeout = min_real_timeout
