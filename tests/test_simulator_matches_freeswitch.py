@@ -455,8 +455,8 @@ def test_linger_and_disconnect_notices_are_freeswitchs_byte_for_byte(pair):
 def test_linger_notice_falls_where_real_freeswitch_has_put_it(pair):
     """Where the linger notice falls among the hang-up events is a race between FreeSWITCH's
     threads: after CHANNEL_HANGUP_COMPLETE in most fs-1.10.12 captures, between CHANNEL_HANGUP
-    and CHANNEL_HANGUP_COMPLETE in others (and in shared/caller_hangup.txt), before CHANNEL_HANGUP
-    in shared/fs-1.11/03d. The simulator must put it at one of those places, and only ``exit``'s
+    and CHANNEL_HANGUP_COMPLETE in others (and in caller_hangup.txt), before CHANNEL_HANGUP
+    in fs-1.11/03d. The simulator must put it at one of those places, and only ``exit``'s
     ``+OK bye`` may follow it."""
     def replies_after_the_notice(exchange: Exchange) -> list[str | None]:
         at = next(i for i, f in enumerate(exchange.frames) if f.get("Content-Disposition") == "linger")
@@ -467,8 +467,8 @@ def test_linger_notice_falls_where_real_freeswitch_has_put_it(pair):
     places = ("after CHANNEL_HANGUP_COMPLETE", "after CHANNEL_HANGUP", "before CHANNEL_HANGUP")
     assert position(real_x) in places
     assert position(sim_x) in places
-    shared = Exchange("caller_hangup", transcripts.load("caller_hangup.txt"))
-    assert position(shared) == "after CHANNEL_HANGUP"
+    scripted = Exchange("caller_hangup", transcripts.load("caller_hangup.txt"))
+    assert position(scripted) == "after CHANNEL_HANGUP"
     race = Exchange("03d", transcripts.load("fs-1.11/03d_caller_hangup_kill_b_leg_linger_RACE_notice_before_hangup_events.txt"))
     assert position(race) == "before CHANNEL_HANGUP"
 

@@ -3,7 +3,7 @@
 :class:`RecordingProxy` listens where the dialplan's ``socket`` application dials (a socket target)
 and forwards each connection to fsguard on another port, keeping every chunk exactly as it was
 read, in both directions, with its time. A :class:`Recording` is written in the chunk format of
-``tests/captures/shared/fs-1.11`` (``----- <<< FROM-FS [outbound] t=+S.SSSs N bytes -----``, N raw
+``tests/captures/fs-1.11`` (``----- <<< FROM-FS [outbound] t=+S.SSSs N bytes -----``, N raw
 bytes, ``----- end -----``, ``##### NOTE`` annotations), which :mod:`fsguard.testing.transcripts`
 reads: chunk boundaries are real ``recv()`` boundaries and any byte (CR, NUL, UTF-8) survives.
 

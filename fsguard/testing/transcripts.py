@@ -1,14 +1,15 @@
 """Loader for the byte-exact FreeSWITCH captures kept with the tests in ``tests/captures/``.
 
-``tests/captures/shared/`` holds the first captures (FreeSWITCH 1.10.12 in the top folder, 1.11.1
-in ``fs-1.11/``, each with its README); ``tests/captures/fs-1.10.12/`` holds the ones
-:mod:`fsguard.testing.capture` records with fsguard itself behind a recording proxy. The folder is
+The top of ``tests/captures/`` holds the first captures (FreeSWITCH 1.10.12 and a scripted
+target) and ``fs-1.11/`` those of FreeSWITCH 1.11.1, each with its README, byte for byte as they
+were made; ``fs-1.10.12/`` holds the ones :mod:`fsguard.testing.capture` records with fsguard
+itself behind a recording proxy. The folder is
 found relative to this file, so a clone anywhere has it; a capture that is missing raises
 ``FileNotFoundError`` (a test that needs it fails, never skips).
 
 Two formats exist and both are parsed into the same :class:`Chunk` list:
 
-* the top of ``shared/`` (FreeSWITCH 1.10.12, a scripted target)::
+* the top folder (FreeSWITCH 1.10.12, a scripted target)::
 
       >>>> SENT|RECV|TIMEOUT|EOF|CLOSED-BY-TARGET +S.SSSs
       <bytes exactly as they crossed the socket>
@@ -19,7 +20,7 @@ Two formats exist and both are parsed into the same :class:`Chunk` list:
   frames read at once.  Only the outbound socket is captured, so every chunk has
   ``channel == "outbound"``.
 
-* ``shared/fs-1.11/`` (FreeSWITCH 1.11.1) and ``fs-1.10.12/`` (written by the recording proxy)::
+* ``fs-1.11/`` (FreeSWITCH 1.11.1) and ``fs-1.10.12/`` (written by the recording proxy)::
 
       ----- <<< FROM-FS|>>> TO-FS [outbound|inbound] t=+S.SSSs N bytes -----
       <exactly N raw bytes>
@@ -43,10 +44,10 @@ from typing import Literal
 
 Direction = Literal["from_fs", "to_fs", "timeout", "eof", "closed_by_target"]
 
-#: Every capture of the repository (``tests/captures`` beside the ``fsguard`` package).
+#: Every capture of the repository (``tests/captures`` beside the ``fsguard`` package); bare
+#: names (``full.txt``, ``fs-1.11/09c_...txt``, ``fs-1.10.12/routed.txt``) resolve here.
 CAPTURES_DIR = Path(__file__).resolve().parent.parent.parent / "tests" / "captures"
-#: The first captures (``full.txt``..., and ``fs-1.11/``): bare names resolve here.
-DEFAULT_DIR = CAPTURES_DIR / "shared"
+DEFAULT_DIR = CAPTURES_DIR  # the old name, for code written against it
 #: What fsguard itself exchanged with a real FreeSWITCH 1.10.12 (see its README).
 FS_1_10_12_DIR = CAPTURES_DIR / "fs-1.10.12"
 
@@ -82,18 +83,17 @@ _OLD_DIRECTIONS: dict[bytes, Direction] = {
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
-    """An existing path, or a name relative to ``shared/`` or to ``tests/captures/``.
+    """An existing path, or a name relative to ``tests/captures/``.
 
-    Raises ``FileNotFoundError`` naming every place looked at: a missing capture is an error.
+    Raises ``FileNotFoundError``: a missing capture is an error, never a reason to skip.
     """
     p = Path(path)
     if p.exists():
         return p
-    for folder in (DEFAULT_DIR, CAPTURES_DIR):
-        candidate = folder / p
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"no capture {str(path)!r} (looked in {DEFAULT_DIR} and {CAPTURES_DIR})")
+    candidate = CAPTURES_DIR / p
+    if candidate.exists():
+        return candidate
+    raise FileNotFoundError(f"no capture {str(path)!r} (looked in {CAPTURES_DIR})")
 
 
 def load(path: str | os.PathLike[str]) -> list[Chunk]:
@@ -178,13 +178,13 @@ def parse_headers(block: bytes) -> list[tuple[str, str]]:
 
 
 def available() -> list[Path]:
-    """Every ESL capture of the repository (shared, fs-1.11, fs-1.10.12), for parametrised tests.
+    """Every ESL capture of the repository (top folder, fs-1.11, fs-1.10.12), for parametrised tests.
 
     Raises ``FileNotFoundError`` when a capture folder is missing or empty, so that a
     parametrised test errors at collection instead of silently running for no file.
     """
     files: list[Path] = []
-    for folder in (DEFAULT_DIR, DEFAULT_DIR / "fs-1.11", FS_1_10_12_DIR):
+    for folder in (CAPTURES_DIR, CAPTURES_DIR / "fs-1.11", FS_1_10_12_DIR):
         found = sorted(f for f in folder.glob("*.txt") if not f.name.endswith(".sip.txt"))
         if not found:
             raise FileNotFoundError(f"no captures in {folder}")
