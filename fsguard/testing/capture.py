@@ -308,10 +308,10 @@ SCENARIOS: dict[str, tuple[str, Callable[[Lab, Recording], None]]] = {
 #: suffix -> (what fsguard subscribes to, the events fsguard unsubscribes from with ``nixevent``):
 #: as shipped (only the events it reads), and every ``myevents`` event, so that the captures hold
 #: CHANNEL_EXECUTE, CHANNEL_PROGRESS_MEDIA, CHANNEL_STATE... for the simulator to be held to.
-VARIANTS: dict[str, tuple[str, tuple[str, ...] | None]] = {
-    "": ("fsguard as shipped: myevents, then nixevent of every event it does not read", None),
-    ".all-events": ("fsguard with its nixevent list emptied: every myevents event (CHANNEL_EXECUTE_COMPLETE "
-                    "still only while a stage waits for an application)", ()),
+VARIANTS: dict[str, tuple[str, bool]] = {
+    "": ("fsguard as shipped: myevents, nixevent ALL, event of the events it reads", False),
+    ".all-events": ("fsguard keeping every myevents event (CHANNEL_EXECUTE_COMPLETE still only while a "
+                    "stage waits for an application): fsguard.testing.capture.every_event", True),
 }
 
 
@@ -324,20 +324,30 @@ def _version(binary: str) -> str:
 
 
 @contextlib.contextmanager
-def events_not_read(events: tuple[str, ...] | None) -> Iterator[None]:
-    """fsguard's ``nixevent`` list replaced while calls run (None: as shipped); ``()`` makes fsguard
-    keep every ``myevents`` event, so that a recording shows all of them."""
-    from fsguard import esl
+def every_event(enabled: bool = True) -> Iterator[None]:
+    """While calls run, fsguard keeps every ``myevents`` event (but CHANNEL_EXECUTE_COMPLETE, which
+    it subscribes to while a stage waits for an application), so that a recording shows them all.
 
-    if events is None:
+    It replaces :meth:`OutboundSession.subscription` (``myevents``, ``nixevent ALL``, ``event ...``)
+    with three commands that leave ``myevents``'s subscription as it is; ``enabled=False``: as shipped.
+    """
+    from fsguard.esl import COMPLETION, OutboundSession
+
+    if not enabled:
         yield
         return
-    saved = esl.EVENTS_NOT_READ
-    esl.EVENTS_NOT_READ = events
+
+    def everything(self: OutboundSession) -> tuple[str, str, str]:
+        myevents = "myevents json" if self.event_format == "json" else "myevents"
+        fmt = "json" if self.event_format == "json" else "plain"
+        return myevents, f"nixevent {COMPLETION}", f"event {fmt} CHANNEL_ANSWER"
+
+    saved = OutboundSession.subscription
+    OutboundSession.subscription = everything  # type: ignore[method-assign]
     try:
         yield
     finally:
-        esl.EVENTS_NOT_READ = saved
+        OutboundSession.subscription = saved  # type: ignore[method-assign]
 
 
 def capture(out_dir: Path, names: list[str], *, binary: str | None = None, workdir: Path | None = None) -> list[Path]:
@@ -377,12 +387,12 @@ def capture(out_dir: Path, names: list[str], *, binary: str | None = None, workd
         lab = Lab(fs, app, client, CallPlacer(client), proxy)
         version = _version(binary)
         try:
-            for suffix, (subscription, not_read) in VARIANTS.items():
+            for suffix, (subscription, everything) in VARIANTS.items():
                 for name in names:
                     what, run = SCENARIOS[name]
                     lab.unblock_all()
                     recording = proxy.expect(name + suffix)
-                    with events_not_read(not_read):
+                    with every_event(everything):
                         run(lab, recording)
                     header = (f"{what}\n{subscription}\n"
                               f"FreeSWITCH {version}, conf/freeswitch as shipped; fsguard's default chain; "
