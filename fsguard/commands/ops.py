@@ -145,7 +145,7 @@ def field_comments(cls: type) -> dict[str, list[str]]:
     return comments
 
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
 
 
 def toml_value(value: Any) -> str:

@@ -178,7 +178,7 @@ _BREAKABLE_APPS = frozenset(
 _EVENT_PARSING_APPS = _BREAKABLE_APPS | {"park"}
 _ROUTING_APPS = frozenset({"transfer", "callcenter", "bridge", "fifo", "conference", "voicemail", "valet_park"})
 
-_DIGIT_FILE = re.compile(r"(?:^|/)digits/(?:[^/]+/)*([0-9])(?:\.[A-Za-z0-9]+)?$")
+_DIGIT_FILE = re.compile(r"(?:^|/)digits/(?:[^/]+/)*([0-9])(?:\.[A-Za-z0-9]+)?\Z")
 _CMD_END = re.compile(rb"\n\r*\n")
 _SAY_METHODS_WITH_DIGITS = ("iterated", "pronounced")
 
