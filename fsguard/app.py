@@ -150,6 +150,7 @@ class App:
                     trust=self.identity_trust)
         structlog.contextvars.bind_contextvars(uuid=call.uuid, ani=call.ani or call.presented_number, dnis=call.dnis)
         call.log = session.log = log
+        gevent.getcurrent().fsguard_call = call   # the console's "live calls" page reads it
         return call
 
     def _end(self, session: OutboundSession) -> CallEnd:
