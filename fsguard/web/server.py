@@ -13,8 +13,10 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
+from http.client import HTTPException
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -90,9 +92,9 @@ class Handler(WSGIHandler):
             log.info("http.client_timeout", client=_client(self.client_address), detail=str(ex))
             self.close_connection = True
             return None
-        log.warning("http.bad_request", client=_client(self.client_address),
-                    error=f"{type(ex).__name__}: {' '.join(str(ex).split())[:300]}")
-        return ("400", _json_error(400, "bad request"))
+        reason = " ".join(str(ex).split())[:300]
+        log.warning("http.bad_request", client=_client(self.client_address), error=f"{type(ex).__name__}: {reason}")
+        return ("400", _json_error(400, f"bad request: {reason}" if isinstance(ex, HTTPException) else "bad request"))
 
     def _log_error(self, t: Any, v: Any, tb: Any) -> None:
         if not issubclass(t, gevent.GreenletExit):
@@ -117,7 +119,7 @@ def _client(address: Any) -> str | None:
 
 
 def _json_error(status: int, message: str) -> bytes:
-    body = ('{"error": "%s"}\n' % message).encode()
+    body = (json.dumps({"error": message}) + "\n").encode()
     phrase = {400: "Bad Request", 408: "Request Timeout"}.get(status, "Error")
     return (f"HTTP/1.1 {status} {phrase}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
