@@ -34,23 +34,22 @@ bp = Blueprint("console", __name__, url_prefix="/console")
 
 COOKIE = "fsguard_session"
 LOGIN_COOKIE = "fsguard_login"
-#: how long "is there an operator at all" is cached (the console turns on within this after the first is added)
+#: how long "there is an operator" is remembered (an empty table is asked again at every request)
 ENABLED_TTL = 5.0
-_enabled_cache: dict[int, tuple[float, bool]] = {}
 
 
 def console_enabled(app: Any) -> bool:
-    """The console is on once an operator exists (checked at most every few seconds)."""
+    """The console is on once an operator exists."""
     now = time.monotonic()
-    cached = _enabled_cache.get(id(app))
-    if cached and now - cached[0] < ENABLED_TTL and cached[1]:
+    checked = getattr(app, "_console_checked", 0.0)
+    if checked and now - checked < ENABLED_TTL:
         return True
     try:
         with app.db.begin() as session:
             on = operators.count(session) > 0
-    except Exception:  # noqa: BLE001 - the database being down answers elsewhere
-        on = bool(cached and cached[1])
-    _enabled_cache[id(app)] = (now, on)
+    except Exception:  # noqa: BLE001 - the database being down answers elsewhere (readyz, the pages)
+        on = bool(checked)
+    app._console_checked = now if on else 0.0
     return on
 
 
