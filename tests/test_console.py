@@ -363,6 +363,8 @@ def test_the_glance_page_draws_calls_by_outcome(node):
     page = client.get("/console/glance")
     assert page.status == 200
     assert re.search(r'id="total-calls">4<', page.text)
+    tiles = dict((name, int(n)) for name, n in re.findall(r'<div class="tile legend-(\w+)"><b>(\d+)</b>', page.text))
+    assert tiles == {"routed": 3, "challenged": 0, "verified": 0, "blocked": 1, "failed_open": 0}, tiles
     assert page.text.count("<polyline") == 5 and 'class="series-blocked"' in page.text
     assert "database: ok" in page.text and 'id="backlog">0<' in page.text
 
@@ -436,3 +438,39 @@ def test_cli_changes_are_in_the_audit_trail(fsguard_cli, db):
 
 def test_all_operators_roles_are_known():
     assert set(OPERATORS.values()) == set(operators.ROLES)
+
+
+def test_glance_counts_fall_in_their_minute_and_old_calls_are_left_out(db):
+    from datetime import datetime, timedelta, timezone
+
+    from fsguard.models import CallRecord, StageVerdict
+    from fsguard.web import charts
+
+    now = datetime(2026, 11, 20, 12, 0, 30, tzinfo=timezone.utc)
+
+    def call(uuid: str, minutes_ago: float, outcome: str, *, challenged: bool = False,
+             verified: bool | None = None) -> list[Any]:
+        rows: list[Any] = [CallRecord(uuid=uuid, node="n", direction="inbound", outcome=outcome, verified=verified,
+                                      started_at=now - timedelta(minutes=minutes_ago))]
+        if challenged:
+            rows.append(StageVerdict(call_uuid=uuid, seq=1, stage="screening", outcome="challenge", code="blocklist.soft",
+                                     reason="", enforced=True, details={}, elapsed_ms=1.0))
+        return rows
+
+    with db.begin() as session:
+        for rows in (call("call-now-1", 0, "routed"), call("call-now-2", 0.2, "rejected"),
+                     call("call-10m-1", 10, "routed", challenged=True, verified=True),
+                     call("call-10m-2", 10, "rejected", challenged=True, verified=False),
+                     call("call-90m", 90, "failed_open"), call("call-old", 200, "routed")):
+            session.add_all(rows)
+    app = SimpleNamespace(db=db)
+    facts = charts.glance_facts(app, 3, now=now)
+    assert facts["total_calls"] == 5                                   # the 200-minute-old call is out
+    assert facts["totals"] == {"routed": 2, "challenged": 2, "verified": 1, "blocked": 2, "failed_open": 1}
+    assert facts["pass_rate"] == 50.0
+    series = facts["series"]
+    assert series["routed"][-1] == 1 and series["blocked"][-1] == 1     # the minute now is the last bucket
+    assert series["challenged"][-11] == 2 and series["verified"][-11] == 1
+    assert series["failed_open"][-91] == 1
+    svg = charts.line_chart(series, facts["since"])
+    assert svg.count("<polyline") == 5 and "<script" not in svg

@@ -24,16 +24,16 @@ SERIES = (("routed", "#2e7d32"), ("challenged", "#f9a825"), ("verified", "#1565c
 def _minute(column: Any, dialect: str) -> Any:
     """Minutes since the epoch of a timestamp column, on SQLite and PostgreSQL."""
     if dialect == "sqlite":
-        return cast(func.strftime("%s", column), Integer) / 60
+        return cast(func.strftime("%s", column), Integer) // 60
     return cast(func.floor(func.extract("epoch", column) / 60), Integer)
 
 
 def glance_facts(app: Any, hours: int, now: datetime | None = None) -> dict[str, Any]:
     """Calls per minute by outcome, the challenge pass rate and the automatic blocks over ``hours``."""
     now = now or datetime.now(timezone.utc)
-    since = now - timedelta(hours=hours)
-    first = int(since.timestamp()) // 60
     minutes = hours * 60
+    first = int(now.timestamp()) // 60 - minutes + 1          # the last bucket is the minute now
+    since = datetime.fromtimestamp(first * 60, timezone.utc)
     series: dict[str, list[int]] = {name: [0] * minutes for name, _ in SERIES}
     with app.db.begin() as session:
         dialect = session.get_bind().dialect.name
