@@ -19,6 +19,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -187,12 +188,15 @@ def login(session: Session, name: str, password: str, *, client: str = "",
 
 def _hasher_burn(password: str) -> None:
     try:
-        _hasher.verify(_DUMMY_HASH, password)
+        _hasher.verify(_dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         pass
 
 
-_DUMMY_HASH = _hasher.hash("not-a-password-anyone-has")
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    """A hash to verify against when the name is unknown (made on first use, not at import)."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def who(session: Session, token: str, now: datetime | None = None) -> Who | None:

@@ -18,12 +18,11 @@ import time
 from collections import OrderedDict
 from datetime import datetime
 from functools import wraps
-from typing import Any, Callable, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 import structlog
 from flask import Blueprint, Flask, Response, g, redirect, render_template, request, url_for
 from pydantic import Field
-from typing_extensions import Annotated
 
 from fsguard import audit, lists, operators, records
 from fsguard.web import web
@@ -275,7 +274,8 @@ def live() -> Any:
     rows = []
     for phase, greenlets in (("deciding", list(app.deciding)), ("held", list(app.held))):
         for gl in greenlets:
-            call = getattr(gl, "fsguard_call", None)
+            ref = getattr(gl, "fsguard_call", None)      # a weak reference: the call's greenlet owns it
+            call = ref() if ref is not None else None
             if call is None:
                 continue
             rows.append({"phase": phase, "uuid": call.uuid, "ani": call.ani or call.presented_number,

@@ -15,15 +15,14 @@ import json
 import re
 import typing
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Annotated, Any, Callable, ClassVar, TypeVar
 
 import gevent
-from annotated_types import Ge, Gt, Le, Lt, MaxLen
+from annotated_types import Ge, Gt, Le, Lt
 from flask import Response, current_app, request
 from gevent.lock import BoundedSemaphore
 from gevent.threadpool import ThreadPool
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
-from typing_extensions import Annotated
 
 from fsguard import numbers
 from fsguard.config import ConfigError, parse_duration

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from flask import Blueprint, Response
 from pydantic import Field
 from sqlalchemy import exists, select
-from typing_extensions import Annotated
 
 from fsguard import records
 from fsguard.db import Database

@@ -4,12 +4,11 @@ equivalent is ``fsguard lists ...``)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import structlog
 from flask import Blueprint, Response
 from pydantic import Field
-from typing_extensions import Annotated
 
 from fsguard import audit, lists
 from fsguard.config import ConfigError

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional, Union
+from typing import Annotated, Any, ClassVar, Optional, Union
 
 import structlog
 from flask import Blueprint, Response
 from pydantic import Field
-from typing_extensions import Annotated
 
 from fsguard import audit, outbound
 from fsguard.web import web

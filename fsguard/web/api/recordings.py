@@ -5,12 +5,11 @@ itself (Range requests answered, so a browser can seek)."""
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 import structlog
 from flask import Blueprint, Response, send_file
 from pydantic import Field
-from typing_extensions import Annotated
 
 from fsguard import audit, recordings
 from fsguard.web import web
