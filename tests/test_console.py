@@ -242,6 +242,17 @@ def test_a_caller_controlled_name_is_shown_as_text(node):
 # ------------------------------------------------------------------ lists and customers
 
 
+def post_csv(client: Browser, path: str, token: str, csv_text: str, extra: dict[str, str]) -> Any:
+    """A multipart form with a CSV file, as the browser's import form sends it."""
+    boundary = "----fsguard" + uuidlib.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+             for k, v in {"csrf_token": token, **extra}.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="import.csv"\r\n'
+                 f"Content-Type: text/csv\r\n\r\n{csv_text}\r\n--{boundary}--\r\n")
+    return client.request("POST", path, body="".join(parts).encode(),
+                          headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+
 def test_list_csv_import_reports_bad_lines_and_writes_nothing_until_fixed(node):
     sam = Browser(node.address)
     sam.login("sam")
@@ -249,13 +260,7 @@ def test_list_csv_import_reports_bad_lines_and_writes_nothing_until_fixed(node):
     csv_text = "number,kind,level,reason\n+12025550143,block,8,abusive\nnot-a-number,block,8,x\n+12025550144,allow,,vip\n"
 
     def upload(extra: dict[str, str]) -> Any:
-        boundary = "----fsguard" + uuidlib.uuid4().hex
-        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
-                 for k, v in {"csrf_token": token, **extra}.items()]
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="list.csv"\r\n'
-                     f"Content-Type: text/csv\r\n\r\n{csv_text}\r\n--{boundary}--\r\n")
-        return sam.request("POST", "/console/lists/import", body="".join(parts).encode(),
-                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        return post_csv(sam, "/console/lists/import", token, csv_text, extra)
 
     refused = upload({})
     assert refused.status == 400 and "nothing was written" in refused.text
@@ -268,6 +273,20 @@ def test_list_csv_import_reports_bad_lines_and_writes_nothing_until_fixed(node):
     assert exported.headers["content-type"].startswith("text/csv")
     assert "+12025550143,block,8,abusive" in exported.text
     assert audit_rows(node.db)[0]["action"] == "list.import"
+
+
+def test_customers_csv_import_is_all_or_nothing_unless_bad_rows_are_skipped(node):
+    sam = Browser(node.address)
+    sam.login("sam")
+    token = sam.csrf("/console/customers/import")
+    csv_text = "number,name,account,vip\n+442079460000,Ada,C-1,yes\nnonsense,Bob,C-2,no\n"
+    refused = post_csv(sam, "/console/customers/import", token, csv_text, {})
+    assert refused.status == 400 and "line 3" in refused.text and "nothing was written" in refused.text
+    assert "0 customers" in sam.get("/console/customers").text
+    done = post_csv(sam, "/console/customers/import", token, csv_text, {"skip_bad": "on"})
+    assert done.status == 200 and "1 written" in done.text
+    assert "C-1" in sam.get("/console/customers").text
+    assert audit_rows(node.db)[0]["action"] == "customer.import"
 
 
 def test_customers_are_added_searched_and_removed(node):

@@ -548,6 +548,10 @@ def customers_remove() -> Any:
     return redirect(url_for("console.customers_page"), 303)
 
 
+class _RollBack(Exception):
+    """Leaves an import's transaction without writing anything."""
+
+
 @bp.get("/customers/import")
 @needs("supervisor")
 def customers_import_form() -> Any:
@@ -567,27 +571,24 @@ def customers_import() -> Any:
     who = g.who.name
 
     def run() -> dict[str, Any]:
-        session = web().app.db.sessions()
+        out: dict[str, Any] = {"warnings": [], "dry_run": dry_run, "skip_bad": skip_bad, "more_errors": 0}
         try:
-            with session.begin():
+            with web().app.db.begin() as session:
                 result = customers.import_csv(session, io.StringIO(text, newline=""),
                                               web().app.settings.node.default_region, source="console",
                                               skip_invalid=skip_bad)
-                out = {"rows": result.rows, "created": result.created, "updated": result.updated,
-                       "errors": [(None, e) for e in result.errors[:500]], "written": result.rows,
-                       "dry_run": dry_run, "skip_bad": skip_bad, "warnings": [], "more_errors": 0}
+                out.update(rows=result.rows, created=result.created, updated=result.updated,
+                           errors=[(None, e) for e in result.errors[:500]], written=result.rows)
                 if dry_run or (result.errors and not skip_bad):
                     out["written"] = 0
-                    session.rollback()
-                    return out
+                    raise _RollBack   # a bad file or a check changes nothing
                 audit.record(session, actor=who, action="customer.import", subject=f"{result.rows} rows",
                              via="console", details={"created": result.created, "updated": result.updated})
-                return out
+        except _RollBack:
+            pass
         except customers.CustomerError as exc:
-            return {"rows": 0, "written": 0, "errors": [(None, str(exc))], "warnings": [], "dry_run": dry_run,
-                    "skip_bad": skip_bad, "more_errors": 0}
-        finally:
-            session.close()
+            out.update(rows=0, written=0, errors=[(None, str(exc))])
+        return out
 
     result = off_hub(run)
     status = 200 if not result["errors"] or result["written"] or result["dry_run"] else 400
