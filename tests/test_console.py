@@ -218,18 +218,18 @@ def test_call_filters_on_the_calls_page_are_validated(node):
 
 
 def test_a_caller_controlled_name_is_shown_as_text(node):
-    evil = '<script>document.title="owned"</script><img src=x onerror=alert(1)>'
-    held = node.fs.spawn(Caller(ani="12025550199", name=evil, talk_time=300))
     import gevent
 
+    evil = '<script>document.title="owned"</script><img src=x onerror=alert(1)>'
+    client = Browser(node.address)
+    client.login("vic")
+    held = node.fs.spawn(Caller(ani="12025550199", name=evil, talk_time=2000))   # 10 s at this time scale
     with gevent.Timeout(10):
         while not node.guard.app.held:
             gevent.sleep(0.01)
-    client = Browser(node.address)
-    client.login("vic")
     live = client.get("/console/calls/live")
     assert "&lt;script&gt;document.title=" in live.text and "<script>document" not in live.text
-    assert held.get(timeout=30).outcome == "routed"
+    assert held.get(timeout=60).outcome == "routed"
     settle(node.guard)
     call_uuid = held.get().uuid
     for path in ("/console/calls", f"/console/calls/{call_uuid}"):
