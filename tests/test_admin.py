@@ -310,6 +310,16 @@ def test_reload_through_the_api(admin, guard, settings, monkeypatch):
     assert [s.name for s in guard.app.pipeline.stages] == ["routing"]
     assert metric(admin.address, "fsguard_config_reloads_total", result="failed") == 0   # counted by serve's hook
 
+    # SIGHUP (systemctl reload) reloads the same way; every reload is in the audit trail, once
+    guard.server.on_reload = PolicyReloader(lambda: copy.deepcopy(new), lambda: guard.app.settings)
+    guard.server.reload()
+    from fsguard import audit
+
+    with guard.app.db.begin() as session:
+        trail = [(e.action, e.actor, e.via) for e in audit.entries(session)]
+    assert trail == [("policy.reload", "SIGHUP", "cli"), ("policy.reload_failed", "api", "api"),
+                     ("policy.reload_failed", "api", "api"), ("policy.reload", "api", "api")]
+
 
 # ------------------------------------------------------ the areas' endpoints
 

@@ -33,6 +33,8 @@ class WebContext:
     app: App
     server: CallServer | None
     started: float = field(default_factory=time.time)
+    #: true while ``POST /api/reload`` runs (its reload is audited as the API's, not as a signal's)
+    api_reloading: bool = False
 
 
 def web() -> WebContext:

@@ -133,6 +133,7 @@ class AdminServer:
 
         host, port = parse_hostport(listen or app.settings.http.listen, "http.listen")
         self.app = app
+        self.server = server
         self.wsgi = create_app(app, server)
         self.http = WSGIServer((host, port), self.wsgi, spawn=Pool(MAX_CONNECTIONS), handler_class=Handler,
                                log=None, error_log=_LogWriter())
@@ -145,11 +146,31 @@ class AdminServer:
         from fsguard.web.console import console_enabled
 
         self.http.start()
+        if self.server is not None:
+            self.server.observers.append(self._audit_signal_reload)
         host, port = self.address
         log.info("http.listening", address=f"{host}:{port}",
                  api="on" if self.app.settings.http.token else "off (no http.token)",
                  console="on" if console_enabled(self.app) else "off (no operator)")
 
+    def _audit_signal_reload(self, event: str) -> None:
+        """A reload by SIGHUP (``systemctl reload fsguard``) goes to the audit trail too; one
+        through ``POST /api/reload`` is audited by the API with its operator."""
+        from fsguard import audit
+        from fsguard.db import DatabaseError
+
+        if event not in ("reloaded", "reload_failed") or self.wsgi.extensions["fsguard"].api_reloading:
+            return
+        error = getattr(getattr(self.server, "on_reload", None), "last_error", None)
+        try:
+            audit.record_now(self.app.db, actor="SIGHUP", via="cli", reason="systemctl reload (SIGHUP)",
+                             action="policy.reload" if event == "reloaded" else "policy.reload_failed",
+                             subject=self.app.settings.node.id, details={"error": error} if error else None)
+        except DatabaseError as exc:
+            log.error("audit.write_failed", action="policy.reload", error=str(exc).splitlines()[0])
+
     def stop(self) -> None:
+        if self.server is not None and self._audit_signal_reload in self.server.observers:
+            self.server.observers.remove(self._audit_signal_reload)
         self.http.stop(timeout=1)
         self.wsgi.extensions["fsguard.limits"].close()

@@ -106,9 +106,11 @@ def reload_policy(who: str, *, via: audit.Via, reason: str = "") -> list[str]:
             result["event"] = event
 
     server.observers.append(observe)
+    web().api_reloading = True
     try:
         server.reload()
     finally:
+        web().api_reloading = False
         server.observers.remove(observe)
     ok = result.get("event") == "reloaded"
     error = None if ok else (getattr(server.on_reload, "last_error", None) or "see fsguard's log")
