@@ -134,6 +134,7 @@ class AdminServer:
         host, port = parse_hostport(listen or app.settings.http.listen, "http.listen")
         self.app = app
         self.server = server
+        self.stopped = False
         self.wsgi = create_app(app, server)
         self.http = WSGIServer((host, port), self.wsgi, spawn=Pool(MAX_CONNECTIONS), handler_class=Handler,
                                log=None, error_log=_LogWriter())
@@ -159,7 +160,8 @@ class AdminServer:
         from fsguard import audit
         from fsguard.db import DatabaseError
 
-        if event not in ("reloaded", "reload_failed") or self.wsgi.extensions["fsguard"].api_reloading:
+        if (event not in ("reloaded", "reload_failed") or self.stopped
+                or self.wsgi.extensions["fsguard"].api_reloading):
             return
         error = getattr(getattr(self.server, "on_reload", None), "last_error", None)
         try:
@@ -170,7 +172,9 @@ class AdminServer:
             log.error("audit.write_failed", action="policy.reload", error=str(exc).splitlines()[0])
 
     def stop(self) -> None:
-        if self.server is not None and self._audit_signal_reload in self.server.observers:
-            self.server.observers.remove(self._audit_signal_reload)
+        # the audit observer stays in server.observers (stop may run inside the server's own loop
+        # over them, on "stopped": removing one there would skip the next observer); it does
+        # nothing once the listener is stopped
+        self.stopped = True
         self.http.stop(timeout=1)
         self.wsgi.extensions["fsguard.limits"].close()
