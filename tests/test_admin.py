@@ -512,6 +512,11 @@ def test_changes_through_the_api_are_in_the_audit_trail(admin, db):
         ("list.remove", "api:bob", "api", "+12025550143", "asked nicely"),
         ("list.add", "api:alice", "api", "+12025550143", "abusive caller"),
     ]
+    listed = request(admin.address, "GET", "/api/audit?action=list&subject=%2B12025550143").json
+    assert [(e["action"], e["actor"]) for e in listed["entries"]] == [("list.remove", "api:bob"),
+                                                                       ("list.add", "api:alice")]
+    assert request(admin.address, "GET", "/api/audit?via=cli").json["count"] == 0
+    assert request(admin.address, "GET", "/api/audit?via=fax").status == 400
 
 
 # ------------------------------------------------- slow clients (issue 16.5), raw errors (16.10)

@@ -385,6 +385,9 @@ def test_the_glance_page_draws_calls_by_outcome(node):
     tiles = dict((name, int(n)) for name, n in re.findall(r'<div class="tile legend-(\w+)"><b>(\d+)</b>', page.text))
     assert tiles == {"routed": 3, "challenged": 0, "verified": 0, "blocked": 1, "failed_open": 0}, tiles
     assert page.text.count("<polyline") == 5 and 'class="series-blocked"' in page.text
+    assert "Calls per 5 minutes by outcome" in page.text
+    assert "Calls per 1 minute by outcome" in client.get("/console/glance?hours=1").text
+    assert client.get("/console/glance?hours=0").status == 400
     assert "database: ok" in page.text and 'id="backlog">0<' in page.text
 
 

@@ -73,6 +73,12 @@ def glance_facts(app: Any, hours: int, now: datetime | None = None) -> dict[str,
             "since": since, "now": now, "minutes": minutes, "total_calls": sum(n for *_, n in rows)}
 
 
+def bucket_for(hours: int) -> int:
+    """Minutes per point: every minute over the last hour, coarser over longer spans (a line of
+    more than a few hundred points is no longer read at a glance)."""
+    return 1 if hours <= 1 else (5 if hours <= 6 else 15)
+
+
 def line_chart(series: dict[str, list[int]], since: datetime, *, width: int = 900, height: int = 220,
                bucket: int = 5) -> Markup:
     """Calls per ``bucket`` minutes, one line per outcome, with an hour grid and a y scale."""

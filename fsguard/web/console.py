@@ -246,7 +246,7 @@ def glance() -> Any:
     facts = off_hub(charts.glance_facts, web().app, q.hours)
     facts["ready"] = charts.readiness(web().app, web().server)
     facts["backlog"] = len(getattr(web().app.writer, "queue", ()) or ())
-    return page("glance.html", facts=facts, hours=q.hours, charts=charts)
+    return page("glance.html", facts=facts, hours=q.hours, charts=charts, bucket=charts.bucket_for(q.hours))
 
 
 class GlanceQuery(Input):

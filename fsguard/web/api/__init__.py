@@ -1,4 +1,5 @@
-"""The JSON admin API, one blueprint per area (ops, calls, lists, customers, recordings, outbound).
+"""The JSON admin API, one blueprint per area (ops, calls, lists, customers, recordings, outbound,
+audit).
 
 Every ``/api`` request needs ``Authorization: Bearer <http.token>`` (the API is off without a
 token) and one of the HTTP side's slots; everything it answers is JSON, errors included:
@@ -27,9 +28,9 @@ PROBES = ("/healthz", "/readyz", "/metrics")
 
 
 def install(flask: Flask) -> None:
-    from fsguard.web.api import calls, customers, lists, ops, outbound, recordings
+    from fsguard.web.api import audit, calls, customers, lists, ops, outbound, recordings
 
-    for module in (ops, calls, lists, customers, recordings, outbound):
+    for module in (ops, calls, lists, customers, recordings, outbound, audit):
         flask.register_blueprint(module.bp)
     flask.before_request(_before)
     flask.teardown_request(_release_slot)
