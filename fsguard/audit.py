@@ -37,7 +37,9 @@ def record(session: Session, *, actor: str, action: str, subject: str = "", reas
     entry = AuditEntry(actor=(actor or "unknown")[:128], via=via, action=action[:64], subject=(subject or "")[:256],
                        reason=" ".join((reason or "").split())[:2000], details=details or None)
     session.add(entry)
-    log.info("audit", actor=entry.actor, via=via, action=action, subject=entry.subject, reason=entry.reason)
+    # debug: the daemon's own change lines (api.list_entry_added, ...) already say it at info, and a
+    # CLI command's stderr stays for its one-line errors
+    log.debug("audit", actor=entry.actor, via=via, action=action, subject=entry.subject, reason=entry.reason)
     return entry
 
 

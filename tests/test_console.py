@@ -435,11 +435,16 @@ def test_operators_commands_manage_accounts_and_are_audited(fsguard_cli, db):
 
     listed = {o["name"]: o for o in json.loads(out)}
     assert listed["olga"]["role"] == "admin" and listed["olga"]["disabled"] is True
+    code, out, _ = fsguard_cli("operators", "add", "jay", "--role", "viewer", "--generate", "--json")
+    shown = json.loads(out)
+    assert code == 0 and shown["operator"]["role"] == "viewer" and len(shown["password"]) >= 20
+    assert json.loads(fsguard_cli("operators", "remove", "jay", "--json")[1]) == {"removed": "jay"}
     assert fsguard_cli("operators", "remove", "gen")[0] == 0
     code, out, _ = fsguard_cli("audit", "--action", "operator", "--json")
     trail = json.loads(out)
     assert [(r["action"], r["subject"], r["actor"], r["via"]) for r in trail] == [
-        ("operator.remove", "gen", "root-of-ops", "cli"), ("operator.set", "olga", "root-of-ops", "cli"),
+        ("operator.remove", "gen", "root-of-ops", "cli"), ("operator.remove", "jay", "root-of-ops", "cli"),
+        ("operator.add", "jay", "root-of-ops", "cli"), ("operator.set", "olga", "root-of-ops", "cli"),
         ("operator.add", "gen", "root-of-ops", "cli"), ("operator.add", "olga", "root-of-ops", "cli")]
 
 

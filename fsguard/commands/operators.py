@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add = sub.add_parser("add", help="add an operator")
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=operators.ROLES)
+    add.add_argument("--json", action="store_true")
     _password_options(add)
     s = sub.add_parser("set", help="change an operator's role or password, disable, enable or unlock")
     s.add_argument("name")
@@ -36,8 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     state.add_argument("--disable", action="store_true", help="refuse logins and end the operator's sessions")
     state.add_argument("--enable", action="store_true")
     s.add_argument("--unlock", action="store_true", help="lift a lock-out after failed logins")
+    s.add_argument("--json", action="store_true")
     rm = sub.add_parser("remove", help="remove an operator (their audit lines stay)")
     rm.add_argument("name")
+    rm.add_argument("--json", action="store_true")
     ls = sub.add_parser("list", help="every operator with role and last login")
     ls.add_argument("--json", action="store_true")
 
@@ -92,9 +95,12 @@ def cmd_operators(ctx: Context) -> int:
             password, generated = _password(args, required=True)
             assert password is not None
             with ctx.db.begin() as session:
-                operators.add(session, args.name, args.role, password)
+                added = operators.as_dict(operators.add(session, args.name, args.role, password))
                 audit.record(session, actor=who, action="operator.add", subject=args.name, via="cli",
                              details={"role": args.role})
+            if args.json:   # a generated password is in it: shown once, as in the text
+                print_json({"operator": added, **({"password": password} if generated else {})})
+                return 0
             print(f"added operator {args.name} ({args.role})")
             if generated:
                 print(f"password (shown once): {password}")
@@ -110,6 +116,10 @@ def cmd_operators(ctx: Context) -> int:
                                              ("unlocked", True if args.unlock else None)) if v is not None}
                 audit.record(session, actor=who, action="operator.set", subject=args.name, via="cli", details=changes)
                 state = f"{op.role}{', disabled' if op.disabled else ''}"
+                data = operators.as_dict(op)
+            if args.json:
+                print_json({"operator": data, **({"password": password} if generated else {})})
+                return 0
             print(f"operator {args.name}: {state}")
             if generated:
                 print(f"password (shown once): {password}")
@@ -118,6 +128,9 @@ def cmd_operators(ctx: Context) -> int:
             with ctx.db.begin() as session:
                 operators.remove(session, args.name)
                 audit.record(session, actor=who, action="operator.remove", subject=args.name, via="cli")
+            if args.json:
+                print_json({"removed": args.name})
+                return 0
             print(f"removed operator {args.name}")
             return 0
     except operators.OperatorError as exc:
