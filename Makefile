@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install tools run test test-monitor bench lab lab-freeswitch capture clean
+.PHONY: install tools run test test-monitor bench lab lab-freeswitch capture screenshots clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench: install
 # fsguard deciding a scripted morning of calls (in-process, FreeSWITCH simulator): docs/lab.rst
 lab: install
 	$(BIN)/fsguard lab
+
+# PNGs of the console's main pages for docs/console.rst (needs chromium and chromium-driver)
+screenshots: install
+	$(BIN)/python docs/console_screenshots.py
 
 # FreeSWITCH in the foreground with conf/freeswitch/ (fsguard runs in another terminal)
 lab-freeswitch:

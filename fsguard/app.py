@@ -12,6 +12,7 @@ with ``connect``, so even a socket closed without one hands the call back to the
 from __future__ import annotations
 
 import time
+import weakref
 from datetime import datetime, timezone
 from typing import Any
 
@@ -150,6 +151,7 @@ class App:
                     trust=self.identity_trust)
         structlog.contextvars.bind_contextvars(uuid=call.uuid, ani=call.ani or call.presented_number, dnis=call.dnis)
         call.log = session.log = log
+        gevent.getcurrent().fsguard_call = weakref.ref(call)   # the console's "live calls" page reads it
         return call
 
     def _end(self, session: OutboundSession) -> CallEnd:

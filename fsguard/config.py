@@ -121,6 +121,11 @@ class HTTPSettings:
     token: str = ""
     #: false: no HTTP listener at all (no health checks, no metrics)
     enabled: bool = True
+    #: console: may operators with the viewer role play recordings (supervisors and admins always may)
+    viewers_may_listen: bool = False
+    #: console: mark the session cookie Secure (set it when a TLS proxy fronts fsguard; a request
+    #: that arrives over https gets a Secure cookie anyway)
+    behind_tls: bool = False
 
     def validate(self) -> None:
         parse_hostport(self.listen, "http.listen")

@@ -41,8 +41,8 @@ class Reply:
 
 def request(address: tuple[str, int], method: str, path: str, *, token: str | None = TOKEN,
             body: Any = None, raw: bytes | None = None, content_type: str = "application/json",
-            headers: dict[str, str] | None = None) -> Reply:
-    conn = http.client.HTTPConnection(address[0], address[1], timeout=10)
+            headers: dict[str, str] | None = None, timeout: float = 10) -> Reply:
+    conn = http.client.HTTPConnection(address[0], address[1], timeout=timeout)
     hdrs = dict(headers or {})
     if token is not None:
         hdrs["Authorization"] = f"Bearer {token}"
@@ -310,6 +310,16 @@ def test_reload_through_the_api(admin, guard, settings, monkeypatch):
     assert [s.name for s in guard.app.pipeline.stages] == ["routing"]
     assert metric(admin.address, "fsguard_config_reloads_total", result="failed") == 0   # counted by serve's hook
 
+    # SIGHUP (systemctl reload) reloads the same way; every reload is in the audit trail, once
+    guard.server.on_reload = PolicyReloader(lambda: copy.deepcopy(new), lambda: guard.app.settings)
+    guard.server.reload()
+    from fsguard import audit
+
+    with guard.app.db.begin() as session:
+        trail = [(e.action, e.actor, e.via) for e in audit.entries(session)]
+    assert trail == [("policy.reload", "SIGHUP", "cli"), ("policy.reload_failed", "api", "api"),
+                     ("policy.reload_failed", "api", "api"), ("policy.reload", "api", "api")]
+
 
 # ------------------------------------------------------ the areas' endpoints
 
@@ -443,3 +453,166 @@ def test_customers_through_the_api(admin, settings, start_guard):
     assert removed.status == 200 and "C-1001" in removed.json["removed"]
     assert request(admin.address, "GET", "/api/customers/%2B442079460000").status == 404
     assert request(admin.address, "DELETE", "/api/customers/%2B442079460000").status == 404
+
+
+# ------------------------------------------- refused input (issue 17.5) and the audit trail
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"number": "+12025550143", "kind": "block", "level": 7, "expire": "30d", "reasn": "typo"},
+     "unknown field(s): expire, reasn"),
+    ({"number": "+12025550143", "kind": "allow", "colour": "red"}, "unknown field(s): colour"),
+])
+def test_unknown_fields_in_a_list_entry_are_refused_not_dropped(admin, body, message):
+    reply = request(admin.address, "POST", "/api/lists", body=body)
+    assert reply.status == 400, reply.body
+    assert reply.error.startswith(message), reply.error
+    assert request(admin.address, "GET", "/api/lists").json["count"] == 0     # nothing was stored
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/api/calls?outcome=bogus", "outcome: expected one of abandoned, failed_closed, failed_open, rejected, routed"),
+    ("/api/calls?verdict=maybe", "verdict: expected one of"),
+    ("/api/calls?limit=-5", "limit: expected an integer from 1 to 1000, got -5"),
+    ("/api/calls?colour=red", "unknown field(s): colour"),
+    ("/api/lists?limit=-1", "limit: expected an integer from 1 to 100000, got -1"),
+    ("/api/customers?limit=-1", "limit: expected an integer"),
+    ("/api/recordings?status=lost", "status: expected one of complete, missing, recording, unreadable"),
+    ("/api/recordings?held=perhaps", "held: expected true or false"),
+    ("/api/outbound/attempts/%2B15557654321?limit=-3", "limit: expected an integer from 1 to 1000, got -3"),
+])
+def test_invalid_filters_are_refused(admin, path, message):
+    reply = request(admin.address, "GET", path)
+    assert reply.status == 400, reply.body
+    assert reply.error.startswith(message), reply.error
+
+
+def test_calls_filter_by_stage_and_verdict(admin, guard, fs, settings):
+    fs.call(Caller(ani="15551230001", dnis="5000"))
+    settle(guard)
+    assert request(admin.address, "GET", "/api/calls?stage=routing&verdict=route").json["count"] == 1
+    assert request(admin.address, "GET", "/api/calls?stage=routing&verdict=reject").json["count"] == 0
+    assert request(admin.address, "GET", "/api/calls?stage=screening").json["count"] == 0
+
+
+def test_changes_through_the_api_are_in_the_audit_trail(admin, db):
+    from fsguard import audit
+
+    assert request(admin.address, "POST", "/api/lists", body={
+        "number": "+12025550143", "kind": "block", "level": 8, "reason": "abusive caller", "by": "alice"}).status == 201
+    assert request(admin.address, "DELETE", "/api/lists/%2B12025550143?reason=asked+nicely",
+                   headers={"X-Operator": "bob"}).status == 200
+    assert request(admin.address, "POST", "/api/outbound/freeze",
+                   body={"number": "+15557654321", "reason": "asked not to be called"}).status == 201
+    assert request(admin.address, "POST", "/api/reload").status == 409          # a failed reload is audited too
+    with db.begin() as session:
+        rows = [audit.as_dict(e) for e in audit.entries(session)]
+    assert [(r["action"], r["actor"], r["via"], r["subject"], r["reason"]) for r in rows] == [
+        ("outbound.freeze", "api", "api", "+15557654321", "asked not to be called"),
+        ("list.remove", "api:bob", "api", "+12025550143", "asked nicely"),
+        ("list.add", "api:alice", "api", "+12025550143", "abusive caller"),
+    ]
+    listed = request(admin.address, "GET", "/api/audit?action=list&subject=%2B12025550143").json
+    assert [(e["action"], e["actor"]) for e in listed["entries"]] == [("list.remove", "api:bob"),
+                                                                       ("list.add", "api:alice")]
+    assert request(admin.address, "GET", "/api/audit?via=cli").json["count"] == 0
+    assert request(admin.address, "GET", "/api/audit?via=fax").status == 400
+
+
+# ------------------------------------------------- slow clients (issue 16.5), raw errors (16.10)
+
+
+def _raw(address: tuple[str, int], data: bytes, timeout: float = 20.0) -> bytes:
+    import socket
+
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_idle_and_half_sent_connections_do_not_stop_health_checks(admin, monkeypatch):
+    import socket
+
+    from fsguard.web import server as web_server
+
+    monkeypatch.setattr(web_server, "HEADER_TIMEOUT", 2.0)
+    idle = [socket.create_connection(admin.address, timeout=30) for _ in range(100)]
+    half = []
+    for _ in range(100):
+        sock = socket.create_connection(admin.address, timeout=30)
+        sock.sendall(b"GET /api/calls?limit=1000 HTTP/1.1\r\nHost: fsguard\r\nAuthorization: Bearer ")   # never ends
+        half.append(sock)
+    try:
+        # 200 connections that say nothing useful (a pool of 64 used to be full with 64)
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert request(admin.address, "GET", path, token=None).status == 200
+        assert request(admin.address, "GET", "/api/status").status == 200
+        # and each of them is closed by the server after the header timeout, not kept for good
+        for sock in idle[:5] + half[:5]:
+            sock.settimeout(30)
+            assert sock.recv(1024) == b""
+    finally:
+        for sock in idle + half:
+            sock.close()
+
+
+def test_a_flood_of_api_requests_does_not_starve_the_calls(admin, guard, fs, settings, db):
+    from datetime import datetime, timedelta, timezone
+
+    from fsguard.models import CallRecord
+
+    settings.policy.stages = ["screening", "routing"]
+    start = datetime.now(timezone.utc) - timedelta(hours=1)
+    with db.begin() as session:
+        session.add_all([CallRecord(uuid=f"load-{i:06d}", node="test-node", direction="inbound",
+                                    ani=f"+1202555{i % 10000:04d}", dnis="5000", outcome="routed",
+                                    started_at=start + timedelta(seconds=i), inputs={"note": "x" * 200})
+                         for i in range(1500)])
+    node = guard.app
+    node.reload(settings)                          # screening on: the call needs the database too
+    statuses: list[int] = []
+
+    def hammer() -> None:
+        reply = request(admin.address, "GET", "/api/calls?limit=1000", timeout=120)
+        statuses.append(reply.status)
+        if reply.status == 200:
+            assert reply.json["count"] == 1000
+
+    flood = [gevent.spawn(hammer) for _ in range(150)]
+    gevent.sleep(0.05)
+    results = [fs.call(Caller(ani=f"1555123{i:04d}", dnis="5000")) for i in range(3)]
+    assert [r.outcome for r in results] == ["routed"] * 3
+    assert all(r.route and "fail" not in r.route for r in results), [r.route for r in results]
+    gevent.joinall(flood, timeout=300, raise_error=True)
+    assert len(statuses) == 150 and set(statuses) <= {200, 503}, statuses
+    assert statuses.count(200) >= 1
+    settle(guard)
+    for r in results:
+        call = request(admin.address, "GET", f"/api/calls/{r.uuid}").json
+        assert call["outcome"] == "routed", call
+
+
+def test_gevents_own_errors_are_logged_as_json_lines(admin, capfd):
+    from fsguard import logs
+
+    logs.configure()                                   # onto the captured stderr
+    capfd.readouterr()
+    many_headers = b"".join(b"X-Header-%d: value\r\n" % i for i in range(120))
+    reply = _raw(admin.address, b"GET /api/status HTTP/1.1\r\nHost: fsguard\r\n" + many_headers + b"\r\n")
+    assert reply.startswith(b"HTTP/1.1 400 ")
+    assert b"more than 100 headers" in reply
+    garbage = _raw(admin.address, b"\x16\x03\x01 not http at all\r\n\r\n")
+    assert garbage.startswith(b"HTTP/1.1 400 ")
+    assert request(admin.address, "GET", "/healthz", token=None).status == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]                      # every line is JSON
+    bad = [e for e in events if e["event"] == "http.bad_request"]
+    assert len(bad) == 2 and "more than 100 headers" in bad[0]["error"]

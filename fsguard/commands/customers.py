@@ -15,7 +15,7 @@ import importlib.util
 import sys
 from typing import Any
 
-from fsguard import cli
+from fsguard import audit, cli
 from fsguard.cli import CLIError, Context, print_json, print_table
 from fsguard.commands._common import area_parser, open_input, routing_traits
 
@@ -119,6 +119,8 @@ def _add(ctx: Context) -> int:
             raise customers.CustomerError("give at least one number (or --account to update a customer)")
         with ctx.db.begin() as session:
             saved = customers.save(session, nums, fields, source="cli")
+            audit.record(session, actor=audit.cli_actor(), action="customer.save", subject=saved.customer.customer_id,
+                         via="cli", details={"created": saved.created, "added_numbers": saved.added_numbers})
     except customers.CustomerError as exc:
         raise CLIError(str(exc)) from None
     if args.json:
@@ -161,6 +163,8 @@ def _import(ctx: Context) -> int:
                 raise CLIError(f"{args.file}: not UTF-8 text (save the CSV as UTF-8)") from None
             if (result.errors and not args.skip_invalid) or args.dry_run:
                 raise Abort  # roll back: a bad file or a dry run changes nothing
+            audit.record(session, actor=audit.cli_actor(), action="customer.import", subject=f"{result.rows} rows",
+                         via="cli", details={"file": args.file, "created": result.created, "updated": result.updated})
     except Abort:
         pass
     assert result is not None
@@ -222,6 +226,9 @@ def _remove(ctx: Context) -> int:
         else:
             done = customers.remove_customer(session, args.account)
             missing = f"no customer with account {args.account}"
+        if done is not None:
+            audit.record(session, actor=audit.cli_actor(), action="customer.remove",
+                         subject=args.number or args.account, via="cli", details={"result": done})
     if done is None:
         raise CLIError(missing)
     if args.json:

@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from fsguard import cli, lists
+from fsguard import audit, cli, lists
 from fsguard.cli import SERVE_HOOKS, CLIError, Context, print_json, print_table
 from fsguard.commands._common import area_parser, open_input
 
@@ -143,6 +143,8 @@ def cmd_add(ctx: Context) -> int:
     with ctx.db.begin() as session:
         entry, replaced = lists.add(session, spec)
         data = lists.entry_dict(entry)
+        audit.record(session, actor=audit.cli_actor(), action="list.add", subject=data["number"], reason=spec.reason,
+                     via="cli", details={"entry": lists.describe(data), "from_call": args.from_call})
     if args.json:
         print_json({"entry": data, "replaced": replaced, "from_call": note})
         return 0
@@ -180,6 +182,10 @@ def cmd_remove(ctx: Context) -> int:
     with ctx.db.begin() as session:
         gone = lists.remove(session, number, is_prefix, dnis=dnis, kind=args.kind)
         covering = [] if gone or is_prefix else lists.entries_for(session, number)
+        if gone:
+            audit.record(session, actor=audit.cli_actor(), action="list.remove",
+                         subject=number + ("*" if is_prefix else ""), via="cli",
+                         details={"removed": [lists.describe(e) for e in gone]})
     if not gone:
         hint = ""
         if covering:
@@ -303,6 +309,9 @@ def cmd_import(ctx: Context) -> int:
         return 0
     with ctx.db.begin() as session:
         written = lists.import_entries(session, report.specs, progress=progress)
+        audit.record(session, actor=audit.cli_actor(), action="list.import", subject=f"{written} entries", via="cli",
+                     reason=args.reason or "", details={"file": args.file, "rows": report.rows,
+                                                         "bad_rows": len(report.errors)})
     progress.done()
     skipped = f"; {len(report.errors)} bad row(s) skipped" if report.errors else ""
     print(f"imported {written} entries from {report.rows} rows{skipped}")

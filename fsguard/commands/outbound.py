@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from fsguard import cli
+from fsguard import audit, cli
 from fsguard.cli import CLIError, Context, print_json, print_table
 from fsguard.commands._common import area_parser
 
@@ -94,6 +94,8 @@ def _freeze(ctx: Context, number: str) -> int:
     with ctx.db.begin() as session:
         new, replaced = outbound.freeze(session, number, reason=reason, seconds=seconds, source="operator",
                                         by=_operator())
+        audit.record(session, actor=audit.cli_actor(), action="outbound.freeze", subject=number, reason=reason,
+                     via="cli", details={"until": new.until.isoformat()})
     if ctx.args.json:
         print_json({"frozen": new.as_dict(), "replaced": [old.as_dict() for old in replaced]})
         return 0
@@ -108,6 +110,9 @@ def _unfreeze(ctx: Context, number: str) -> int:
 
     with ctx.db.begin() as session:
         lifted = outbound.unfreeze(session, number, by=_operator(), reason=" ".join(ctx.args.reason.split()))
+        if lifted:
+            audit.record(session, actor=audit.cli_actor(), action="outbound.unfreeze", subject=number,
+                         reason=ctx.args.reason, via="cli")
     if not lifted:
         raise CLIError(f"{number} is not frozen")
     if ctx.args.json:

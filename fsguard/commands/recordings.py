@@ -19,7 +19,7 @@ from typing import Any
 import gevent
 import structlog
 
-from fsguard import cli, erasure, numbers, recordings
+from fsguard import audit, cli, erasure, numbers, recordings
 from fsguard.commands._common import area_parser
 from fsguard.config import parse_duration
 from fsguard.numbers import InvalidNumber
@@ -115,6 +115,8 @@ def cmd_recordings(ctx: cli.Context) -> int:
             return 0
         if action == "hold":
             data = recordings.hold(db, args.uuid, args.reason)
+            audit.record_now(db, actor=audit.cli_actor(), action="recording.hold", subject=data["uuid"],
+                             reason=args.reason, via="cli")
             if args.json:
                 cli.print_json(data)
                 return 0
@@ -122,6 +124,7 @@ def cmd_recordings(ctx: cli.Context) -> int:
             return 0
         if action == "release":
             data = recordings.release(db, args.uuid)
+            audit.record_now(db, actor=audit.cli_actor(), action="recording.release", subject=data["uuid"], via="cli")
             if args.json:
                 cli.print_json(data)
                 return 0
@@ -130,6 +133,11 @@ def cmd_recordings(ctx: cli.Context) -> int:
             return 0
         if action == "purge":
             report = recordings.purge(db, settings, dry_run=args.dry_run)
+            if not args.dry_run and (report.deleted or report.failed):
+                audit.record_now(db, actor=audit.cli_actor(), action="recording.purge",
+                                 subject=f"{len(report.deleted)} recordings", via="cli",
+                                 details={"deleted": [r["uuid"] for r in report.deleted][:1000],
+                                          "failed": len(report.failed)})
             cli.print_json_or_text(args.json, report.as_dict(), lambda: purge_text(report))
             return 0 if report.ok else 1
         if action in ("pause", "resume", "start", "stop"):
@@ -172,6 +180,9 @@ def cmd_erase(ctx: cli.Context) -> int:
         numbers.to_e164(ctx.args.number, settings.node.default_region)
         report = erasure.erase(ctx.db, ctx.args.number, region=settings.node.default_region, settings=settings,
                                dry_run=ctx.args.dry_run)
+        if not ctx.args.dry_run:
+            audit.record_now(ctx.db, actor=audit.cli_actor(), action="erasure", subject=ctx.args.number, via="cli",
+                             details={"ok": report.ok})
     except InvalidNumber as exc:
         raise cli.CLIError(str(exc)) from None
     cli.print_json_or_text(ctx.args.json, report.as_dict(), report.text)
