@@ -943,9 +943,8 @@ DEFAULT_REVIEW_PHRASES: list[dict[str, Any]] = [
     {"phrase": "take me off your list", "threshold": 1e-10, "outbound": "freeze", "inbound": "ignore"},
     {"phrase": "remove me from your list", "threshold": 1e-10, "outbound": "freeze", "inbound": "ignore"},
     {"phrase": "do not call me", "threshold": 1e-10, "outbound": "freeze", "inbound": "ignore"},
-    {"phrase": "this is a scam", "threshold": 1e-5, "outbound": "flag", "inbound": "flag"},
-    {"phrase": "scam call", "threshold": 1e-5, "outbound": "flag", "inbound": "flag"},
-    {"phrase": "this is fraud", "threshold": 1e-5, "outbound": "flag", "inbound": "flag"},
+    {"phrase": "a scam", "threshold": 0.1, "outbound": "flag", "inbound": "flag"},
+    {"phrase": "this is fraud", "threshold": 0.1, "outbound": "flag", "inbound": "flag"},
 ]
 
 

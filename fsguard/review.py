@@ -78,11 +78,9 @@ class Policy:
     def __init__(self, cfg: ReviewSettings, outbound_freeze_for: str) -> None:
         self.cfg = cfg
         self.phrases = [Phrase(p["phrase"], float(p["threshold"]), p["outbound"], p["inbound"]) for p in cfg.phrases]
-        for p in self.phrases:
-            unknown = spotting.unknown_words(p.phrase)
-            if unknown:
-                raise ReviewError(f"review.phrases: {p.phrase!r}: {', '.join(unknown)} not in the recogniser's "
-                                  "dictionary (pocketsphinx's cmudict-en-us); write it as words the dictionary knows")
+        for phrase, unknown in spotting.unknown_words([p.phrase for p in self.phrases]).items():
+            raise ReviewError(f"review.phrases: {phrase!r}: {', '.join(unknown)} not in the recogniser's "
+                              "dictionary (pocketsphinx's cmudict-en-us); write it as words the dictionary knows")
         self.freeze_seconds = parse_duration(cfg.freeze_for or outbound_freeze_for)
         self.claim_seconds = parse_duration(cfg.claim_timeout)
 

@@ -68,18 +68,18 @@ def model_paths() -> tuple[str, str]:
     return os.path.join(base, "en-us", "en-us"), os.path.join(base, "en-us", "cmudict-en-us.dict")
 
 
-@lru_cache(maxsize=1)
-def pronunciations() -> dict[str, list[str]]:
-    """Every word of the packaged dictionary with its pronunciations (``word``, ``word(2)``...)."""
+@lru_cache(maxsize=16)
+def pronunciations(words: frozenset[str]) -> dict[str, list[str]]:
+    """The pronunciations (``word``, ``word(2)``...) of ``words`` in the packaged dictionary; a word
+    it does not know is left out. One pass over the 3 MB file, kept only for these words."""
     _, dictionary = model_paths()
     prons: dict[str, list[str]] = {}
     with open(dictionary, encoding="utf-8") as f:
         for line in f:
             head, _, phones = line.strip().partition(" ")
-            if not phones:
-                continue
             word = head.split("(", 1)[0]
-            prons.setdefault(word, []).append(phones.strip())
+            if phones and word in words:
+                prons.setdefault(word, []).append(phones.strip())
     return prons
 
 
@@ -87,19 +87,20 @@ def words_of(phrase: str) -> list[str]:
     return phrase.lower().split()
 
 
-def unknown_words(phrase: str) -> list[str]:
-    """Words of ``phrase`` the dictionary does not know (they cannot be listened for)."""
-    prons = pronunciations()
-    return [w for w in words_of(phrase) if w not in prons]
+def unknown_words(phrases: list[str]) -> dict[str, list[str]]:
+    """Phrase -> the words of it the dictionary does not know (they cannot be listened for); one
+    pass over the dictionary for all the phrases. Phrases whose words are all known are left out."""
+    prons = pronunciations(frozenset(w for p in phrases for w in words_of(p)))
+    unknown = {p: [w for w in words_of(p) if w not in prons] for p in phrases}
+    return {p: words for p, words in unknown.items() if words or not p.strip()}
 
 
-def variants(phrase: str) -> list[list[str]]:
+def variants(phrase: str, prons: dict[str, list[str]]) -> list[list[str]]:
     """Pronunciations of a phrase: every combination of its words' pronunciations, the
     dictionary's first ones first, at most MAX_VARIANTS. pocketsphinx's keyword search listens for
     a word's first pronunciation only, and "interested" alone has four."""
-    prons = pronunciations()
-    per_word = [prons[w] for w in words_of(phrase)]
-    return [list(combo) for combo in itertools.islice(itertools.product(*per_word), MAX_VARIANTS)]
+    return [list(combo) for combo in
+            itertools.islice(itertools.product(*(prons[w] for w in words_of(phrase))), MAX_VARIANTS)]
 
 
 # ------------------------------------------------------------------- audio
@@ -185,12 +186,12 @@ def _decoder(phrases: list[dict[str, Any]], *, phone_loop_penalty: float, beam: 
                       kws_plp=phone_loop_penalty, loglevel="FATAL")
     names: dict[str, str] = {}
     lines = []
-    for p_index, phrase in enumerate(phrases):
-        text = " ".join(words_of(phrase["phrase"]))
-        if not text or unknown_words(text):
-            raise SpottingError(f"phrase {phrase['phrase']!r}: words not in the dictionary: "
-                                f"{', '.join(unknown_words(text)) or '(empty)'}")
-        for v_index, prons in enumerate(variants(text)):
+    texts = [" ".join(words_of(p["phrase"])) for p in phrases]
+    for text, unknown in unknown_words(texts).items():
+        raise SpottingError(f"phrase {text!r}: words not in the dictionary: {', '.join(unknown) or '(empty)'}")
+    known = pronunciations(frozenset(w for t in texts for w in words_of(t)))
+    for p_index, (phrase, text) in enumerate(zip(phrases, texts)):
+        for v_index, prons in enumerate(variants(text, known)):
             if v_index == 0:
                 variant = text     # the dictionary's first pronunciations: the words themselves
             else:

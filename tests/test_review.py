@@ -129,6 +129,11 @@ def review_settings(settings: Any) -> Any:
 
 @pytest.fixture
 def node(review_settings: Any, start_guard: Any) -> Any:
+    return start_node(start_guard)
+
+
+def start_node(start_guard: Any) -> Any:
+    """A running fsguard with a speaking FreeSWITCH; ``node(audio, caller)`` makes a recorded call."""
     guard = start_guard()
     fs = SpeakingFreeSWITCH(guard.address, time_scale=0.005)
 
@@ -255,11 +260,11 @@ def test_inbound_scam_report_is_flagged_not_frozen_and_an_operator_marks_it(node
     uuid = node("scam", customer_calls())
 
     run = fsguard(capsys, "review", "run", "--json")
-    assert [(h["phrase"], h["action"]) for h in run[0]["hits"]] == [("this is a scam", "flag")]
+    assert [(h["phrase"], h["action"]) for h in run[0]["hits"]] == [("a scam", "flag")]
     assert fsguard(capsys, "outbound", "frozen", "--json") == []
 
     listed = fsguard(capsys, "review", "list", "--json")
-    assert [(h["call_uuid"], h["phrase"]) for h in listed] == [(uuid, "this is a scam")]
+    assert [(h["call_uuid"], h["phrase"]) for h in listed] == [(uuid, "a scam")]
     out = fsguard(capsys, "review", "mark", str(listed[0]["id"]), "--reason", "listened: a real complaint",
                   "--by", "supervisor-3")
     assert "marked reviewed by supervisor-3" in out
@@ -272,11 +277,12 @@ def test_inbound_scam_report_is_flagged_not_frozen_and_an_operator_marks_it(node
     assert "was marked reviewed by supervisor-3" in capsys.readouterr().err
 
 
-def test_only_recordings_whose_purpose_allows_analytics_are_reviewed(node, speech, db, review_settings, cli_env,
-                                                                    capsys, monkeypatch):
+def test_only_recordings_whose_purpose_allows_analytics_are_reviewed(start_guard, speech, db, review_settings,
+                                                                    cli_env, capsys, monkeypatch):
     AUDIO["evidence"] = ([], [(1.0, speech(NOT_INTERESTED))])
     review_settings.recording.purpose = "evidence"
-    uuid = node("evidence", agent_dials())
+    uuid = start_node(start_guard)("evidence", agent_dials())
+    assert _recording(db, uuid).purpose == "evidence"
     assert review.backlog(db, review_settings) == 0
     assert fsguard(capsys, "review", "run", "--json") == []
     monkeypatch.setenv("FSGUARD_REVIEW_PURPOSES", "evidence")   # the operator maps evidence to analytics too
