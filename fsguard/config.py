@@ -935,16 +935,14 @@ class OutboundSettings:
 
 
 #: what ``[review]`` listens for when the configuration names no phrases. Thresholds are
-#: pocketsphinx keyword-search thresholds (1 strictest, 1e-50 most lenient); they were set on
+#: pocketsphinx keyword-search thresholds (larger is stricter: 1e-30 hears a lot, 1e5 little); set on
 #: synthetic telephone speech (docs/review.rst): tune them on your own calls.
 DEFAULT_REVIEW_PHRASES: list[dict[str, Any]] = [
     {"phrase": "not interested", "threshold": 1e-10, "outbound": "freeze", "inbound": "ignore"},
     {"phrase": "stop calling", "threshold": 1e-10, "outbound": "freeze", "inbound": "ignore"},
     {"phrase": "take me off your list", "threshold": 1e-10, "outbound": "freeze", "inbound": "ignore"},
     {"phrase": "remove me from your list", "threshold": 1e-10, "outbound": "freeze", "inbound": "ignore"},
-    {"phrase": "do not call me", "threshold": 1e-10, "outbound": "freeze", "inbound": "ignore"},
-    {"phrase": "a scam", "threshold": 0.1, "outbound": "flag", "inbound": "flag"},
-    {"phrase": "this is fraud", "threshold": 0.1, "outbound": "flag", "inbound": "flag"},
+    {"phrase": "this is fraud", "threshold": 1e5, "outbound": "flag", "inbound": "flag"},
 ]
 
 
@@ -1017,8 +1015,8 @@ class ReviewSettings:
                 raise ConfigError(f"{key}.phrase: {table['phrase']!r} is listed twice")
             seen.add(table["phrase"])
             threshold = table.setdefault("threshold", 1e-10)
-            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
-                raise ConfigError(f"{key}.threshold: expected a number in (0, 1] such as 1e-10, got {threshold!r}")
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 1e-80 <= threshold <= 1e80:
+                raise ConfigError(f"{key}.threshold: expected a number from 1e-80 to 1e80 such as 1e-10, got {threshold!r}")
             table["threshold"] = float(threshold)
             for direction, default in (("outbound", "flag"), ("inbound", "flag")):
                 action = table.setdefault(direction, default)

@@ -43,7 +43,7 @@ CALLER = "+15551230001"
 NOT_INTERESTED = "I am not interested, please stop calling me"
 AGENT_PITCH = "Hello, this is Anna from the energy company, how are you today"
 UNRELATED = "The weather is lovely today and the garden looks green"
-SCAM = "I think this is a scam"
+FRAUD = "This is fraud, I am calling the police"
 
 
 # ------------------------------------------------------------------ speech
@@ -254,17 +254,17 @@ def test_a_masked_interval_is_not_listened_to(node, speech, db, review_settings,
     assert [f["number"] for f in frozen] == ["+15557650002"]
 
 
-def test_inbound_scam_report_is_flagged_not_frozen_and_an_operator_marks_it(node, speech, db, cli_env, capsys):
+def test_inbound_fraud_report_is_flagged_not_frozen_and_an_operator_marks_it(node, speech, db, cli_env, capsys):
     # inbound: the recorded channel is the caller's, so the caller is on the left
-    AUDIO["scam"] = ([(1.0, speech(SCAM))], [(0.2, speech(AGENT_PITCH))])
-    uuid = node("scam", customer_calls())
+    AUDIO["fraud"] = ([(1.0, speech(FRAUD))], [(0.2, speech(AGENT_PITCH))])
+    uuid = node("fraud", customer_calls())
 
     run = fsguard(capsys, "review", "run", "--json")
-    assert [(h["phrase"], h["action"]) for h in run[0]["hits"]] == [("a scam", "flag")]
+    assert [(h["phrase"], h["action"]) for h in run[0]["hits"]] == [("this is fraud", "flag")]
     assert fsguard(capsys, "outbound", "frozen", "--json") == []
 
     listed = fsguard(capsys, "review", "list", "--json")
-    assert [(h["call_uuid"], h["phrase"]) for h in listed] == [(uuid, "a scam")]
+    assert [(h["call_uuid"], h["phrase"]) for h in listed] == [(uuid, "this is fraud")]
     out = fsguard(capsys, "review", "mark", str(listed[0]["id"]), "--reason", "listened: a real complaint",
                   "--by", "supervisor-3")
     assert "marked reviewed by supervisor-3" in out
@@ -382,3 +382,16 @@ def test_spotting_hears_the_phrase_in_the_right_channel_only(speech, tmp_path):
     assert right["hits"] == []
     with pytest.raises(spotting.SpottingError, match="no channel 2"):
         spotting.spot(str(path), 2, phrases)
+
+
+def test_the_review_tables_come_with_their_migration(db):
+    from sqlalchemy import inspect
+
+    from fsguard import migrate
+
+    migrate.check(db)          # the models and migration 0008 agree
+    migrate.downgrade(db, "0006")
+    assert not {"review_results", "review_hits"} & set(inspect(db.engine).get_table_names())
+    migrate.upgrade(db)
+    assert {"review_results", "review_hits"} <= set(inspect(db.engine).get_table_names())
+    migrate.check(db)
