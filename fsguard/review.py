@@ -105,11 +105,13 @@ def _eligible(cfg: ReviewSettings) -> Any:
 
 
 def _waiting(cfg: ReviewSettings, now: datetime, claim_seconds: float) -> Any:
-    """No review yet, a claim whose worker died, or a failure that may be tried again."""
+    """No review yet, a claim whose worker died, or a failure that may be tried again (after the
+    same wait: a recogniser that timed out is not run again at once)."""
     stale = now - timedelta(seconds=claim_seconds)
     return or_(ReviewResult.id.is_(None),
                and_(ReviewResult.state == "claimed", ReviewResult.claimed_at < stale),
-               and_(ReviewResult.state == "failed", ReviewResult.attempts < cfg.max_attempts))
+               and_(ReviewResult.state == "failed", ReviewResult.attempts < cfg.max_attempts,
+                    ReviewResult.finished_at < stale))
 
 
 def backlog(db: Database, settings: Settings, now: datetime | None = None) -> int:

@@ -395,3 +395,29 @@ def test_the_review_tables_come_with_their_migration(db):
     migrate.upgrade(db)
     assert {"review_results", "review_hits"} <= set(inspect(db.engine).get_table_names())
     migrate.check(db)
+
+
+def test_a_recording_that_cannot_be_listened_to_fails_loudly_and_is_tried_again_later(db, review_settings, cli_env,
+                                                                                     capsys):
+    started = utcnow() - timedelta(minutes=5)
+    uuid = "5a13e0f2-0000-4000-8000-000000000001"
+    path = recording_path(Path(review_settings.recording.dir), uuid, started)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(b"RIFF not really a wave file")
+    recordings.open_recording(
+        db, call_uuid=uuid, path=path, node="n", direction="outbound", number=NUMBER, mode="all", rule="default",
+        purpose="analytics", consent=True, stereo=True, started_by="policy", status="complete", started_at=started,
+        ended_at=started + timedelta(minutes=1), retain_until=started + timedelta(days=365), legal_hold=False,
+        hold_reason="", held_at=None, size_bytes=27, duration=60.0, sha256="0" * 64, error="")
+    capsys.readouterr()
+    assert cli.main(["review", "run", "--json"]) == 1
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["state"] == "failed" and "not a PCM WAV file" in result["note"]
+    assert fsguard(capsys, "review", "run", "--json") == []          # not again at once ...
+    assert review.backlog(db, review_settings) == 1                  # ... but still waiting
+    with db.begin() as s:
+        s.execute(ReviewResult.__table__.update().values(finished_at=utcnow() - timedelta(hours=1)))
+    capsys.readouterr()
+    assert cli.main(["review", "run", "--json"]) == 1                # tried again after claim_timeout
+    with db.begin() as s:
+        assert s.scalar(select(ReviewResult.attempts)) == 2

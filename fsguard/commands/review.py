@@ -117,7 +117,10 @@ def review_worker(app: Any, server: Any) -> None:
     recogniser's child process, so calls are never held up by it."""
     if not app.settings.review.enabled:
         return
-    review.Policy.from_settings(app.settings)   # refuse to start with phrases the recogniser cannot hear
+    try:   # refuse to start with phrases the recogniser cannot hear
+        review.Policy.from_settings(app.settings)
+    except review.ReviewError as exc:
+        raise cli.CLIError(str(exc)) from None
 
     def loop() -> None:
         gevent.sleep(random.uniform(0, 5))
