@@ -421,3 +421,48 @@ def test_a_recording_that_cannot_be_listened_to_fails_loudly_and_is_tried_again_
     assert cli.main(["review", "run", "--json"]) == 1                # tried again after claim_timeout
     with db.begin() as s:
         assert s.scalar(select(ReviewResult.attempts)) == 2
+
+
+def test_fsguard_review_run_killed_mid_review_then_run_again_reviews_each_recording_once(node, speech, db,
+                                                                                        review_settings, tmp_path):
+    """The real process: ``python -m fsguard review run`` is SIGKILLed (with its recogniser) while it
+    holds a claim; the next run, once the claim is stale, finishes the job without a repeat."""
+    import os
+    import signal
+    import sys
+    import time
+
+    for i in range(3):
+        AUDIO[f"k{i}"] = ([], [(1.0, speech(NOT_INTERESTED))])
+    uuids = [node(f"k{i}", agent_dials(f"+1555765002{i}")) for i in range(3)]
+    env = {**os.environ, "FSGUARD_DATABASE_URL": review_settings.database.url,
+           "FSGUARD_RECORDING_DIR": review_settings.recording.dir, "FSGUARD_NODE_ID": "killed-node",
+           "FSGUARD_REVIEW_CLAIM_TIMEOUT": "1s"}
+    env.pop("FSGUARD_CONFIG", None)
+    argv = [sys.executable, "-m", "fsguard", "review", "run", "--json"]
+
+    def claimed() -> list[str]:
+        with db.begin() as s:
+            return list(s.scalars(select(ReviewResult.call_uuid).where(ReviewResult.state == "claimed")))
+
+    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not claimed() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)      # the worker and its recogniser, mid-review
+    proc.wait()
+    held = claimed()
+    assert len(held) == 1, "the worker was killed while it held a claim"
+    time.sleep(1.2)                          # the claim is now older than claim_timeout
+
+    done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rerun = [r["call_uuid"] for r in json.loads(done.stdout)]
+    assert held[0] in rerun and len(set(rerun)) == len(rerun)
+    with db.begin() as s:
+        results = sorted(s.execute(select(ReviewResult.call_uuid, ReviewResult.state)).all())
+    assert results == sorted((u, "done") for u in uuids)
+    assert [sorted(h.phrase for h in hits_of(db, u)) for u in uuids] == [["not interested", "stop calling"]] * 3
+    again = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and json.loads(again.stdout) == []

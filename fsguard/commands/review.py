@@ -46,6 +46,9 @@ def cmd_review(ctx: cli.Context) -> int:
     action = args.review_command
     try:
         if action == "run":
+            from fsguard import logs
+
+            logs.configure(settings.logging)   # JSON log lines on stderr; stdout is the answer
             outcomes = review.run_pending(db, settings, node=settings.node.id, limit=args.limit)
             data = [{"call_uuid": o.call_uuid, "state": o.state, "seconds": o.seconds, "note": o.note,
                      "hits": o.hits} for o in outcomes]
