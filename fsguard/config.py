@@ -942,7 +942,6 @@ DEFAULT_REVIEW_PHRASES: list[dict[str, Any]] = [
     {"phrase": "stop calling", "threshold": 1e-10, "outbound": "freeze", "inbound": "ignore"},
     {"phrase": "take me off your list", "threshold": 1e-10, "outbound": "freeze", "inbound": "ignore"},
     {"phrase": "remove me from your list", "threshold": 1e-10, "outbound": "freeze", "inbound": "ignore"},
-    {"phrase": "leave me alone", "threshold": 1.0, "outbound": "freeze", "inbound": "ignore"},
     {"phrase": "this is fraud", "threshold": 1e5, "outbound": "flag", "inbound": "flag"},
 ]
 
