@@ -29,7 +29,7 @@ import tempfile
 import wave
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 #: the rate of pocketsphinx's acoustic model
 MODEL_RATE = 16000
@@ -214,13 +214,13 @@ def _decoder(phrases: list[dict[str, Any]], *, phone_loop_penalty: float, beam: 
     return decoder, names
 
 
-def spot(path: str, channel: int, phrases: list[dict[str, Any]], *, skip: list[tuple[float, float]] = (),  # type: ignore[assignment]
+def spot(path: str, channel: int, phrases: list[dict[str, Any]], *, skip: Sequence[tuple[float, float]] = (),
          phone_loop_penalty: float = 1e-10, beam: float = 1e-80) -> dict[str, Any]:
     """Listen to one channel of ``path`` for ``phrases`` (each ``{"phrase", "threshold"}``),
     leaving out the ``skip`` intervals (seconds). Returns ``{"hits": [...], "seconds": reviewed}``.
     Blocking and CPU-heavy: the daemon calls :func:`spot_in_subprocess`."""
     decoder, names = _decoder(phrases, phone_loop_penalty=phone_loop_penalty, beam=beam)
-    skip = sorted((float(a), float(b)) for a, b in skip)
+    spans = sorted((float(a), float(b)) for a, b in skip)
     found: list[Hit] = []
     reviewed = 0.0
     utt_start: float | None = None     # second at which the running utterance began
@@ -233,7 +233,7 @@ def spot(path: str, channel: int, phrases: list[dict[str, Any]], *, skip: list[t
                 continue
             start = utt_start + seg.start_frame / FRAME_RATE
             end = utt_start + (seg.end_frame + 1) / FRAME_RATE
-            if any(start < b and end > a for a, b in skip):
+            if any(start < b and end > a for a, b in spans):
                 continue
             found.append(Hit(phrase, round(start, 2), round(end, 2), round(float(seg.prob), 3)))
 
@@ -247,7 +247,7 @@ def spot(path: str, channel: int, phrases: list[dict[str, Any]], *, skip: list[t
     for start, pcm in channel_blocks(path, channel):
         length = len(pcm) / 2 / MODEL_RATE
         end = start + length
-        if any(start < b and end > a for a, b in skip):
+        if any(start < b and end > a for a, b in spans):
             stop()          # not one sample of a masked interval reaches the recogniser
             continue
         if utt_start is None:
