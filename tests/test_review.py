@@ -269,6 +269,8 @@ def test_inbound_fraud_report_is_flagged_not_frozen_and_an_operator_marks_it(nod
                   "--by", "supervisor-3")
     assert "marked reviewed by supervisor-3" in out
     assert fsguard(capsys, "review", "list", "--json") == []
+    marked = fsguard(capsys, "review", "list", "--all", "--json")
+    assert [(h["reviewed_by"], h["review_reason"]) for h in marked] == [("supervisor-3", "listened: a real complaint")]
     (hit,) = hits_of(db, uuid)
     assert (hit.reviewed_by, hit.review_reason) == ("supervisor-3", "listened: a real complaint")
     assert hit.reviewed_at is not None and (utcnow() - hit.reviewed_at).total_seconds() < 60

@@ -2,7 +2,7 @@
 
     fsguard review run [--limit N] [--json]       review what waits (a timer runs this, or serve does)
     fsguard review list [--all] [--limit N] [--json]
-    fsguard review mark ID --reason "..." [--by NAME]
+    fsguard review mark ID --reason "..." [--by NAME] [--json]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     mk.add_argument("id", type=int, help="the hit's id (review list)")
     mk.add_argument("--reason", required=True, help="what the operator found")
     mk.add_argument("--by", default=None, help="who looked (default: the login name)")
+    mk.add_argument("--json", action="store_true")
 
 
 def cmd_review(ctx: cli.Context) -> int:
@@ -70,8 +71,9 @@ def cmd_review(ctx: cli.Context) -> int:
         if action == "mark":
             by = args.by or _login()
             data = review.mark(db, args.id, by=by, reason=args.reason)
-            print(f"hit {data['id']} ({data['phrase']!r} at {data['second']:.1f}s of call {data['call_uuid']}) "
-                  f"marked reviewed by {data['reviewed_by']}: {data['review_reason']}")
+            cli.print_json_or_text(args.json, data, lambda: (
+                f"hit {data['id']} ({data['phrase']!r} at {data['second']:.1f}s of call {data['call_uuid']}) "
+                f"marked reviewed by {data['reviewed_by']}: {data['review_reason']}"))
             return 0
     except review.ReviewError as exc:
         raise cli.CLIError(str(exc)) from None
