@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install tools run test test-monitor bench lab lab-freeswitch capture screenshots clean
+.PHONY: install tools speech-tools run test test-monitor bench lab lab-freeswitch capture screenshots clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,18 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP) tools
+install: $(STAMP) tools speech-tools
+
+# The review tests make their own speech (espeak-ng) and bring it to telephone rate (sox): Debian
+# packages, installed when missing (CI runs as root on a clean clone; elsewhere, install them).
+speech-tools:
+	@if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v sox >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox; \
+		else \
+			echo "espeak-ng and sox are needed by the tests: apt-get install espeak-ng sox (as root)" >&2; \
+		fi; \
+	fi
 
 # Tools the tests run besides Python: promtool checks and tests conf/monitoring's alert rules
 # (Debian's prometheus package ships it). Installed only when missing, and only as root with apt.

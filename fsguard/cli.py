@@ -313,7 +313,11 @@ def cmd_calls(ctx: Context) -> int:
     ctx.require_schema()
     if ctx.args.calls_command == "show":
         data = records.call_as_dict(records.find_call(ctx.db, find_call(ctx, ctx.args.uuid).uuid))
-        print_json_or_text(ctx.args.json, data, lambda: explain(data))
+        from fsguard.commands.review import hits_text
+        from fsguard.review import call_review
+
+        data["review"] = call_review(ctx.db, data["uuid"])
+        print_json_or_text(ctx.args.json, data, lambda: "\n".join([explain(data), *hits_text(data["review"])]))
         return 0
     calls = [records.call_as_dict(c) for c in _find_calls(ctx)]
     if ctx.args.json:

@@ -939,6 +939,96 @@ class OutboundSettings:
         validate_target(sample, "outbound.dial_target")
 
 
+#: what ``[review]`` listens for when the configuration names no phrases. Thresholds are
+#: pocketsphinx keyword-search thresholds (larger is stricter: 1e-30 hears a lot, 1e5 little); set on
+#: synthetic telephone speech (docs/review.rst): tune them on your own calls.
+DEFAULT_REVIEW_PHRASES: list[dict[str, Any]] = [
+    {"phrase": "not interested", "threshold": 1e-10, "outbound": "freeze", "inbound": "ignore"},
+    {"phrase": "stop calling", "threshold": 1e-10, "outbound": "freeze", "inbound": "ignore"},
+    {"phrase": "take me off your list", "threshold": 1e-10, "outbound": "freeze", "inbound": "ignore"},
+    {"phrase": "remove me from your list", "threshold": 1e-10, "outbound": "freeze", "inbound": "ignore"},
+    {"phrase": "this is fraud", "threshold": 1e5, "outbound": "flag", "inbound": "flag"},
+]
+
+
+@dataclass
+class ReviewSettings:
+    """Keyword review of finished recordings (docs/review.rst): what the called party (or the
+    caller) said, heard offline by pocketsphinx, and what the policy does about it."""
+
+    #: ``fsguard serve`` runs the review worker (``fsguard review run`` works either way)
+    enabled: bool = False
+    #: how long the worker waits when there is nothing to review
+    interval: str = "30s"
+    #: purposes whose recordings may be analysed; recordings kept for other purposes are not listened to
+    purposes: list[str] = field(default_factory=lambda: ["analytics", "training"])
+    #: directions reviewed
+    directions: list[str] = field(default_factory=lambda: ["inbound", "outbound"])
+    #: the phrases: tables with phrase, threshold, outbound and inbound (freeze, flag or ignore)
+    phrases: Any = field(default_factory=lambda: [dict(p) for p in DEFAULT_REVIEW_PHRASES])
+    #: how long a review freeze lasts; empty: outbound.freeze_for
+    freeze_for: str = ""
+    #: seconds around a masked interval that are not listened to either
+    mask_margin: float = 0.5
+    #: a claim older than this is taken to belong to a worker that died, and is taken over
+    claim_timeout: str = "15m"
+    #: a recording whose review failed is tried again this many times in all
+    max_attempts: int = 3
+    #: the recogniser's time limit: this many seconds per second of audio, plus a minute
+    timeout_factor: float = 2.0
+    #: pocketsphinx's phone-loop penalty (kws_plp): lower hears phrases more readily
+    phone_loop_penalty: float = 1e-10
+
+    ACTIONS: typing.ClassVar[tuple[str, ...]] = ("freeze", "flag", "ignore")
+    PHRASE_KEYS: typing.ClassVar[frozenset[str]] = frozenset({"phrase", "threshold", "outbound", "inbound"})
+
+    def validate(self) -> None:
+        for key in ("interval", "claim_timeout"):
+            if parse_duration(getattr(self, key), f"review.{key}") <= 0:
+                raise ConfigError(f"review.{key}: must be a positive duration")
+        if self.freeze_for and parse_duration(self.freeze_for, "review.freeze_for") <= 0:
+            raise ConfigError("review.freeze_for: must be a positive duration (or empty for outbound.freeze_for)")
+        for d in self.directions:
+            if d not in ("inbound", "outbound"):
+                raise ConfigError(f"review.directions: expected inbound and/or outbound, got {d!r}")
+        if self.mask_margin < 0 or self.timeout_factor <= 0 or self.max_attempts < 1:
+            raise ConfigError("review.mask_margin must be >= 0, review.timeout_factor > 0, review.max_attempts >= 1")
+        if not 0 < self.phone_loop_penalty <= 1:
+            raise ConfigError(f"review.phone_loop_penalty: expected a number in (0, 1], got {self.phone_loop_penalty!r}")
+        if isinstance(self.phrases, str):
+            import json
+
+            try:
+                self.phrases = json.loads(self.phrases) if self.phrases.strip() else []
+            except ValueError as exc:
+                raise ConfigError(f"review.phrases: expected a JSON list of tables, {exc}") from None
+        if not isinstance(self.phrases, list):
+            raise ConfigError(f"review.phrases: expected a list of tables ([[review.phrases]]), got {self.phrases!r}")
+        seen: set[str] = set()
+        for i, table in enumerate(self.phrases):
+            key = f"review.phrases[{i}]"
+            if not isinstance(table, dict):
+                raise ConfigError(f"{key}: expected a table, got {table!r}")
+            unknown = set(table) - self.PHRASE_KEYS
+            if unknown:
+                raise ConfigError(f"{key}.{sorted(unknown)[0]}: unknown key (known: {', '.join(sorted(self.PHRASE_KEYS))})")
+            text = table.get("phrase")
+            if not isinstance(text, str) or not re.fullmatch(r"[a-z' ]+", " ".join(text.lower().split())):
+                raise ConfigError(f"{key}.phrase: expected words (letters and apostrophes), got {text!r}")
+            table["phrase"] = " ".join(text.lower().split())
+            if table["phrase"] in seen:
+                raise ConfigError(f"{key}.phrase: {table['phrase']!r} is listed twice")
+            seen.add(table["phrase"])
+            threshold = table.setdefault("threshold", 1e-10)
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 1e-80 <= threshold <= 1e80:
+                raise ConfigError(f"{key}.threshold: expected a number from 1e-80 to 1e80 such as 1e-10, got {threshold!r}")
+            table["threshold"] = float(threshold)
+            for direction, default in (("outbound", "flag"), ("inbound", "flag")):
+                action = table.setdefault(direction, default)
+                if action not in self.ACTIONS:
+                    raise ConfigError(f"{key}.{direction}: expected one of {', '.join(self.ACTIONS)}, got {action!r}")
+
+
 @dataclass
 class Settings:
     """Everything fsguard can be told. Sections map to TOML tables and FSGUARD_<SECTION>_<KEY>."""
@@ -954,6 +1044,7 @@ class Settings:
     recording: RecordingSettings = field(default_factory=RecordingSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    review: ReviewSettings = field(default_factory=ReviewSettings)
     #: the file these settings came from, if any (for reloads)
     source: Path | None = None
 

@@ -63,6 +63,13 @@ class Metrics:
             "have done", ["stage", "code", "outcome", "enforced"], registry=r)
         self.reloads = Counter("fsguard_config_reloads", "Policy reloads (SIGHUP), by result", ["result"],
                                registry=r)
+        self.reviews = Counter("fsguard_reviews", "Recordings reviewed for phrases, by result (done, skipped, "
+                               "failed, dropped) and direction", ["state", "direction"], registry=r)
+        self.review_hits = Counter("fsguard_review_hits", "Phrases heard by the review, by phrase and action",
+                                   ["phrase", "action"], registry=r)
+        self.review_seconds = Counter("fsguard_review_audio_seconds", "Seconds of audio listened to by the review",
+                                      registry=r)
+        self.review_backlog = Gauge("fsguard_review_backlog", "Recordings waiting for review", registry=r)
         self.info = Gauge("fsguard_info", "Always 1; labels tell the node id and fsguard version",
                           ["node", "version"], registry=r)
 

@@ -351,8 +351,12 @@ def list_recordings(db: Database, *, number: str | None = None, held: bool | Non
 
 
 def show(db: Database, uuid: str) -> dict[str, Any]:
+    """A recording, with what its keyword review heard (``review``: null if not reviewed)."""
+    from fsguard.review import hits_for_call
+
     with db.begin() as s:
-        return as_dict(_find(s, uuid))
+        rec = _find(s, uuid)
+        return {**as_dict(rec), "review": hits_for_call(s, rec.call_uuid)}
 
 
 # ------------------------------------------------------------------ legal hold

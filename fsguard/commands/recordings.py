@@ -220,6 +220,9 @@ def describe(r: dict[str, Any]) -> str:
         for m in r["masks"]:
             end = f"{m['to_second']:.1f}s" if m["to_second"] is not None else "(still masked)"
             lines.append(f"    {m['from_second']:.1f}s - {end}  requested by {m['requested_by'] or '?'}")
+    from fsguard.commands.review import hits_text
+
+    lines += hits_text(r.get("review"))
     return "\n".join(lines)
 
 

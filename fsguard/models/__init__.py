@@ -9,5 +9,6 @@ from fsguard.models.challenges import Challenge  # noqa: F401
 from fsguard.models.outbound import OutboundAttempt, OutboundFreeze, OutboundNumber  # noqa: F401
 from fsguard.models.customers import Customer, CustomerNumber  # noqa: F401
 from fsguard.models.console import AuditEntry, Operator, OperatorSession  # noqa: F401
+from fsguard.models.review import ReviewHit, ReviewResult  # noqa: F401
 
 __all__ = ["Base", "UTCDateTime", "utcnow", "CallRecord", "StageVerdict"]
