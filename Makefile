@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install tools speech-tools run test test-monitor bench lab lab-freeswitch capture screenshots clean
+.PHONY: install test-tools run test test-monitor bench lab lab-freeswitch capture screenshots clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,26 +12,22 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP) tools speech-tools
+install: $(STAMP)
 
-# The review tests make their own speech (espeak-ng) and bring it to telephone rate (sox): Debian
-# packages, installed when missing (CI runs as root on a clean clone; elsewhere, install them).
-speech-tools:
-	@if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v sox >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox; \
-		else \
-			echo "espeak-ng and sox are needed by the tests: apt-get install espeak-ng sox (as root)" >&2; \
-		fi; \
-	fi
-
-# Tools the tests run besides Python: promtool checks and tests conf/monitoring's alert rules
-# (Debian's prometheus package ships it). Installed only when missing, and only as root with apt.
-tools:
-	@command -v promtool >/dev/null 2>&1 || { \
+# What the tests run besides Python, from Debian, installed only when missing and only as root
+# with apt (CI runs as root on a clean clone; elsewhere the line printed says what to install):
+# espeak-ng and sox make the review tests' speech, promtool (prometheus) checks the alert rules,
+# chromium and chromium-driver drive the console's browser tests. A missing tool fails its tests.
+TEST_TOOLS := espeak-ng:espeak-ng sox:sox promtool:prometheus chromium:chromium chromedriver:chromium-driver
+test-tools:
+	@missing=""; for pair in $(TEST_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
-	  else echo "promtool is missing: install Debian's prometheus package (tests/test_monitoring.py needs it)"; fi; }
+	    echo "installing for the tests:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "!! the tests need:$$missing (apt-get install$$missing, as root)" >&2; fi; \
+	fi
 
 # An installed fsguard keeps its state in /var/lib/fsguard; the checkout's keeps it in var/.
 run: export FSGUARD_DATABASE_URL ?= sqlite:///$(CURDIR)/var/fsguard.db
@@ -41,13 +37,13 @@ run: install
 	$(BIN)/fsguard db upgrade
 	$(BIN)/fsguard serve
 
-test: install
+test: install test-tools
 	$(BIN)/pytest -q
 
 # The same suite with the gevent monitor reporting any code that blocks the event loop for more
 # than 100 ms. Its reports go to stderr, where CLI tests read fsguard's own one-line errors, so
 # a loaded machine can fail those: it is a diagnostic run, not the gate.
-test-monitor: install
+test-monitor: install test-tools
 	GEVENT_MONITOR_THREAD_ENABLE=1 GEVENT_MAX_BLOCKING_TIME=0.1 $(BIN)/pytest -q
 
 bench: install
