@@ -105,6 +105,19 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture
+def emptied_postgresql(pg_base_url: str | None) -> str | None:
+    """This run's PostgreSQL database with every table emptied for the test (None without a server)."""
+    if pg_base_url is None:
+        return None
+    engine = create_engine(pg_base_url)
+    with engine.begin() as conn:
+        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return pg_base_url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
     """Every database test runs on SQLite and on PostgreSQL."""
@@ -113,14 +126,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
         shutil.copy(sqlite_template, path)
         yield f"sqlite:///{path}"
         return
-    base = request.getfixturevalue("pg_base_url")
+    base = request.getfixturevalue("emptied_postgresql")
     if base is None:
         pytest.skip(f"PostgreSQL unavailable: {_pg_problem}")
-    engine = create_engine(base)
-    with engine.begin() as conn:
-        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    engine.dispose()
     yield base
 
 

@@ -19,20 +19,9 @@ from fsguard.models import CallRecord
 from fsguard.models.recordings import Recording
 from fsguard.pipeline import STAGES, Stage, Verdict
 from fsguard.testing.simulator import Caller, FakeFreeSWITCH
+from fsguard.testing.waiting import settle, wait_for
 
 TS = 0.002
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    with gevent.Timeout(timeout, AssertionError(f"{what} not reached in {timeout} s")):
-        while not predicate():
-            gevent.sleep(0.01)
-
-
-def settle(guard: Any) -> None:
-    wait_for(lambda: not guard.app.deciding and not guard.app.held and guard.server.active == 0
-             and guard.server.connecting == 0, what="fsguard letting go of every call")
-    assert guard.app.writer.wait_idle(10), "the writer did not catch up"
 
 
 # ================================================================ 4. a failure at instruction time

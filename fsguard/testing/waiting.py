@@ -18,7 +18,7 @@ def settle(guard: Any, timeout: float = 5.0) -> None:
     """Wait until fsguard has let go of every call: decided, followed to its end, socket closed,
     and what the calls left behind committed by the writer. ``guard`` has ``app`` and ``server``."""
     app = guard.app
-    wait_for(lambda: not app.deciding and not app.held and guard.server.active == 0, timeout,
-             "fsguard did not let go of its calls")
+    wait_for(lambda: not app.deciding and not app.held and guard.server.active == 0
+             and guard.server.connecting == 0, timeout, "fsguard did not let go of its calls")
     if not app.writer.wait_idle(timeout):
         raise AssertionError("the writer did not commit the calls' records")

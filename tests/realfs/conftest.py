@@ -85,20 +85,11 @@ def realfs_settings(request: pytest.FixtureRequest, freeswitch: RealFreeSWITCH, 
 
 
 @pytest.fixture
-def db_url_postgresql(pg_base_url: str | None) -> str:
+def db_url_postgresql(emptied_postgresql: str | None) -> str:
     """This run's PostgreSQL database, emptied; the test fails (never skips) without a server."""
-    if pg_base_url is None:
+    if emptied_postgresql is None:
         pytest.fail("PostgreSQL is unavailable: the real-FreeSWITCH PostgreSQL scenarios need it")
-    from sqlalchemy import create_engine, text
-
-    from fsguard.models import Base
-
-    engine = create_engine(pg_base_url)
-    with engine.begin() as conn:
-        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    engine.dispose()
-    return pg_base_url
+    return emptied_postgresql
 
 
 @pytest.fixture
