@@ -36,7 +36,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fsguard import outbound, spotting
+from fsguard import audit, outbound, spotting
 from fsguard.config import ReviewSettings, Settings, parse_duration
 from fsguard.db import Database
 from fsguard.models import utcnow
@@ -351,8 +351,8 @@ def open_hits(db: Database, *, include_reviewed: bool = False, limit: int = 100)
         return [hit_as_dict(h) for h in s.scalars(q.order_by(ReviewHit.id).limit(limit))]
 
 
-def mark(db: Database, hit_id: int, *, by: str, reason: str) -> dict[str, Any]:
-    """An operator looked at a hit: who, when and why are kept on it."""
+def mark(db: Database, hit_id: int, *, by: str, reason: str, via: audit.Via = "cli") -> dict[str, Any]:
+    """An operator looked at a hit: who, when and why are kept on it, and in the audit trail."""
     if not reason.strip():
         raise ReviewError("--reason must say what was found")
     with db.begin() as s:
@@ -365,6 +365,8 @@ def mark(db: Database, hit_id: int, *, by: str, reason: str) -> dict[str, Any]:
         hit.reviewed_at, hit.reviewed_by, hit.review_reason = utcnow(), by[:128], reason.strip()
         s.flush()
         data = hit_as_dict(hit)
+        audit.record(s, actor=by, action="review.mark", subject=data["call_uuid"], reason=reason.strip(),
+                     via=via, details={"hit": hit_id, "phrase": data["phrase"], "second": data["second"]})
     log.info("review.marked", hit=hit_id, call=data["call_uuid"], by=by, reason=reason.strip())
     return data
 

@@ -274,6 +274,10 @@ def test_inbound_fraud_report_is_flagged_not_frozen_and_an_operator_marks_it(nod
     (hit,) = hits_of(db, uuid)
     assert (hit.reviewed_by, hit.review_reason) == ("supervisor-3", "listened: a real complaint")
     assert hit.reviewed_at is not None and (utcnow() - hit.reviewed_at).total_seconds() < 60
+    trail = fsguard(capsys, "audit", "--json")
+    marks = [e for e in (trail["entries"] if isinstance(trail, dict) else trail) if e["action"] == "review.mark"]
+    assert [(e["actor"], e["subject"], e["reason"], e["via"]) for e in marks] == [
+        ("supervisor-3", uuid, "listened: a real complaint", "cli")]
     capsys.readouterr()
     assert cli.main(["review", "mark", str(hit.id), "--reason", "again"]) == 1
     assert "was marked reviewed by supervisor-3" in capsys.readouterr().err
