@@ -135,26 +135,24 @@ def add_skip_invalid(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", dest="skip_invalid", action="store_true", help=argparse.SUPPRESS)
 
 
-def positive_int(text: str) -> int:
-    """An argparse type for counts such as ``--limit``: a whole number of at least 1."""
+def _whole_number(text: str, minimum: int, below: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{below}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts such as ``--limit``: a whole number of at least 1."""
+    return _whole_number(text, 1, "must be at least 1")
 
 
 def count_or_all(text: str) -> int:
     """An argparse type for a ``--limit`` whose 0 means "all": a whole number of 0 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (all) or more, got {value}")
-    return value
+    return _whole_number(text, 0, "must be 0 (all) or more")
 
 
 def print_json(data: Any) -> None:

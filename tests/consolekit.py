@@ -8,6 +8,8 @@ import math
 import re
 import struct
 import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -17,6 +19,25 @@ from fsguard import operators
 PASSWORD = "correct horse battery"
 #: name -> role of the operators every console test has
 OPERATORS = {"ada": "admin", "sam": "supervisor", "vic": "viewer"}
+
+
+@contextmanager
+def console_node(start_guard: Any, settings: Any, db: Any) -> Iterator[tuple[Any, Any]]:
+    """fsguard with screening, recording and routing, its admin listener and the test operators:
+    (the running guard, the admin server), stopped afterwards."""
+    from fsguard.web.server import AdminServer
+
+    settings.policy.stages = ["screening", "recording", "routing"]
+    settings.recording.mode = "all"
+    settings.recording.consent = False
+    add_operators(db)
+    guard = start_guard()
+    server = AdminServer(guard.app, guard.server, listen="127.0.0.1:0")
+    server.start()
+    try:
+        yield guard, server
+    finally:
+        server.stop()
 
 
 def add_operators(db: Any) -> None:

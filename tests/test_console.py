@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from consolekit import OPERATORS, PASSWORD, Browser, add_operators, write_wav
+from consolekit import OPERATORS, PASSWORD, Browser, add_operators, console_node, write_wav
 from fsguard import audit, cli, lists, operators
 from fsguard.web.server import AdminServer
 from fsguard.testing.simulator import Caller, FakeFreeSWITCH
@@ -25,16 +25,9 @@ from fsguard.testing.waiting import settle
 def node(start_guard, settings, db):
     """fsguard with screening, recording and routing, its admin listener, and three operators."""
     settings.http.token = "s3cret-token-for-the-tests-0123"
-    settings.policy.stages = ["screening", "recording", "routing"]
-    settings.recording.mode = "all"
-    settings.recording.consent = False
-    add_operators(db)
-    guard = start_guard()
-    server = AdminServer(guard.app, guard.server, listen="127.0.0.1:0")
-    server.start()
-    yield SimpleNamespace(guard=guard, address=server.address, db=db, settings=settings,
-                          fs=FakeFreeSWITCH(guard.address, time_scale=0.005))
-    server.stop()
+    with console_node(start_guard, settings, db) as (guard, server):
+        yield SimpleNamespace(guard=guard, address=server.address, db=db, settings=settings,
+                              fs=FakeFreeSWITCH(guard.address, time_scale=0.005))
 
 
 def entries(db) -> list[dict[str, Any]]:

@@ -15,11 +15,10 @@ from typing import Any, Iterator
 import gevent
 import pytest
 
-from consolekit import PASSWORD, add_operators, write_wav
+from consolekit import PASSWORD, console_node, write_wav
 from fsguard import lists
 from fsguard.testing.simulator import Caller, FakeFreeSWITCH
 from fsguard.testing.waiting import settle
-from fsguard.web.server import AdminServer
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -55,18 +54,11 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def node(start_guard, settings, db, browser):
-    settings.policy.stages = ["screening", "recording", "routing"]
-    settings.recording.mode = "all"
-    settings.recording.consent = False
-    add_operators(db)
-    guard = start_guard()
-    server = AdminServer(guard.app, guard.server, listen="127.0.0.1:0")
-    server.start()
-    host, port = server.address
-    browser.delete_all_cookies()
-    yield SimpleNamespace(guard=guard, db=db, base=f"http://{host}:{port}",
-                          fs=FakeFreeSWITCH(guard.address, time_scale=0.005))
-    server.stop()
+    with console_node(start_guard, settings, db) as (guard, server):
+        host, port = server.address
+        browser.delete_all_cookies()
+        yield SimpleNamespace(guard=guard, db=db, base=f"http://{host}:{port}",
+                              fs=FakeFreeSWITCH(guard.address, time_scale=0.005))
 
 
 def wait_for(condition: Any, timeout: float = 20.0) -> Any:

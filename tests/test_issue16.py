@@ -114,6 +114,7 @@ from hypothesis import HealthCheck, example, given, settings as hsettings, strat
 
 from fsguard.esl import OutboundSession  # noqa: E402
 from fsguard.testing import wire  # noqa: E402
+from test_hardening import ScriptedSocket  # noqa: E402 - the socket stand-in of the hardening tests
 
 UUID = "0b3c8a8e-0000-4000-8000-000000000001"
 #: mod_event_socket.c formats the notice into char disco_buf[512] (snprintf keeps 511 bytes)
@@ -143,38 +144,13 @@ HOSTILE_NAMES = [
 ]
 
 
-class Scripted:
+class Scripted(ScriptedSocket):
     """FreeSWITCH's side of one session, answering fsguard's start commands."""
 
     def __init__(self, name: str, sizes: list[int]) -> None:
-        self.connect = wire.serialize_event({"Event-Name": "CHANNEL_DATA", "Unique-ID": UUID, "Channel-Name": name,
-                                             "Content-Type": "command/reply", "Reply-Text": "+OK\n"})
-        self.inbox = bytearray()
-        self.sizes = sizes
-        self.reads = 0
-        self.timeout: float | None = None
-
-    def settimeout(self, timeout: float | None) -> None:
-        self.timeout = timeout
-
-    def sendall(self, data: bytes) -> None:
-        for command in data.decode().split("\n\n"):
-            if command:
-                self.inbox += self.connect if command == "connect" else wire.command_reply("+OK")
-
-    def recv(self, n: int) -> bytes:
-        if not self.inbox:
-            if self.timeout == 0:
-                raise BlockingIOError()
-            raise TimeoutError("timed out")
-        size = max(1, min(n, self.sizes[self.reads % len(self.sizes)]))
-        self.reads += 1
-        data = bytes(self.inbox[:size])
-        del self.inbox[:size]
-        return data
-
-    def close(self) -> None:
-        pass
+        connect = wire.serialize_event({"Event-Name": "CHANNEL_DATA", "Unique-ID": UUID, "Channel-Name": name,
+                                        "Content-Type": "command/reply", "Reply-Text": "+OK\n"})
+        super().__init__(lambda command: connect if command == "connect" else wire.command_reply("+OK"), sizes)
 
 
 def linger_notice(name: str) -> bytes:

@@ -22,22 +22,8 @@ from fsguard.models.lists import CallCounter, ListEntry
 from fsguard.testing.simulator import Caller, FakeFreeSWITCH
 
 
-@pytest.fixture
-def fsguard(settings, db, monkeypatch, capsys):
-    """Run ``fsguard ...`` in-process against the test database; returns (exit code, stdout, stderr)."""
-    monkeypatch.setenv("FSGUARD_DATABASE_URL", settings.database.url)
-    monkeypatch.delenv("FSGUARD_CONFIG", raising=False)
-    monkeypatch.setenv("USER", "alice")
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            code = cli.main(list(argv))
-        except SystemExit as exc:   # argparse usage errors
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-    return run
+# fsguard(...) runs the command in-process against the test database: (exit code, stdout, stderr)
+from test_operator_cli import fsguard, run  # noqa: E402,F401 - the CLI fixtures of the operator tests
 
 
 def entries(db) -> list[ListEntry]:
