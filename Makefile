@@ -30,7 +30,7 @@ test-tools:
 	fi
 
 # An installed fsguard keeps its state in /var/lib/fsguard; the checkout's keeps it in var/.
-run: export FSGUARD_DATABASE_URL ?= sqlite:///$(CURDIR)/var/fsguard.db
+run: export FSGUARD_DATABASE_URL ?= sqlite:///$(CURDIR)/var/fsguard.store.db
 run: export FSGUARD_RECORDING_DIR ?= $(CURDIR)/var/recordings
 run: install
 	mkdir -p var/recordings
@@ -67,4 +67,4 @@ clean:
 # Re-record tests/captures/fs-1.10.12/ from a real FreeSWITCH with fsguard behind a recording
 # proxy (tests/captures/fs-1.10.12/README.md); the tests only read the files.
 capture: install
-	$(BIN)/python -m fsguard.testing.capture --out tests/captures/fs-1.10.12
+	$(BIN)/python -m fsguard_testing.capture --out tests/captures/fs-1.10.12

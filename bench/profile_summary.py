@@ -83,7 +83,7 @@ def summarise(raw: str, top: int = 15) -> dict[str, Any]:
 
 
 def _short(frame: str) -> str:
-    """``parse_headers (fsguard/esl.py:113)`` -> ``parse_headers (fsguard/esl.py)``: lines merged."""
+    """``parse_headers (fsguard/esl/session.py:113)`` -> ``parse_headers (fsguard/esl/session.py)``: lines merged."""
     return re.sub(r":\d+\)$", ")", frame)
 
 

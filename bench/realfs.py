@@ -1,7 +1,7 @@
 """The real-FreeSWITCH phase of the benchmark: fsguard and the bare greenswitch app through one
 FreeSWITCH 1.10.12, the same harness, the same load, side by side.
 
-FreeSWITCH runs from ``conf/freeswitch/`` as shipped (``fsguard.testing.freeswitch``), its one
+FreeSWITCH runs from ``conf/freeswitch/`` as shipped (``fsguard_testing.freeswitch``), its one
 socket target on a free port; each target in turn listens there (fsguard as ``fsguard serve``
 through ``bench/serve.py``, the baseline as ``bench/greenswitch_app.py``), each in its own process.
 
@@ -72,8 +72,8 @@ sys.path.insert(0, str(BENCH))
 
 import run as bench  # noqa: E402
 
-from fsguard.esl import FrameReader, plain_header  # noqa: E402
-from fsguard.testing.freeswitch import Ports, RealFreeSWITCH, find_freeswitch  # noqa: E402
+from fsguard.esl.session import FrameReader, plain_header  # noqa: E402
+from fsguard_testing.freeswitch import Ports, RealFreeSWITCH, find_freeswitch  # noqa: E402
 
 #: applications a target sends to decide a call (the first one after ``socket`` is the decision)
 ROUTES = frozenset({"transfer", "callcenter", "bridge", "hangup", "respond"})

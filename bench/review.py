@@ -23,7 +23,7 @@ import wave
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fsguard import spotting  # noqa: E402
+from fsguard.rules import spotting  # noqa: E402
 from fsguard.config import DEFAULT_REVIEW_PHRASES  # noqa: E402
 
 RATE = 8000

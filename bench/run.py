@@ -2,7 +2,7 @@
 
 fsguard runs as its own process (``bench/serve.py``: ``fsguard serve`` plus a stats port) on a
 populated database (10,000 list entries, 10,000 customers), and the FreeSWITCH simulator
-(``fsguard.testing.simulator``) dials it from separate load-generator processes
+(``fsguard_testing.simulator``) dials it from separate load-generator processes
 (``bench/loadgen.py``). In the same run the same load goes to a bare greenswitch
 ``OutboundESLServer`` application (``bench/greenswitch_app.py``: connect / myevents / linger /
 transfer), so that the figures are ratios on this machine.
@@ -397,7 +397,7 @@ def fmt(value: Any, digits: int = 2) -> str:
 def make_database(kind: str, workdir: Path) -> tuple[str, Any]:
     """A fresh database and the function that drops it."""
     if kind == "sqlite":
-        path = workdir / "fsguard.db"
+        path = workdir / "fsguard.store.db"
         return f"sqlite:///{path}", lambda: None
     from sqlalchemy import create_engine, text
 
@@ -469,17 +469,17 @@ def number(i: int, exchange: int) -> str:
 def populate(db_url: str, entries: int, customers_count: int) -> Population:
     """10,000 list entries and 10,000 customers, written through fsguard's own service modules."""
     from fsguard.config import DatabaseSettings
-    from fsguard.db import Database
+    from fsguard.store.db import Database
 
     pop = Population()
     t0 = time.monotonic()
     db = Database(DatabaseSettings(url=db_url))
     try:
         try:
-            from fsguard import lists
+            from fsguard.rules import lists
         except ImportError:
             lists = None
-            pop.notes.append("fsguard.lists is not there yet: no list entries written")
+            pop.notes.append("fsguard.rules.lists is not there yet: no list entries written")
         if lists is not None:
             specs = []
             for i in range(entries):
@@ -503,10 +503,10 @@ def populate(db_url: str, entries: int, customers_count: int) -> Population:
             with db.begin() as session:
                 lists.import_entries(session, specs)
         try:
-            from fsguard import customers
+            from fsguard.rules import customers
         except ImportError:
             customers = None
-            pop.notes.append("fsguard.customers is not there yet: no customers written")
+            pop.notes.append("fsguard.rules.customers is not there yet: no customers written")
         if customers is not None:
             import io
 
@@ -550,7 +550,7 @@ def available_stages(wanted: list[str]) -> tuple[list[str], list[str]]:
     """The stages of ``wanted`` that this checkout has, and those it does not have yet."""
     from importlib import import_module
 
-    from fsguard.pipeline import STAGES
+    from fsguard.call.pipeline import STAGES
 
     have, missing = [], []
     for name in wanted:
@@ -1025,7 +1025,7 @@ def write_docs(report: dict[str, Any]) -> None:
 def real_freeswitch(quick: bool) -> dict[str, Any] | None:
     """bench/realfs.py in its own process (it runs under gevent): fsguard and greenswitch through
     a real FreeSWITCH, when one is installed. Its figures lead docs/performance.rst."""
-    from fsguard.testing.freeswitch import find_freeswitch
+    from fsguard_testing.freeswitch import find_freeswitch
 
     if find_freeswitch() is None:
         log("FreeSWITCH is not installed (../shared/freeswitch/install): no real-FreeSWITCH phase")

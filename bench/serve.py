@@ -2,7 +2,7 @@
 
     FSGUARD_BENCH_STATS=18099 python bench/serve.py -c bench.toml serve
 
-This is ``fsguard.cli.main`` with one more ``SERVE_HOOKS`` entry: a tiny TCP endpoint on
+This is ``fsguard.ops.cli.main`` with one more ``SERVE_HOOKS`` entry: a tiny TCP endpoint on
 127.0.0.1:$FSGUARD_BENCH_STATS that answers one JSON line about the process -- resident memory,
 open file descriptors, calls deciding / held, pooled database connections, and on request
 (``full``) the greenlets and Event Socket sessions alive (a walk over the heap: only asked for
@@ -38,8 +38,8 @@ from typing import Any  # noqa: E402
 import gevent  # noqa: E402
 from gevent.server import StreamServer  # noqa: E402
 
-from fsguard import cli  # noqa: E402
-from fsguard.esl import OutboundSession  # noqa: E402
+from fsguard.ops import cli  # noqa: E402
+from fsguard.esl.session import OutboundSession  # noqa: E402
 
 #: frames fsguard's sessions read from FreeSWITCH, by Content-Type (events, replies, notices):
 #: the real-FreeSWITCH bench reports events per call from it
@@ -106,7 +106,7 @@ def all_events_variant() -> None:
     """What fsguard did before it narrowed its events: every event ``myevents`` subscribes to
     (no ``nixevent``, completions always on), each one parsed whole. Kept to measure what the
     narrowing is worth."""
-    from fsguard import esl
+    from fsguard.esl import session as esl
 
     def start(self: OutboundSession) -> Any:
         myevents = "myevents json" if self.event_format == "json" else "myevents"
@@ -135,14 +135,14 @@ def all_events_variant() -> None:
 
 def unfolded_variant() -> None:
     """Each variable an application of its own (fsguard before fold_variables)."""
-    from fsguard import call
+    from fsguard.call.call import call
 
     call.fold_variables = lambda apps, export_vars: list(apps)  # type: ignore[assignment]
 
 
 def longnix_variant() -> None:
     """fsguard's start and instructions with the byte counts they had before (see the docstring)."""
-    from fsguard import esl
+    from fsguard.esl import session as esl
 
     def subscription(self: OutboundSession) -> tuple[str, str, str]:
         myevents = "myevents json" if self.event_format == "json" else "myevents"

@@ -17,13 +17,14 @@ import tempfile  # noqa: E402
 from datetime import timedelta  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from fsguard import lab, logs, operators  # noqa: E402
-from fsguard.app import App  # noqa: E402
+from fsguard.ops import lab, operators  # noqa: E402
+from fsguard.service import logs
+from fsguard.service.app import App  # noqa: E402
 from fsguard.config import LoggingSettings  # noqa: E402
-from fsguard.db import Database  # noqa: E402
-from fsguard.models import Recording, RecordingMask  # noqa: E402
-from fsguard.server import CallServer  # noqa: E402
-from fsguard.web.server import AdminServer  # noqa: E402
+from fsguard.store.db import Database  # noqa: E402
+from fsguard.store.models import Recording, RecordingMask  # noqa: E402
+from fsguard.service.server import CallServer  # noqa: E402
+from fsguard.ops.web.server import AdminServer  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "console"
 PASSWORD = "a demo password, not for production"

@@ -4,6 +4,6 @@ from gevent import monkey
 
 monkey.patch_all()
 
-from fsguard.cli import main  # noqa: E402
+from fsguard.ops.cli import main  # noqa: E402
 
 raise SystemExit(main())

@@ -138,7 +138,7 @@ class DatabaseSettings:
     """Where all state lives. SQLite for one node, PostgreSQL for production and several nodes."""
 
     #: sqlite:////absolute/path (one node) or postgresql://user:password@host/db (psycopg 3; several nodes)
-    url: str = f"sqlite:///{STATE_DIR}/fsguard.db"
+    url: str = f"sqlite:///{STATE_DIR}/fsguard.store.db"
     #: connections kept open; at least the calls that use the database at the same moment
     pool_size: int = 20
     #: seconds a call waits for a database connection before failing open
@@ -171,7 +171,7 @@ class DatabaseSettings:
         if path is not None and not path.is_absolute():
             raise ConfigError(f"database.url: {self.url!r} names the relative path {str(path)!r}, which depends on "
                               f"the directory fsguard is started from; give an absolute one "
-                              f"(sqlite:////var/lib/fsguard/fsguard.db: four slashes)")
+                              f"(sqlite:////var/lib/fsguard/fsguard.store.db: four slashes)")
         if self.write_retry_seconds < 0 or self.write_wait_seconds < 0:
             raise ConfigError("database.write_retry_seconds and database.write_wait_seconds cannot be negative")
 
@@ -269,7 +269,7 @@ class PolicySettings:
         if direction != "outbound":
             return self.fail_open_route
         template = outbound.dial_target if self.fail_open_route_outbound == "dial" else self.fail_open_route_outbound
-        from fsguard.outbound import dial_parts, dialled_number  # here: fsguard.outbound imports this module
+        from fsguard.rules.freeze import dial_parts, dialled_number  # here: fsguard.rules.freeze imports this module
 
         number, plain = dialled_number(dnis, region), dnis.strip()
         if number is not None:
@@ -428,7 +428,7 @@ class ScreeningSettings:
         if unknown:
             raise ConfigError(f"screening.risk_points: unknown signal(s) {', '.join(sorted(unknown))} "
                               f"(known: {', '.join(SCREENING_RISK_POINTS)})")
-        from fsguard.stirshaken import FAILURE_CODES
+        from fsguard.rules.stirshaken import FAILURE_CODES
 
         for key, value in self.stir_actions.items():
             if key not in SCREENING_STIR_ACTIONS and key not in FAILURE_CODES:
@@ -866,7 +866,7 @@ class RoutingSettings:
             for key in ("crm_cache_ttl", "crm_miss_ttl", "crm_cooldown"):
                 if parse_duration(getattr(self, key), f"routing.{key}") < 0:
                     raise ConfigError(f"routing.{key}: cannot be negative")
-        from fsguard.routing_table import build_table  # late: routing_table imports this module
+        from fsguard.rules.routing import build_table  # late: routing_table imports this module
 
         build_table(self)
 

@@ -14,12 +14,13 @@ import pytest  # noqa: E402
 import structlog  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from fsguard import logs, migrate  # noqa: E402
-from fsguard.app import App  # noqa: E402
+from fsguard.service import logs  # noqa: E402
+from fsguard.store import migrate
+from fsguard.service.app import App  # noqa: E402
 from fsguard.config import Settings  # noqa: E402
-from fsguard.db import Database  # noqa: E402
-from fsguard.models import Base  # noqa: E402
-from fsguard.server import CallServer  # noqa: E402
+from fsguard.store.db import Database  # noqa: E402
+from fsguard.store.models import Base  # noqa: E402
+from fsguard.service.server import CallServer  # noqa: E402
 
 #: the PostgreSQL server the PostgreSQL leg runs on; a database of its own is created per run
 PG_ADMIN_URL = os.environ.get("FSGUARD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -98,7 +99,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite file, copied for each test (migrating every time would be slow)."""
-    path = tmp_path_factory.mktemp("template") / "fsguard.db"
+    path = tmp_path_factory.mktemp("template") / "fsguard.store.db"
     db = Database(Settings().database.__class__(url=f"sqlite:///{path}"))
     migrate.upgrade(db)
     db.dispose()
@@ -122,7 +123,7 @@ def emptied_postgresql(pg_base_url: str | None) -> str | None:
 def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
     """Every database test runs on SQLite and on PostgreSQL."""
     if request.param == "sqlite":
-        path = tmp_path / "fsguard.db"
+        path = tmp_path / "fsguard.store.db"
         shutil.copy(sqlite_template, path)
         yield f"sqlite:///{path}"
         return
@@ -193,7 +194,7 @@ def guard(start_guard: Callable[..., Guard]) -> Guard:
 @pytest.fixture
 def fs(guard: Guard) -> Any:
     """The FreeSWITCH simulator pointed at the running fsguard."""
-    from fsguard.testing.simulator import FakeFreeSWITCH
+    from fsguard_testing.simulator import FakeFreeSWITCH
 
     return FakeFreeSWITCH(guard.address, time_scale=0.005)
 

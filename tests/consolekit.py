@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from fsguard import operators
+from fsguard.ops import operators
 
 PASSWORD = "correct horse battery"
 #: name -> role of the operators every console test has
@@ -25,7 +25,7 @@ OPERATORS = {"ada": "admin", "sam": "supervisor", "vic": "viewer"}
 def console_node(start_guard: Any, settings: Any, db: Any) -> Iterator[tuple[Any, Any]]:
     """fsguard with screening, recording and routing, its admin listener and the test operators:
     (the running guard, the admin server), stopped afterwards."""
-    from fsguard.web.server import AdminServer
+    from fsguard.ops.web.server import AdminServer
 
     settings.policy.stages = ["screening", "recording", "routing"]
     settings.recording.mode = "all"

@@ -12,13 +12,13 @@ import gevent
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fsguard.admin import AdminServer
-from fsguard.commands.ops import PolicyReloader
+from fsguard.ops.admin import AdminServer
+from fsguard.ops.commands.ops import PolicyReloader
 from fsguard.config import ConfigError, DatabaseSettings
-from fsguard.db import Database
-from fsguard.pipeline import STAGES, Stage
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
-from fsguard.testing.waiting import settle
+from fsguard.store.db import Database
+from fsguard.call.pipeline import STAGES, Stage
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.waiting import settle
 
 TOKEN = "s3cret-token-for-the-tests-0123"
 
@@ -313,7 +313,7 @@ def test_reload_through_the_api(admin, guard, settings, monkeypatch):
     # SIGHUP (systemctl reload) reloads the same way; every reload is in the audit trail, once
     guard.server.on_reload = PolicyReloader(lambda: copy.deepcopy(new), lambda: guard.app.settings)
     guard.server.reload()
-    from fsguard import audit
+    from fsguard.store import audit
 
     with guard.app.db.begin() as session:
         trail = [(e.action, e.actor, e.via) for e in audit.entries(session)]
@@ -427,7 +427,7 @@ def test_recordings_hold_and_release_through_the_api(admin, settings, start_guar
 
 
 def test_customers_through_the_api(admin, settings, start_guard):
-    pytest.importorskip("fsguard.customers")
+    pytest.importorskip("fsguard.rules.customers")
     created = request(admin.address, "POST", "/api/customers", body={
         "numbers": ["+44 20 7946 0000"], "name": "Ada", "account_id": "C-1001", "vip": True, "queue": "vip"})
     assert created.status == 201, created.body
@@ -496,7 +496,7 @@ def test_calls_filter_by_stage_and_verdict(admin, guard, fs, settings):
 
 
 def test_changes_through_the_api_are_in_the_audit_trail(admin, db):
-    from fsguard import audit
+    from fsguard.store import audit
 
     assert request(admin.address, "POST", "/api/lists", body={
         "number": "+12025550143", "kind": "block", "level": 8, "reason": "abusive caller", "by": "alice"}).status == 201
@@ -539,7 +539,7 @@ def _raw(address: tuple[str, int], data: bytes, timeout: float = 20.0) -> bytes:
 def test_idle_and_half_sent_connections_do_not_stop_health_checks(admin, monkeypatch):
     import socket
 
-    from fsguard.web import server as web_server
+    from fsguard.ops.web import server as web_server
 
     monkeypatch.setattr(web_server, "HEADER_TIMEOUT", 2.0)
     idle = [socket.create_connection(admin.address, timeout=30) for _ in range(100)]
@@ -565,7 +565,7 @@ def test_idle_and_half_sent_connections_do_not_stop_health_checks(admin, monkeyp
 def test_a_flood_of_api_requests_does_not_starve_the_calls(admin, guard, fs, settings, db):
     from datetime import datetime, timedelta, timezone
 
-    from fsguard.models import CallRecord
+    from fsguard.store.models import CallRecord
 
     settings.policy.stages = ["screening", "routing"]
     start = datetime.now(timezone.utc) - timedelta(hours=1)
@@ -599,7 +599,7 @@ def test_a_flood_of_api_requests_does_not_starve_the_calls(admin, guard, fs, set
 
 
 def test_gevents_own_errors_are_logged_as_json_lines(admin, capfd):
-    from fsguard import logs
+    from fsguard.service import logs
 
     logs.configure()                                   # onto the captured stderr
     capfd.readouterr()

@@ -9,13 +9,14 @@ import socket
 import pytest
 from sqlalchemy import select
 
-from fsguard import cli, records
-from fsguard.esl import COMPLETION, EVENTS_NOT_READ, EVENTS_READ, OutboundSession
-from fsguard.models import CallRecord
-from fsguard.pipeline import STAGES, Stage, Verdict
-from fsguard.testing import transcripts as tx
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
-from fsguard.testing.waiting import settle, wait_for
+from fsguard.ops import cli
+from fsguard.store import records
+from fsguard.esl.session import COMPLETION, EVENTS_NOT_READ, EVENTS_READ, OutboundSession
+from fsguard.store.models import CallRecord
+from fsguard.call.pipeline import STAGES, Stage, Verdict
+from fsguard_testing import transcripts as tx
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.waiting import settle, wait_for
 
 
 def stored(db, uuid: str) -> CallRecord | None:

@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 
 from consolekit import OPERATORS, PASSWORD, Browser, add_operators, console_node, write_wav
-from fsguard import audit, cli, lists, operators
-from fsguard.web.server import AdminServer
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
-from fsguard.testing.waiting import settle
+from fsguard.store import audit
+from fsguard.ops import cli, operators
+from fsguard.rules import lists
+from fsguard.ops.web.server import AdminServer
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.waiting import settle
 
 
 @pytest.fixture
@@ -128,14 +130,14 @@ def test_every_form_needs_the_sessions_csrf_token(node):
 
 
 def console_rules(node) -> list[Any]:
-    from fsguard.web import create_app
+    from fsguard.ops.web import create_app
 
     app = create_app(node.guard.app, node.guard.server)
     return [r for r in app.url_map.iter_rules() if r.rule.startswith("/console") and r.endpoint != "static"]
 
 
 def test_every_console_page_and_action_declares_the_role_it_needs(node):
-    from fsguard.web import create_app
+    from fsguard.ops.web import create_app
 
     app = create_app(node.guard.app, node.guard.server)
     for rule in console_rules(node):
@@ -305,7 +307,7 @@ def recorded_call(node) -> tuple[str, str]:
     assert result.outcome == "routed"
     settle(node.guard)
     with node.db.begin() as session:
-        from fsguard.models import Recording
+        from fsguard.store.models import Recording
 
         rec = session.query(Recording).filter_by(call_uuid=result.uuid).one()
         path = rec.path
@@ -463,8 +465,8 @@ def test_all_operators_roles_are_known():
 def test_glance_counts_fall_in_their_minute_and_old_calls_are_left_out(db):
     from datetime import datetime, timedelta, timezone
 
-    from fsguard.models import CallRecord, StageVerdict
-    from fsguard.web import charts
+    from fsguard.store.models import CallRecord, StageVerdict
+    from fsguard.ops.web import charts
 
     now = datetime(2026, 11, 20, 12, 0, 30, tzinfo=timezone.utc)
 

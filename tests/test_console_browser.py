@@ -16,9 +16,9 @@ import gevent
 import pytest
 
 from consolekit import PASSWORD, console_node, write_wav
-from fsguard import lists
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
-from fsguard.testing.waiting import settle
+from fsguard.rules import lists
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.waiting import settle
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -122,7 +122,7 @@ def test_a_supervisor_unblocks_a_caller_plays_the_recording_and_reads_the_audit_
     assert recorded.outcome == "routed"
     settle(node.guard)
     with node.db.begin() as session:
-        from fsguard.models import Recording
+        from fsguard.store.models import Recording
 
         write_wav(session.query(Recording).filter_by(call_uuid=recorded.uuid).one().path, seconds=3.0)
 

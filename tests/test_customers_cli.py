@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fsguard import cli, customers
-from fsguard.models.customers import Customer, CustomerNumber
+from fsguard.ops import cli
+from fsguard.rules import customers
+from fsguard.store.models.customers import Customer, CustomerNumber
 
 
 @pytest.fixture
@@ -181,7 +182,7 @@ def test_unreadable_files(env, db, capsys, tmp_path, content, message):
 
 
 def test_erase_removes_the_customer_record(env, db, capsys):
-    from fsguard import erasure
+    from fsguard.rules import erasure
 
     assert "routing" in [area for area, _ in erasure.registered()]
     fsguard(capsys, "customers", "add", "+12125550123", "+14155550100", "--name", "Ada", "--account", "A-1001")
@@ -297,7 +298,7 @@ def test_the_shipped_callcenter_config_has_the_default_tables_queues():
     import xml.etree.ElementTree as ET
 
     from fsguard.config import Settings
-    from fsguard.routing_table import build_table
+    from fsguard.rules.routing import build_table
 
     conf = Path(__file__).resolve().parent.parent / "conf" / "freeswitch" / "autoload_configs" / "callcenter.conf.xml"
     queues = {q.get("name") for q in ET.parse(conf).getroot().iter("queue")}

@@ -11,11 +11,12 @@ from typing import Any, Callable
 import pytest
 from sqlalchemy import func, select
 
-from fsguard import cli, erasure, recordings
-from fsguard.models import CallRecord
-from fsguard.models.recordings import Recording
-from fsguard.pipeline import STAGES, Stage, Verdict
-from fsguard.testing.simulator import Caller
+from fsguard.ops import cli
+from fsguard.rules import erasure, recordings
+from fsguard.store.models import CallRecord
+from fsguard.store.models.recordings import Recording
+from fsguard.call.pipeline import STAGES, Stage, Verdict
+from fsguard_testing.simulator import Caller
 from test_recording import RecordingFreeSWITCH, settle
 
 ALICE = "+15551230001"

@@ -14,10 +14,10 @@ import gevent
 import pytest
 from greenswitch.esl import ESLEvent
 
-from fsguard.esl import (CallGone, ESLTimeout, FrameReader, OutboundSession, ProtocolError, parse_event_plain,
+from fsguard.esl.session import (CallGone, ESLTimeout, FrameReader, OutboundSession, ProtocolError, parse_event_plain,
                          PlainEvent, parse_headers, plain_header)
-from fsguard.testing import transcripts as tx
-from fsguard.testing.wire import command_reply, event_frame, linger_notice
+from fsguard_testing import transcripts as tx
+from fsguard_testing.wire import command_reply, event_frame, linger_notice
 
 
 
@@ -231,7 +231,7 @@ def test_the_linger_notice_of_a_real_capture_is_recognised_by_the_bytes_freeswit
     """Real linger notices (a CR LF and an injected Content-Length in the raw Channel-Name, and one
     that came before the hang-up events) are matched whole, from the connect reply's encoded
     name, and every frame after them is FreeSWITCH's."""
-    from fsguard.esl import _raw_value, linger_notice_tokens
+    from fsguard.esl.session import _raw_value, linger_notice_tokens
 
     path = transcripts / "fs-1.11" / name
     data = tx.received_bytes(path)

@@ -13,13 +13,13 @@ from __future__ import annotations
 import gevent
 import pytest
 
-from fsguard import records
-from fsguard.app import App
-from fsguard.call import direction_of
+from fsguard.store import records
+from fsguard.service.app import App
+from fsguard.call.call import direction_of
 from fsguard.config import ConfigError, Settings, load_settings
-from fsguard.pipeline import STAGES, Pipeline, Stage, Verdict
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
-from fsguard.testing.waiting import settle, wait_for
+from fsguard.call.pipeline import STAGES, Pipeline, Stage, Verdict
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.waiting import settle, wait_for
 
 NUMBER = "+15557654321"
 DIALLED = f"bridge sofia/gateway/carrier/{NUMBER}"

@@ -32,14 +32,14 @@ from hypothesis import HealthCheck, example, given, settings as hsettings, strat
 from sqlalchemy import create_engine, func, select, text, update
 from sqlalchemy.orm import sessionmaker
 
-from fsguard import records
-from fsguard.db import Database
-from fsguard.esl import (CallGone, ESLTimeout, FrameReader, OutboundSession, ProtocolError, parse_event_json,
+from fsguard.store import records
+from fsguard.store.db import Database
+from fsguard.esl.session import (CallGone, ESLTimeout, FrameReader, OutboundSession, ProtocolError, parse_event_json,
                          parse_event_plain, parse_headers)
-from fsguard.models import CallRecord
-from fsguard.pipeline import STAGES, Stage, Verdict
-from fsguard.testing import wire
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
+from fsguard.store.models import CallRecord
+from fsguard.call.pipeline import STAGES, Stage, Verdict
+from fsguard_testing import wire
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
 
 FAST = hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -630,7 +630,7 @@ def test_freeswitch_vanishing_after_any_command_of_the_real_chain_leaves_nothing
     plays the code in early media, answers and opens the digit window, recording plays the
     consent notice and starts recording, routing exports and transfers. FreeSWITCH vanishes
     right after each of fsguard's commands in turn (FIN and RST alternately)."""
-    from fsguard import lists
+    from fsguard.rules import lists
 
     quick.policy.stages = ["screening", "verification", "recording", "routing"]
     quick.recording.consent = True
@@ -730,7 +730,7 @@ def dead_database_url(db: Database, tmp_path: Any) -> str:
     if db.is_sqlite:
         blocker = tmp_path / "not-a-directory"
         blocker.write_text("")
-        return f"sqlite:///{blocker}/fsguard.db"
+        return f"sqlite:///{blocker}/fsguard.store.db"
     return "postgresql+psycopg://postgres@127.0.0.1:9/fsguard?connect_timeout=1"
 
 

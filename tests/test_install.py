@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -79,9 +79,9 @@ def test_the_wheel_carries_the_migrations_and_the_shipped_files(wheel):
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
-    assert "fsguard/migrations/env.py" in names and "fsguard/migrations/script.py.mako" in names
-    shipped = {Path(n).name for n in names if n.startswith("fsguard/migrations/versions/")}
-    in_repo = {p.name for p in (REPO / "fsguard" / "migrations" / "versions").glob("*.py")}
+    assert "fsguard/store/migrations/env.py" in names and "fsguard/store/migrations/script.py.mako" in names
+    shipped = {Path(n).name for n in names if n.startswith("fsguard/store/migrations/versions/")}
+    in_repo = {p.name for p in (REPO / "fsguard" / "store" / "migrations" / "versions").glob("*.py")}
     assert shipped == in_repo and len(in_repo) >= 6
     assert "fsguard/sounds/consent-en.wav" in names        # the default recording notice
     data = "fsguard-" + wheel.name.split("-")[1] + ".data/data/share/fsguard/conf/"
@@ -99,7 +99,7 @@ def test_a_wheel_in_a_fresh_virtualenv_migrates_serves_and_lists_calls_from_an_e
     state = tmp_path / "state"
     state.mkdir()
     port = _free_port()
-    env = _env(FSGUARD_DATABASE_URL=f"sqlite:///{state}/fsguard.db", FSGUARD_RECORDING_DIR=str(state / "rec"),
+    env = _env(FSGUARD_DATABASE_URL=f"sqlite:///{state}/fsguard.store.db", FSGUARD_RECORDING_DIR=str(state / "rec"),
                FSGUARD_ESL_LISTEN=f"127.0.0.1:{port}", FSGUARD_HTTP_ENABLED="false",
                FSGUARD_LOGGING_FORMAT="json", FSGUARD_POLICY_STAGES="screening,routing")
     fsguard = str(installed / "fsguard")
@@ -148,7 +148,7 @@ def test_a_wheel_in_a_fresh_virtualenv_migrates_serves_and_lists_calls_from_an_e
     assert len(json.loads(wrote.stdout)["written"]) == 5
     assert f'data="127.0.0.1:{port} async full"' in (snippets / "dialplan" / "public_fsguard.xml").read_text()
     where = subprocess.run([str(installed / "python"), "-c",
-                            "from fsguard.commands.ops import shipped_conf; print(shipped_conf())"],
+                            "from fsguard.ops.commands.ops import shipped_conf; print(shipped_conf())"],
                            cwd=work, env=env, capture_output=True, text=True, timeout=60)
     assert where.stdout.strip() == str(installed.parent / "share" / "fsguard" / "conf"), where.stderr
 
@@ -176,8 +176,8 @@ def test_an_install_outside_sys_prefix_finds_its_migrations(wheel, tmp_path):
     work = tmp_path / "empty"
     work.mkdir()
     env = _env(PYTHONPATH=str(target), FSGUARD_DATABASE_URL=f"sqlite:///{tmp_path}/user.db")
-    run = subprocess.run([sys.executable, "-c", "import fsguard.cli, sys; print(fsguard.cli.__file__, file=sys.stderr);"
-                          " sys.exit(fsguard.cli.main(['db', 'upgrade']))"],
+    run = subprocess.run([sys.executable, "-c", "import fsguard.ops.cli, sys; print(fsguard.ops.cli.__file__, file=sys.stderr);"
+                          " sys.exit(fsguard.ops.cli.main(['db', 'upgrade']))"],
                          cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stderr.strip().splitlines()[0].startswith(str(target))

@@ -9,10 +9,10 @@ would have written it.
 
 from __future__ import annotations
 
-from fsguard import customers
-from fsguard.call import fold_variables
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
-from fsguard.testing.waiting import settle
+from fsguard.rules import customers
+from fsguard.call.call import fold_variables
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.waiting import settle
 
 
 def items(multiset_arg: str) -> list[str]:

@@ -14,12 +14,12 @@ import gevent
 import pytest
 from sqlalchemy import select
 
-from fsguard import records
-from fsguard.models import CallRecord
-from fsguard.models.recordings import Recording
-from fsguard.pipeline import STAGES, Stage, Verdict
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
-from fsguard.testing.waiting import settle, wait_for
+from fsguard.store import records
+from fsguard.store.models import CallRecord
+from fsguard.store.models.recordings import Recording
+from fsguard.call.pipeline import STAGES, Stage, Verdict
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.waiting import settle, wait_for
 
 TS = 0.002
 
@@ -78,7 +78,7 @@ def test_an_instruction_that_cannot_be_sent_still_gives_the_call_its_fail_open_r
 def test_a_failure_outside_the_pipeline_still_gives_the_call_its_fail_open_route(settings, start_guard, monkeypatch):
     """A bug before the stages run (here: building the Call) used to end with a traceback and the
     socket closed on a call that had only ``resume``."""
-    from fsguard.app import App
+    from fsguard.service.app import App
 
     def broken(self, session):
         raise RuntimeError("a bug while reading the channel data")
@@ -92,15 +92,15 @@ def test_a_failure_outside_the_pipeline_still_gives_the_call_its_fail_open_route
 
 
 @pytest.mark.parametrize("check", [
-    pytest.param(lambda: __import__("fsguard.recordings", fromlist=["x"]).UUID_RE.match(
+    pytest.param(lambda: __import__("fsguard.rules.recordings", fromlist=["x"]).UUID_RE.match(
         "0b3c8a8e-0000-4000-8000-000000000001\n"), id="recording-uuid"),
-    pytest.param(lambda: __import__("fsguard.inbound", fromlist=["x"])._UUID.match(
+    pytest.param(lambda: __import__("fsguard.esl.client", fromlist=["x"])._UUID.match(
         "0b3c8a8e-0000-4000-8000-000000000001\n"), id="api-uuid"),
-    pytest.param(lambda: __import__("fsguard.routing_table", fromlist=["x"]).NAME_RE.match("support\n"),
+    pytest.param(lambda: __import__("fsguard.rules.routing", fromlist=["x"]).NAME_RE.match("support\n"),
                  id="queue-name"),
     pytest.param(lambda: __import__("fsguard.stages.outbound", fromlist=["x"])._PLAIN_DIGITS.match("5551234\n"),
                  id="dialled-digits"),
-    pytest.param(lambda: __import__("fsguard.lists", fromlist=["x"])._CAUSE.match("CALL_REJECTED\n"),
+    pytest.param(lambda: __import__("fsguard.rules.lists", fromlist=["x"])._CAUSE.match("CALL_REJECTED\n"),
                  id="hangup-cause"),
 ])
 def test_no_validating_pattern_accepts_a_trailing_newline(check):
@@ -112,8 +112,8 @@ def test_no_validating_pattern_accepts_a_trailing_newline(check):
 
 from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st  # noqa: E402
 
-from fsguard.esl import OutboundSession  # noqa: E402
-from fsguard.testing import wire  # noqa: E402
+from fsguard.esl.session import OutboundSession  # noqa: E402
+from fsguard_testing import wire  # noqa: E402
 from test_hardening import ScriptedSocket  # noqa: E402 - the socket stand-in of the hardening tests
 
 UUID = "0b3c8a8e-0000-4000-8000-000000000001"
@@ -210,7 +210,7 @@ def test_seven_short_calls_with_a_forged_hangup_in_the_notice_are_still_call_and
     """The attack end to end: each call's SIP From user ends the linger notice early and forges a
     CHANNEL_HANGUP_COMPLETE with billsec 9999. The real 3-second calls must be counted as
     call-and-hang-up, and the fifth blocks the number."""
-    from fsguard import lists
+    from fsguard.rules import lists
 
     settings.policy.stages = ["screening"]
     settings.policy.unverified_action = "reject"
@@ -244,7 +244,7 @@ import time  # noqa: E402
 def test_peers_that_never_answer_connect_take_no_call_slot(settings, start_guard, db):
     """300 peers connect and say nothing; with max_calls = 5 a hard-blocked caller must still be
     screened and rejected (before: it waited behind them and was given the fail-open route)."""
-    from fsguard import lists
+    from fsguard.rules import lists
 
     settings.policy.stages = ["screening", "routing"]
     settings.esl.max_calls = 5
@@ -286,7 +286,7 @@ CLEAN = "+13125550100"
 
 @pytest.fixture
 def pai_line(settings, start_guard, db):
-    from fsguard import lists
+    from fsguard.rules import lists
 
     settings.policy.stages = ["screening"]
     settings.policy.unverified_action = "reject"
@@ -344,7 +344,8 @@ import json  # noqa: E402
 
 from sqlalchemy import text  # noqa: E402
 
-from fsguard import cli, logs  # noqa: E402
+from fsguard.ops import cli  # noqa: E402
+from fsguard.service import logs
 from fsguard.config import LoggingSettings  # noqa: E402
 
 DIALLED = "+15551230002"
@@ -478,7 +479,7 @@ def sqlite_file(tmp_path: Any, sqlite_template: Any) -> Any:
     """A migrated SQLite database of the test's own (the immutable flag is a file's)."""
     import shutil
 
-    path = tmp_path / "fsguard.db"
+    path = tmp_path / "fsguard.store.db"
     shutil.copy(sqlite_template, path)
     yield path
     chattr("-i", path, f"{path}-wal", f"{path}-shm")
@@ -488,9 +489,9 @@ def test_a_database_made_read_only_neither_crashes_fsguard_nor_outlives_the_rest
     """The real daemon, its database made immutable while calls flow, then writable again. Before:
     SIGBUS ("Fatal Python error: Bus error") in 2 of 4 runs; otherwise never recovered (a
     hard-blocked number routed after the restore, records abandoned, /readyz ready throughout)."""
-    from fsguard import lists
+    from fsguard.rules import lists
     from fsguard.config import DatabaseSettings
-    from fsguard.db import Database
+    from fsguard.store.db import Database
     from test_process import Fsguard
 
     url = f"sqlite:///{sqlite_file}"
@@ -538,11 +539,11 @@ def test_a_postgresql_database_that_refuses_writes_fails_open_and_recovers_by_it
     meanwhile, keeps the call records for a retry, and screens again once writes are accepted."""
     from sqlalchemy import create_engine
 
-    from fsguard import lists
-    from fsguard.app import App
+    from fsguard.rules import lists
+    from fsguard.service.app import App
     from fsguard.config import Settings
-    from fsguard.db import Database
-    from fsguard.server import CallServer
+    from fsguard.store.db import Database
+    from fsguard.service.server import CallServer
 
     assert pg_base_url is not None, "this test needs the PostgreSQL server"
     name = pg_base_url.rsplit("/", 1)[1]

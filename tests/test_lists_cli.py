@@ -1,5 +1,5 @@
 """``fsguard lists``: add / remove / show / import / export / purge, through the real command line
-entry point (``fsguard.cli.main``), on SQLite and PostgreSQL; ``--from-call`` against a call that
+entry point (``fsguard.ops.cli.main``), on SQLite and PostgreSQL; ``--from-call`` against a call that
 went through the socket."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import gevent
 import pytest
 from sqlalchemy import func, select, update
 
-from fsguard import cli, lists
-from fsguard.models import utcnow
-from fsguard.models.lists import CallCounter, ListEntry
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
+from fsguard.ops import cli
+from fsguard.rules import lists
+from fsguard.store.models import utcnow
+from fsguard.store.models.lists import CallCounter, ListEntry
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
 
 
 # fsguard(...) runs the command in-process against the test database: (exit code, stdout, stderr)

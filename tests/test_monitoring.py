@@ -15,11 +15,12 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fsguard import cli, records
+from fsguard.ops import cli
+from fsguard.store import records
 from fsguard.config import DatabaseSettings
-from fsguard.db import Database
-from fsguard.metrics import Metrics
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
+from fsguard.store.db import Database
+from fsguard.service.metrics import Metrics
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
 from test_process import fsguard_process  # noqa: F401 - the real `python -m fsguard serve` fixture
 
 MONITORING = Path(__file__).resolve().parent.parent / "conf" / "monitoring"
@@ -70,13 +71,13 @@ def test_abandoned_writes_are_counted(tmp_path, sqlite_template):
     from sqlalchemy import create_engine
     from sqlalchemy.orm import sessionmaker
 
-    path = tmp_path / "fsguard.db"
+    path = tmp_path / "fsguard.store.db"
     shutil.copy(sqlite_template, path)
     dead = Database(DatabaseSettings(url=f"sqlite:///{path}"))
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     # the database goes away: nothing can be opened where it was
-    dead.engine = create_engine(f"sqlite:///{blocker}/fsguard.db", pool_size=1, max_overflow=0, pool_timeout=0.2)
+    dead.engine = create_engine(f"sqlite:///{blocker}/fsguard.store.db", pool_size=1, max_overflow=0, pool_timeout=0.2)
     dead.sessions = sessionmaker(dead.engine)
     writer = records.make_writer(dead, retry_seconds=0.3)
     metrics = Metrics()

@@ -1,5 +1,5 @@
 """What a new user and an operator trip over (issue 17), through the real ``fsguard`` entry point
-(``fsguard.cli.main`` in-process, or ``python -m fsguard`` where a real pipe or process matters),
+(``fsguard.ops.cli.main`` in-process, or ``python -m fsguard`` where a real pipe or process matters),
 on SQLite and PostgreSQL where a database is involved."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from typing import Callable
 import pytest
 from sqlalchemy import inspect
 
-from fsguard import cli, migrate
+from fsguard.ops import cli
+from fsguard.store import migrate
 from fsguard.config import DatabaseSettings
-from fsguard.db import Database
-from fsguard.testing.simulator import Caller
+from fsguard.store.db import Database
+from fsguard_testing.simulator import Caller
 from test_recording import cli_env, settle  # noqa: F401 - fixtures and waits of the recording tests
 from test_recording import run as run_recording  # noqa: F401
 
@@ -74,14 +75,14 @@ def test_the_defaults_are_absolute_whatever_the_working_directory(run, tmp_path,
     monkeypatch.chdir(tmp_path)
     code, out, _ = run("config", "show")
     assert code == 0
-    assert 'url = "sqlite:////var/lib/fsguard/fsguard.db"' in out
+    assert 'url = "sqlite:////var/lib/fsguard/fsguard.store.db"' in out
     assert 'dir = "/var/lib/fsguard/recordings"' in out
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_command_on_a_missing_database_creates_nothing_and_says_to_upgrade(run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = tmp_path / "state" / "fsguard.db"
+    path = tmp_path / "state" / "fsguard.store.db"
     monkeypatch.setenv("FSGUARD_DATABASE_URL", f"sqlite:///{path}")
     for argv in (["calls"], ["lists", "show"], ["db", "current"]):
         code, out, err = run(*argv)
@@ -100,7 +101,7 @@ def test_a_command_on_a_missing_database_creates_nothing_and_says_to_upgrade(run
 
 
 @pytest.mark.parametrize("variable, value, problem", [
-    ("FSGUARD_DATABASE_URL", "sqlite:///var/fsguard.db", "names the relative path 'var/fsguard.db'"),
+    ("FSGUARD_DATABASE_URL", "sqlite:///var/fsguard.store.db", "names the relative path 'var/fsguard.store.db'"),
     ("FSGUARD_RECORDING_DIR", "var/recordings", "recording.dir: must be an absolute path"),
     ("FSGUARD_DATABASE_URL", "mysql://fsguard@db/fsguard", "fsguard works with sqlite:/// and postgresql://"),
 ])
@@ -125,8 +126,8 @@ def test_make_run_keeps_the_checkouts_state_in_var(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
     var = REPO.resolve() / "var"
-    assert made.stdout.splitlines() == [f"db upgrade sqlite:///{var}/fsguard.db {var}/recordings",
-                                        f"serve sqlite:///{var}/fsguard.db {var}/recordings"]
+    assert made.stdout.splitlines() == [f"db upgrade sqlite:///{var}/fsguard.store.db {var}/recordings",
+                                        f"serve sqlite:///{var}/fsguard.store.db {var}/recordings"]
 
 
 def test_the_unit_and_the_install_steps_use_the_same_state_directory():
@@ -136,7 +137,7 @@ def test_the_unit_and_the_install_steps_use_the_same_state_directory():
     from fsguard.config import Settings
 
     defaults = Settings()
-    assert defaults.database.sqlite_path == Path("/var/lib/fsguard/fsguard.db")
+    assert defaults.database.sqlite_path == Path("/var/lib/fsguard/fsguard.store.db")
     assert Path(defaults.recording.dir).parent == Path("/var/lib/fsguard")
 
 
@@ -155,7 +156,7 @@ def test_an_unknown_revision_is_one_line(fsguard, db, argv, problem):
 
 
 def test_downgrade_to_base_needs_yes(run, tmp_path, monkeypatch):
-    path = tmp_path / "fsguard.db"
+    path = tmp_path / "fsguard.store.db"
     monkeypatch.setenv("FSGUARD_DATABASE_URL", f"sqlite:///{path}")
     assert run("db", "upgrade")[0] == 0
     code, out, err = run("db", "downgrade", "base")
@@ -173,7 +174,7 @@ def test_downgrade_to_base_needs_yes(run, tmp_path, monkeypatch):
 
 
 def test_db_upgrade_says_whether_it_migrated(run, tmp_path, monkeypatch):
-    monkeypatch.setenv("FSGUARD_DATABASE_URL", f"sqlite:///{tmp_path}/fsguard.db")
+    monkeypatch.setenv("FSGUARD_DATABASE_URL", f"sqlite:///{tmp_path}/fsguard.store.db")
     code, out, _ = run("db", "upgrade", "0004")
     assert (code, out.strip()) == (0, f"migrated the database from empty to 0004 (head {migrate.head()})")
     code, out, _ = run("db", "upgrade")
@@ -352,7 +353,7 @@ def test_config_check_reports_every_problem_and_unknown_variables(run, tmp_path,
 @pytest.fixture
 def screened(settings, start_guard):
     """fsguard with screening and routing, and the simulator pointed at it."""
-    from fsguard.testing.simulator import FakeFreeSWITCH
+    from fsguard_testing.simulator import FakeFreeSWITCH
 
     settings.policy.stages = ["screening", "routing"]
     return FakeFreeSWITCH(start_guard().address, time_scale=0.005)
@@ -454,7 +455,7 @@ def csv_cells(text: str) -> list[list[str]]:
 
 
 def test_formula_unit_rules():
-    from fsguard.spreadsheet import looks_like_formula, safe_cell, unescape_cell
+    from fsguard.rules.spreadsheet import looks_like_formula, safe_cell, unescape_cell
 
     for formula in FORMULAS:
         assert safe_cell(formula) == "'" + formula and unescape_cell(safe_cell(formula)) == formula
@@ -610,7 +611,7 @@ def test_the_http_crm_reuses_one_kept_alive_connection(settings, start_guard, db
     handshakes on the calls' way to the queue."""
     from gevent import pywsgi
 
-    from fsguard.testing.simulator import FakeFreeSWITCH
+    from fsguard_testing.simulator import FakeFreeSWITCH
 
     ports: list[str] = []
 

@@ -17,15 +17,17 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from fsguard import cli, outbound, records
-from fsguard.app import App
+from fsguard.ops import cli
+from fsguard.rules import freeze as outbound
+from fsguard.store import records
+from fsguard.service.app import App
 from fsguard.config import ConfigError, OutboundSettings, Settings, load_settings
-from fsguard.db import Database
-from fsguard.models import OutboundAttempt, OutboundFreeze, utcnow
-from fsguard.pipeline import CallEnd
+from fsguard.store.db import Database
+from fsguard.store.models import OutboundAttempt, OutboundFreeze, utcnow
+from fsguard.call.pipeline import CallEnd
 from fsguard.stages.outbound import OutboundStage, far_end
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
-from fsguard.testing.waiting import settle, wait_for
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.waiting import settle, wait_for
 
 NUMBER = "+15557654321"
 OTHER = "+15557650000"
@@ -540,10 +542,10 @@ def test_erasure_deletes_history_but_keeps_a_freeze_in_force(db):
 def test_fsguard_erase_runs_the_outbound_eraser(db, settings):
     import importlib.util
 
-    if importlib.util.find_spec("fsguard.erasure") is None:
-        pytest.skip("fsguard.erasure (recording area) is not there yet")
-    import fsguard.commands.outbound as commands
-    from fsguard import erasure
+    if importlib.util.find_spec("fsguard.rules.erasure") is None:
+        pytest.skip("fsguard.rules.erasure (recording area) is not there yet")
+    import fsguard.ops.commands.outbound as commands
+    from fsguard.rules import erasure
 
     assert ("outbound", commands._erase) in erasure.registered()
     number = "+14155552671"  # erasure reads numbers strictly (valid numbers only)

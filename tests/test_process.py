@@ -26,8 +26,8 @@ from typing import Any
 import gevent
 import pytest
 
-from fsguard import records
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
+from fsguard.store import records
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
 from test_systemd import NotifySocket  # systemd's side of sd_notify, played by the test
 
 TOKEN = "process-test-token-0123456789"
@@ -38,7 +38,7 @@ STAGE_MODULE = f'''
 import os
 from pathlib import Path
 
-from fsguard.pipeline import Stage, Verdict
+from fsguard.call.pipeline import Stage, Verdict
 
 
 class SlowPrompt(Stage):
@@ -59,7 +59,7 @@ monkey.patch_all()
 
 import runpy  # noqa: E402
 
-from fsguard.pipeline import STAGES  # noqa: E402
+from fsguard.call.pipeline import STAGES  # noqa: E402
 
 STAGES["slowprompt"] = "procstages:SlowPrompt"
 runpy.run_module("fsguard", run_name="__main__", alter_sys=True)
@@ -311,7 +311,7 @@ def test_config_example_holds_every_setting_with_its_default(tmp_path, monkeypat
     import dataclasses
     import re
 
-    from fsguard.commands.ops import render_settings
+    from fsguard.ops.commands.ops import render_settings
     from fsguard.config import Settings, load_settings
 
     for key in list(os.environ):
@@ -343,7 +343,7 @@ def test_config_example_holds_every_setting_with_its_default(tmp_path, monkeypat
 
 
 def test_config_check_and_show(tmp_path, capsys):
-    from fsguard import cli
+    from fsguard.ops import cli
 
     good = tmp_path / "good.toml"
     good.write_text(textwrap.dedent(f"""\

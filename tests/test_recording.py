@@ -23,15 +23,16 @@ import gevent
 import pytest
 from sqlalchemy import select
 
-from fsguard import cli, recordings
+from fsguard.ops import cli
+from fsguard.rules import recordings
 from fsguard.config import ConfigError, load_settings
-from fsguard.models import CallRecord, StageVerdict
-from fsguard.models.recordings import Recording, RecordingMask
-from fsguard.recordings import add_period, recording_path
+from fsguard.store.models import CallRecord, StageVerdict
+from fsguard.store.models.recordings import Recording, RecordingMask
+from fsguard.rules.recordings import add_period, recording_path
 from fsguard.stages.recording import in_sample
-from fsguard.testing import simulator
-from fsguard.testing.inbound import FakeInboundESL
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing import simulator
+from fsguard_testing.inbound import FakeInboundESL
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
 
 AUDIO_SECONDS = 0.5
 #: uuids of held calls the test wants hung up now
@@ -586,7 +587,7 @@ def test_purge_never_deletes_outside_the_recordings_directory(db, settings, tmp_
 
 
 def test_serve_purges_periodically(run, db, settings):
-    from fsguard.commands.recordings import periodic_purge
+    from fsguard.ops.commands.recordings import periodic_purge
 
     long_ago = datetime.now(timezone.utc) - timedelta(days=400)
     expired = make_recording(db, Path(settings.recording.dir), started=long_ago, until=long_ago + timedelta(days=1))
@@ -676,7 +677,7 @@ def test_recording_settings_are_checked_with_the_key_named(tmp_path):
 
 
 def test_replay_decides_again_from_the_stored_call_without_prompting_or_recording(run, db, settings):
-    from fsguard import replay
+    from fsguard.ops import replay
 
     guard, fs = run(mode="all")
     sales = fs.call(Caller(variables={"fsguard_queue": "sales"}))

@@ -15,12 +15,12 @@ import gevent
 import pytest
 from sqlalchemy import func, insert, select, update
 
-from fsguard import cli, replay
+from fsguard.ops import cli, replay
 from fsguard.config import Settings
-from fsguard.models import CallRecord, StageVerdict
-from fsguard.pipeline import STAGES, Stage, Verdict
-from fsguard.replay import ProgressBar, ReplayCall, ReplaySession
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
+from fsguard.store.models import CallRecord, StageVerdict
+from fsguard.call.pipeline import STAGES, Stage, Verdict
+from fsguard.ops.replay import ProgressBar, ReplayCall, ReplaySession
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
 
 
 # ----------------------------------------------------------- test stages

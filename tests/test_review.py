@@ -24,15 +24,16 @@ import gevent
 import pytest
 from sqlalchemy import func, select
 
-from fsguard import cli, recordings, review, spotting
-from fsguard.commands.review import review_worker
-from fsguard.models import OutboundFreeze, utcnow
-from fsguard.models.recordings import Recording, RecordingMask
-from fsguard.models.review import ReviewHit, ReviewResult
-from fsguard.recordings import recording_path
-from fsguard.testing import simulator
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
-from fsguard.testing.waiting import settle, wait_for
+from fsguard.ops import cli
+from fsguard.rules import recordings, review, spotting
+from fsguard.ops.commands.review import review_worker
+from fsguard.store.models import OutboundFreeze, utcnow
+from fsguard.store.models.recordings import Recording, RecordingMask
+from fsguard.store.models.review import ReviewHit, ReviewResult
+from fsguard.rules.recordings import recording_path
+from fsguard_testing import simulator
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.waiting import settle, wait_for
 
 RATE = 8000
 #: the voice the recogniser hears best of espeak-ng's US English ones at telephone rate (docs/review.rst)
@@ -393,7 +394,7 @@ def test_spotting_hears_the_phrase_in_the_right_channel_only(speech, tmp_path):
 def test_the_review_tables_come_with_their_migration(db):
     from sqlalchemy import inspect
 
-    from fsguard import migrate
+    from fsguard.store import migrate
 
     migrate.check(db)          # the models and migration 0008 agree
     migrate.downgrade(db, "0007")

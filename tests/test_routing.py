@@ -17,13 +17,14 @@ import gevent
 import pytest
 from gevent import pywsgi
 
-from fsguard import customers, records
+from fsguard.rules import customers
+from fsguard.store import records
 from fsguard.config import ConfigError, Settings, load_settings
-from fsguard.customers import CircuitBreaker, TTLCache
-from fsguard.pipeline import STAGES, Stage, Verdict
-from fsguard.routing_table import Hours, RouteFacts, build_table, caller_region
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
-from fsguard.testing.waiting import settle
+from fsguard.rules.customers import CircuitBreaker, TTLCache
+from fsguard.call.pipeline import STAGES, Stage, Verdict
+from fsguard.rules.routing import Hours, RouteFacts, build_table, caller_region
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.waiting import settle
 
 NY = ZoneInfo("America/New_York")
 #: a Monday at 10:00 and at 20:00 in New York, and a Saturday
@@ -406,7 +407,7 @@ def test_a_slow_sql_crm_times_out_and_its_connection_is_not_reused(settings, sta
 
 
 def test_replay_routes_again_without_asking_the_crm(settings, start_guard, db, crm):
-    from fsguard.replay import replay
+    from fsguard.ops.replay import replay
 
     server = crm({VIP: {"id": "CRM-9", "vip": True}})
     settings.routing.crm_url = server.url

@@ -21,11 +21,13 @@ import gevent
 import pytest
 from sqlalchemy import event, func, select, update
 
-from fsguard import lists, records, replay
-from fsguard.db import Database
-from fsguard.models import CallRecord, utcnow
-from fsguard.models.lists import CallCounter, ListEntry
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH, SimResult
+from fsguard.rules import lists
+from fsguard.store import records
+from fsguard.ops import replay
+from fsguard.store.db import Database
+from fsguard.store.models import CallRecord, utcnow
+from fsguard.store.models.lists import CallCounter, ListEntry
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH, SimResult
 from test_stirshaken import Pki  # the throwaway STI PKI (tests/ is on sys.path under pytest)
 
 CALLER = "+12125550147"

@@ -7,9 +7,10 @@ import gevent
 import pytest
 from prometheus_client import generate_latest
 
-from fsguard import cli, records
-from fsguard.pipeline import STAGES, Stage, Verdict
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
+from fsguard.ops import cli
+from fsguard.store import records
+from fsguard.call.pipeline import STAGES, Stage, Verdict
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
 
 
 class FloodRejects(Stage):
@@ -124,7 +125,7 @@ def cli_env(monkeypatch, settings):
 
 
 def block(db, number: str, level: int, reason: str) -> None:
-    from fsguard import lists
+    from fsguard.rules import lists
 
     with db.begin() as session:
         lists.add(session, lists.make_spec(number, kind="block", level=level, reason=reason, source="test"))
@@ -170,7 +171,7 @@ def test_screening_flood_rule_in_shadow_mode_records_but_routes(settings, run_ca
 
 def test_screening_in_shadow_mode_blocks_nobody_for_later(settings, run_call, db):
     pytest.importorskip("fsguard.stages.screening")
-    from fsguard import lists
+    from fsguard.rules import lists
 
     settings.policy.stages = ["screening", "routing"]
     settings.policy.enforce_stages = {"screening": False}

@@ -1,4 +1,4 @@
-"""Tests of the FreeSWITCH simulator (fsguard.testing) against the real captures and a scripted target.
+"""Tests of the FreeSWITCH simulator (fsguard_testing) against the real captures and a scripted target.
 
 The scripted target is a raw-socket StreamServer written here, so these tests do not depend on
 fsguard's own ESL code: they pin down what the simulator puts on the wire.
@@ -21,8 +21,8 @@ from gevent.server import StreamServer  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from fsguard.testing import transcripts, wire  # noqa: E402
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH, SimResult  # noqa: E402
+from fsguard_testing import transcripts, wire  # noqa: E402
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH, SimResult  # noqa: E402
 
 ALL_CAPTURES = transcripts.available()  # raises (collection error) when a capture folder is missing
 

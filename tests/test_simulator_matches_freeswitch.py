@@ -27,14 +27,14 @@ from uuid import uuid4
 import gevent
 import pytest
 
-from fsguard import lists
-from fsguard.app import App
+from fsguard.rules import lists
+from fsguard.service.app import App
 from fsguard.config import Settings
-from fsguard.db import Database
-from fsguard.server import CallServer
-from fsguard.testing import transcripts, wire
-from fsguard.testing.capture import BLOCKED, CALLER, DIALLED, SOFT, RecordingProxy, every_event
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
+from fsguard.store.db import Database
+from fsguard.service.server import CallServer
+from fsguard_testing import transcripts, wire
+from fsguard_testing.capture import BLOCKED, CALLER, DIALLED, SOFT, RecordingProxy, every_event
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
 
 SCENARIOS = ("routed", "challenge_keyed", "challenge_caller_hangup", "hard_block", "hard_block_sip")
 VARIANTS = ("", ".all-events")
@@ -162,9 +162,9 @@ def simulated(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -
     (the ``nixevent`` list is fsguard's, for the whole process).
     """
     work = tmp_path_factory.mktemp("simulated")
-    shutil.copy(sqlite_template, work / "fsguard.db")
+    shutil.copy(sqlite_template, work / "fsguard.store.db")
     settings = Settings()
-    settings.database.url = f"sqlite:///{work / 'fsguard.db'}"
+    settings.database.url = f"sqlite:///{work / 'fsguard.store.db'}"
     settings.node.id = "sim"
     settings.esl.listen = "127.0.0.1:0"
     settings.recording.dir = str(work / "recordings")
@@ -483,7 +483,7 @@ def test_linger_notice_falls_where_real_freeswitch_has_put_it(pair):
 def test_a_recording_reads_back_byte_for_byte_through_the_loader(tmp_path: Path):
     """What the proxy records is what transcripts.load gives back: raw CR, NUL, UTF-8, and bytes
     that look like the format's own markers stay inside their chunk."""
-    from fsguard.testing.capture import Recording
+    from fsguard_testing.capture import Recording
 
     recording = Recording("tricky")
     payloads = [
@@ -549,8 +549,8 @@ def test_fsguard_finishes_a_caller_hangup_wherever_the_linger_notice_falls(start
     """The captures show the linger notice before CHANNEL_HANGUP, right after it, and after
     CHANNEL_HANGUP_COMPLETE: whichever FreeSWITCH sends, fsguard keeps the socket until the final
     event, records the hang-up cause FreeSWITCH gave, says ``exit`` and closes."""
-    from fsguard.records import find_call
-    from fsguard.testing.waiting import settle
+    from fsguard.store.records import find_call
+    from fsguard_testing.waiting import settle
 
     settings.policy.stages = Settings().policy.stages  # the whole default chain, as captured
     guard = start_guard(settings)

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-from fsguard import stirshaken
-from fsguard.stirshaken import StirResult, Verifier, from_verstat, read_verstat, sign_passport
+from fsguard.rules import stirshaken
+from fsguard.rules.stirshaken import StirResult, Verifier, from_verstat, read_verstat, sign_passport
 
 #: the SHAKEN certificate's TNAuthList extension (RFC 8226), here with an SPC of 1234
 TN_AUTH_LIST = x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.5.5.7.1.26"), bytes.fromhex("3008a00616043132333435"))

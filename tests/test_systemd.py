@@ -13,10 +13,10 @@ from pathlib import Path
 import gevent
 import pytest
 
-from fsguard.app import App
-from fsguard.server import CallServer
-from fsguard.systemd import Notifier, install
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH
+from fsguard.service.app import App
+from fsguard.service.server import CallServer
+from fsguard.service.systemd import Notifier, install
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH
 
 
 class NotifySocket:

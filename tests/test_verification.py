@@ -27,15 +27,16 @@ import gevent
 import pytest
 from sqlalchemy import select
 
-from fsguard import lists, records
-from fsguard.cli import main as fsguard_main
+from fsguard.rules import lists
+from fsguard.store import records
+from fsguard.ops.cli import main as fsguard_main
 from fsguard.config import ConfigError, Settings, VerificationSettings
-from fsguard.db import Database
-from fsguard.models.challenges import Challenge
-from fsguard.pipeline import STAGES, Stage, Verdict
+from fsguard.store.db import Database
+from fsguard.store.models.challenges import Challenge
+from fsguard.call.pipeline import STAGES, Stage, Verdict
 from fsguard.stages.verification import announcement, judge_early, new_code
-from fsguard.testing import simulator
-from fsguard.testing.simulator import Caller, FakeFreeSWITCH, SimResult
+from fsguard_testing import simulator
+from fsguard_testing.simulator import Caller, FakeFreeSWITCH, SimResult
 
 CALLER = "+12125550147"
 TOLL_FREE = "+18005550100"
@@ -463,7 +464,7 @@ def test_shadow_mode_prompts_nobody(start_line):
 
 
 def test_replay_reuses_the_stored_outcome(start_line):
-    from fsguard.replay import ReplayCall
+    from fsguard.ops.replay import ReplayCall
 
     line = start_line()
     stage = next(s for s in line.guard.app.pipeline.stages if s.name == "verification")
@@ -543,7 +544,7 @@ def test_the_challenges_command_lists_and_the_eraser_deletes(start_line, db, set
     assert fsguard_main(["-c", str(config), "challenges", "not a number"]) == 1
     assert "not a number" in capsys.readouterr().err
 
-    from fsguard import erasure
+    from fsguard.rules import erasure
 
     report = erasure.erase(db, CALLER, settings=settings)
     assert report.ok

@@ -36,7 +36,7 @@ mkdir -p "$work/log" "$work/db" "$work/run" "$work/temp" "$work/sounds" "$work/r
 # No sound pack is needed: the prompts fsguard plays are written as short tones.
 python=${PYTHON:-$here/../../.venv/bin/python}
 [ -x "$python" ] || python=python3
-"$python" -m fsguard.testing.freeswitch prompts "$work/sounds" >/dev/null
+"$python" -m fsguard_testing.freeswitch prompts "$work/sounds" >/dev/null
 
 export FSGUARD_LAB_SOCKET=${FSGUARD_LAB_SOCKET:-127.0.0.1:8084}
 export FSGUARD_LAB_ESL_PORT=${FSGUARD_LAB_ESL_PORT:-8021}
@@ -59,7 +59,7 @@ FreeSWITCH lab: $freeswitch
   configuration  $here
   logs           $work/log/freeswitch.log
   databases      $work/db
-  prompts        $work/sounds (tones, written by fsguard.testing.freeswitch)
+  prompts        $work/sounds (tones, written by fsguard_testing.freeswitch)
   recordings     $work/recordings
   fsguard        $FSGUARD_LAB_SOCKET (socket target)   inbound ESL 127.0.0.1:$FSGUARD_LAB_ESL_PORT
   SIP            callers 127.0.0.1:$FSGUARD_LAB_SIP_PORT   agents' phones 127.0.0.1:$FSGUARD_LAB_AGENT_PORT
@@ -100,7 +100,7 @@ At the freeswitch> prompt:
     callcenter_config agent set status 1000@default Available
 
   A real SIP INVITE (from another terminal), e.g. a forged display name:
-    .venv/bin/python -m fsguard.testing.freeswitch invite --user 13125550166 \
+    .venv/bin/python -m fsguard_testing.freeswitch invite --user 13125550166 \
         --display 'Eve%0ACaller-Caller-ID-Number%3A%2012125550101'
 
   Hang a call up: uuid_kill caller1      Calls now: show channels      Leave: shutdown

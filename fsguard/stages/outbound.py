@@ -30,12 +30,12 @@ from typing import Any
 
 import structlog
 
-from fsguard import outbound
-from fsguard.call import Call
-from fsguard.db import DatabaseError
-from fsguard.pipeline import CallEnd, Stage, Verdict
+from fsguard.rules import freeze as outbound
+from fsguard.call.call import Call
+from fsguard.store.db import DatabaseError
+from fsguard.call.pipeline import CallEnd, Stage, Verdict
 
-log = structlog.get_logger("fsguard.outbound")
+log = structlog.get_logger("fsguard.rules.freeze")
 
 #: a dialled string that may go into a dial string as it is (no gateway/URI syntax)
 _PLAIN_DIGITS = re.compile(r"^\+?[0-9]{1,20}\Z")

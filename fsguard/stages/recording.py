@@ -36,15 +36,15 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from fsguard import numbers
-from fsguard.call import Call, CallGone
+from fsguard.rules import numbers
+from fsguard.call.call import Call, CallGone
 from fsguard.config import RecordingSettings, packaged_sound
-from fsguard.models import utcnow
-from fsguard.pipeline import CallEnd, Stage, Verdict
-from fsguard.recordings import finalize, finalize_queued, open_recording, party_number, recording_path, recording_root, retain_until
+from fsguard.store.models import utcnow
+from fsguard.call.pipeline import CallEnd, Stage, Verdict
+from fsguard.rules.recordings import finalize, finalize_queued, open_recording, party_number, recording_path, recording_root, retain_until
 
 if TYPE_CHECKING:
-    from fsguard.app import App
+    from fsguard.service.app import App
 
 log = structlog.get_logger("fsguard.recording")
 

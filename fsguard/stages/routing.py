@@ -33,12 +33,12 @@ from typing import Any
 
 import structlog
 
-from fsguard import customers
-from fsguard.call import Call
-from fsguard.customers import CustomerInfo, Lookup
-from fsguard.db import DatabaseError
-from fsguard.pipeline import Stage, Verdict
-from fsguard.routing_table import RouteDecision, RouteFacts, build_table, caller_region
+from fsguard.rules import customers
+from fsguard.call.call import Call
+from fsguard.rules.customers import CustomerInfo, Lookup
+from fsguard.store.db import DatabaseError
+from fsguard.call.pipeline import Stage, Verdict
+from fsguard.rules.routing import RouteDecision, RouteFacts, build_table, caller_region
 
 log = structlog.get_logger("fsguard.routing")
 

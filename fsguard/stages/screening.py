@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from fsguard import lists, stirshaken
-from fsguard.call import Call
+from fsguard.rules import lists, stirshaken
+from fsguard.call.call import Call
 from fsguard.config import ConfigError, ScreeningSettings, parse_duration
-from fsguard.pipeline import CallEnd, Stage, Verdict
+from fsguard.call.pipeline import CallEnd, Stage, Verdict
 
 if TYPE_CHECKING:
-    from fsguard.app import App
-    from fsguard.models.lists import ListEntry
+    from fsguard.service.app import App
+    from fsguard.store.models.lists import ListEntry
 
 log = structlog.get_logger("fsguard.screening")
 

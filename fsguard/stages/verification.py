@@ -49,17 +49,17 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy import func, select
 
-from fsguard import lists
-from fsguard.call import Call, CallGone
+from fsguard.rules import lists
+from fsguard.call.call import Call, CallGone
 from fsguard.config import VerificationSettings, sound_seconds
-from fsguard.db import DatabaseError
-from fsguard.esl import Headers, OutboundSession
-from fsguard.models.base import utcnow
-from fsguard.models.challenges import Challenge
-from fsguard.pipeline import Stage, Verdict
+from fsguard.store.db import DatabaseError
+from fsguard.esl.session import Headers, OutboundSession
+from fsguard.store.models.base import utcnow
+from fsguard.store.models.challenges import Challenge
+from fsguard.call.pipeline import Stage, Verdict
 
 if TYPE_CHECKING:
-    from fsguard.app import App
+    from fsguard.service.app import App
 
 log = structlog.get_logger("fsguard.verification")
 
@@ -271,7 +271,7 @@ class VerificationStage(Stage):
         if code == "risk":
             return "risk", f"screening risk {screen.get('risk', '?')}"
         if code.startswith("stir.") and isinstance(screen.get("stir"), dict):
-            from fsguard.stirshaken import StirResult
+            from fsguard.rules.stirshaken import StirResult
 
             stir = StirResult.from_dict(screen["stir"])
             if sc.stir_action(stir.outcome, stir.failure) != "challenge":

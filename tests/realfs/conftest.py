@@ -21,11 +21,11 @@ from pathlib import Path
 import gevent
 import pytest
 
-from fsguard.app import App
+from fsguard.service.app import App
 from fsguard.config import Settings
-from fsguard.db import Database
-from fsguard.server import CallServer
-from fsguard.testing.freeswitch import CallPlacer, EventSocketClient, Ports, RealFreeSWITCH, find_freeswitch
+from fsguard.store.db import Database
+from fsguard.service.server import CallServer
+from fsguard_testing.freeswitch import CallPlacer, EventSocketClient, Ports, RealFreeSWITCH, find_freeswitch
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +72,7 @@ def realfs_settings(request: pytest.FixtureRequest, freeswitch: RealFreeSWITCH, 
     if getattr(request, "param", "sqlite") == "postgresql":
         s.database.url = request.getfixturevalue("db_url_postgresql")
     else:
-        path = tmp_path / "fsguard.db"
+        path = tmp_path / "fsguard.store.db"
         shutil.copy(sqlite_template, path)
         s.database.url = f"sqlite:///{path}"
     s.node.id = "realfs"

@@ -13,10 +13,10 @@ from typing import Callable
 
 import pytest
 
-from fsguard import lists
-from fsguard.app import App
+from fsguard.rules import lists
+from fsguard.service.app import App
 from fsguard.config import packaged_sound
-from fsguard.testing.freeswitch import CallPlacer, Event, EventSocketClient, RealFreeSWITCH, sip_invite
+from fsguard_testing.freeswitch import CallPlacer, Event, EventSocketClient, RealFreeSWITCH, sip_invite
 
 CALLER = "12125550101"
 BLOCKED = "13125550166"
@@ -133,7 +133,7 @@ def test_crafted_display_name_cannot_unblock_a_hard_blocked_caller(
     assert not answered(fs_events, end.uuid)
     # ... and fsguard screened the true number
     with app.db.begin() as session:
-        from fsguard.models import CallRecord
+        from fsguard.store.models import CallRecord
         row = session.get(CallRecord, end.uuid)
         assert row is not None and row.ani == "+" + BLOCKED and row.outcome == "rejected"
 

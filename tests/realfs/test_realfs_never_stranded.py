@@ -16,10 +16,10 @@ from typing import Callable
 
 import pytest
 
-from fsguard import lists
-from fsguard.app import App
+from fsguard.rules import lists
+from fsguard.service.app import App
 from fsguard.config import Settings
-from fsguard.testing.freeswitch import CallPlacer, Event, EventSocketClient, RealFreeSWITCH
+from fsguard_testing.freeswitch import CallPlacer, Event, EventSocketClient, RealFreeSWITCH
 
 from test_realfs_calls import SOFT, block, executed, hangup
 
@@ -145,5 +145,5 @@ def test_with_two_nodes_in_the_socket_target_the_second_takes_the_call_when_the_
     assert end.var("hangup_cause") == "CALL_REJECTED"
     assert not fs_events.find("CHANNEL_EXECUTE", where={"Unique-ID": b_leg, "Application-Data": FALLBACK})
     with app.db.begin() as session:
-        from fsguard.models import CallRecord
+        from fsguard.store.models import CallRecord
         assert session.get(CallRecord, b_leg).node == "second"

@@ -14,9 +14,9 @@ from typing import Callable
 
 import gevent
 
-from fsguard.app import App
+from fsguard.service.app import App
 from fsguard.config import Settings
-from fsguard.testing.freeswitch import CallPlacer, EventSocketClient, RealFreeSWITCH, write_tone
+from fsguard_testing.freeswitch import CallPlacer, EventSocketClient, RealFreeSWITCH, write_tone
 
 from test_realfs_calls import agent_ready, executed, hangup  # tests/realfs is on sys.path under pytest
 
@@ -103,7 +103,7 @@ def test_routed_call_is_recorded_in_stereo_and_a_pause_is_silence_in_the_file(
 def _wait_for_attempts(app: App, count: int, timeout: float = 10.0) -> None:
     from sqlalchemy import func, select
 
-    from fsguard.models.outbound import OutboundAttempt
+    from fsguard.store.models.outbound import OutboundAttempt
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,0 +1,1 @@
+"""The call as the stages see it, the chain of stages it goes through, and its guaranteed end."""

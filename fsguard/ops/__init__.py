@@ -1,0 +1,1 @@
+"""What operators use: the fsguard command, the HTTP API and console, the lab, replay."""

@@ -1,0 +1,107 @@
+"""Writing calls and verdicts down, and reading them back for operators.
+
+Two moments per call, both handed to the group-commit writer (fsguard/store/writer.py): the decision
+(call row and its verdicts) right after FreeSWITCH has its instruction, and the end (hang-up
+cause, billsec) at hang-up.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+
+from fsguard.call.call import Call
+from fsguard.store.db import Database
+from fsguard.store.models import CallRecord, Recording, RecordingMask, StageVerdict
+from fsguard.call.pipeline import CallEnd, Decision
+from fsguard.store.writer import Ticket, Writer
+
+
+def make_writer(db: Database, *, retry_seconds: float = 30.0, on_error: Any = None) -> Writer:
+    """The writer with every kind of row a call leaves behind, in the order they must be written."""
+    writer = Writer(db, retry_seconds=retry_seconds, on_error=on_error)
+    writer.declare_insert("call", CallRecord.__table__)  # type: ignore[arg-type]
+    writer.declare_insert("verdict", StageVerdict.__table__)  # type: ignore[arg-type]
+    writer.declare_update("call_end", CallRecord.__table__, "uuid")  # type: ignore[arg-type]
+    rec, mask = Recording.__table__, RecordingMask.__table__
+    # a recording stopped by an operator (``fsguard recordings stop``) already has its end
+    writer.declare("recording_end", lambda: update(rec).where(rec.c.id == bindparam("_key"),
+                                                               rec.c.ended_at.is_(None)))
+    writer.declare("mask_end", lambda: update(mask).where(mask.c.recording_id == bindparam("_key"),
+                                                          mask.c.ended_at.is_(None)))
+    writer.declare_delete("recording_discard", rec, "id")  # type: ignore[arg-type]
+    return writer
+
+
+def decision_rows(call: Call, decision: Decision, node: str, started_at: datetime
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The call's row and its verdicts' rows, as decided."""
+    decided_at = started_at + timedelta(milliseconds=decision.decision_ms or 0)
+    row = {"uuid": call.uuid, "node": node, "direction": call.direction, "ani_raw": call.presented_number,
+           "ani": call.ani, "caller_name": call.caller_name, "dnis": call.dnis, "context": call.context,
+           "started_at": started_at, "decided_at": decided_at, "decision_ms": decision.decision_ms,
+           "action": decision.action, "outcome": decision.outcome, "risk": call.risk, "verified": call.verified,
+           "inputs": call.describe(), "answered": False, "erased": False,
+           "ended_at": None, "hangup_cause": None, "duration": None, "billsec": None}
+    verdicts = [{"call_uuid": call.uuid, "seq": i, "stage": v.stage, "outcome": v.outcome.value, "code": v.code,
+                 "reason": v.reason, "enforced": v.enforced, "details": _jsonable(v.details),
+                 "elapsed_ms": v.elapsed_ms} for i, v in enumerate(decision.verdicts)]
+    return row, verdicts
+
+
+def record_decision(writer: Writer, call: Call, decision: Decision, node: str, started_at: datetime) -> Ticket:
+    row, verdicts = decision_rows(call, decision, node, started_at)
+    ticket = writer.submit("call", row)
+    for verdict in verdicts:
+        ticket = writer.submit("verdict", verdict)
+    return ticket
+
+
+def record_end(writer: Writer, uuid: str, end: CallEnd) -> Ticket:
+    return writer.submit("call_end", {"_key": uuid, "ended_at": datetime.now(timezone.utc),
+                                      "hangup_cause": end.hangup_cause, "duration": end.duration,
+                                      "billsec": end.billsec, "answered": end.answered})
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def call_as_dict(call: CallRecord) -> dict[str, Any]:
+    """The stable JSON shape of a call for ``fsguard calls --json`` and the admin API."""
+    return {
+        "uuid": call.uuid, "node": call.node, "ani": call.ani, "ani_raw": call.ani_raw,
+        "caller_name": call.caller_name, "dnis": call.dnis, "direction": call.direction,
+        "started_at": call.started_at.isoformat() if call.started_at else None,
+        "decision_ms": round(call.decision_ms, 3) if call.decision_ms is not None else None,
+        "action": call.action, "outcome": call.outcome, "risk": call.risk, "verified": call.verified,
+        "hangup_cause": call.hangup_cause, "billsec": call.billsec, "duration": call.duration,
+        "ended_at": call.ended_at.isoformat() if call.ended_at else None,
+        "inputs": call.inputs,
+        "verdicts": [{"stage": v.stage, "outcome": v.outcome, "code": v.code, "reason": v.reason,
+                      "enforced": v.enforced, "details": v.details, "elapsed_ms": round(v.elapsed_ms, 3)}
+                     for v in call.verdicts],
+    }
+
+
+def recent_calls(db: Database, limit: int = 20) -> list[CallRecord]:
+    with db.begin() as session:
+        return list(session.scalars(select(CallRecord).order_by(CallRecord.started_at.desc()).limit(limit)))
+
+
+def find_call(db: Database, uuid: str) -> CallRecord | None:
+    with db.begin() as session:
+        call = session.get(CallRecord, uuid)
+        if call is None and len(uuid) >= 6:
+            # a prefix shared by several calls finds none of them (the CLI lists the candidates)
+            found = list(session.scalars(select(CallRecord).where(CallRecord.uuid.startswith(uuid)).limit(2)))
+            call = found[0] if len(found) == 1 else None
+        return call
