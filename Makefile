@@ -30,7 +30,7 @@ test-tools:
 	fi
 
 # An installed fsguard keeps its state in /var/lib/fsguard; the checkout's keeps it in var/.
-run: export FSGUARD_DATABASE_URL ?= sqlite:///$(CURDIR)/var/fsguard.store.db
+run: export FSGUARD_DATABASE_URL ?= sqlite:///$(CURDIR)/var/fsguard.db
 run: export FSGUARD_RECORDING_DIR ?= $(CURDIR)/var/recordings
 run: install
 	mkdir -p var/recordings

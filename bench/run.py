@@ -397,7 +397,7 @@ def fmt(value: Any, digits: int = 2) -> str:
 def make_database(kind: str, workdir: Path) -> tuple[str, Any]:
     """A fresh database and the function that drops it."""
     if kind == "sqlite":
-        path = workdir / "fsguard.store.db"
+        path = workdir / "fsguard.db"
         return f"sqlite:///{path}", lambda: None
     from sqlalchemy import create_engine, text
 

@@ -138,7 +138,7 @@ class DatabaseSettings:
     """Where all state lives. SQLite for one node, PostgreSQL for production and several nodes."""
 
     #: sqlite:////absolute/path (one node) or postgresql://user:password@host/db (psycopg 3; several nodes)
-    url: str = f"sqlite:///{STATE_DIR}/fsguard.store.db"
+    url: str = f"sqlite:///{STATE_DIR}/fsguard.db"
     #: connections kept open; at least the calls that use the database at the same moment
     pool_size: int = 20
     #: seconds a call waits for a database connection before failing open
@@ -171,7 +171,7 @@ class DatabaseSettings:
         if path is not None and not path.is_absolute():
             raise ConfigError(f"database.url: {self.url!r} names the relative path {str(path)!r}, which depends on "
                               f"the directory fsguard is started from; give an absolute one "
-                              f"(sqlite:////var/lib/fsguard/fsguard.store.db: four slashes)")
+                              f"(sqlite:////var/lib/fsguard/fsguard.db: four slashes)")
         if self.write_retry_seconds < 0 or self.write_wait_seconds < 0:
             raise ConfigError("database.write_retry_seconds and database.write_wait_seconds cannot be negative")
 

@@ -368,7 +368,7 @@ def capture(out_dir: Path, names: list[str], *, binary: str | None = None, workd
     written: list[Path] = []
     try:
         settings = Settings()
-        settings.database.url = f"sqlite:///{work / 'fsguard.store.db'}"
+        settings.database.url = f"sqlite:///{work / 'fsguard.db'}"
         settings.node.id = "capture"
         settings.esl.listen = f"127.0.0.1:{free_port()}"
         settings.esl.inbound = fs.esl_address

@@ -99,7 +99,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite file, copied for each test (migrating every time would be slow)."""
-    path = tmp_path_factory.mktemp("template") / "fsguard.store.db"
+    path = tmp_path_factory.mktemp("template") / "fsguard.db"
     db = Database(Settings().database.__class__(url=f"sqlite:///{path}"))
     migrate.upgrade(db)
     db.dispose()
@@ -123,7 +123,7 @@ def emptied_postgresql(pg_base_url: str | None) -> str | None:
 def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[str]:
     """Every database test runs on SQLite and on PostgreSQL."""
     if request.param == "sqlite":
-        path = tmp_path / "fsguard.store.db"
+        path = tmp_path / "fsguard.db"
         shutil.copy(sqlite_template, path)
         yield f"sqlite:///{path}"
         return

@@ -14,7 +14,7 @@ from fsguard.store.db import Database
 
 def test_a_serving_sqlite_database_checkpoints_in_the_background_not_in_a_calls_commit(
         sqlite_template: Path, tmp_path: Path) -> None:
-    path = tmp_path / "fsguard.store.db"
+    path = tmp_path / "fsguard.db"
     path.write_bytes(sqlite_template.read_bytes())
     db = Database(DatabaseSettings(url=f"sqlite:///{path}"))
     try:
@@ -46,7 +46,7 @@ def test_the_write_ahead_log_stays_small_under_a_steady_stream_of_writes(sqlite_
     """A checkpoint that never catches up with the writers never lets SQLite start the log afresh:
     at 300 calls a second the log reached 2 GB in six minutes. The checkpointer finishes each
     checkpoint on the hub, where nothing else writes meanwhile."""
-    path = tmp_path / "fsguard.store.db"
+    path = tmp_path / "fsguard.db"
     path.write_bytes(sqlite_template.read_bytes())
     db = Database(DatabaseSettings(url=f"sqlite:///{path}"))
     insert = text("INSERT INTO call_counters (number, dnis, bucket, calls, short_calls) VALUES (:n, '*', :b, 1, 0)")

@@ -730,7 +730,7 @@ def dead_database_url(db: Database, tmp_path: Any) -> str:
     if db.is_sqlite:
         blocker = tmp_path / "not-a-directory"
         blocker.write_text("")
-        return f"sqlite:///{blocker}/fsguard.store.db"
+        return f"sqlite:///{blocker}/fsguard.db"
     return "postgresql+psycopg://postgres@127.0.0.1:9/fsguard?connect_timeout=1"
 
 

@@ -99,7 +99,7 @@ def test_a_wheel_in_a_fresh_virtualenv_migrates_serves_and_lists_calls_from_an_e
     state = tmp_path / "state"
     state.mkdir()
     port = _free_port()
-    env = _env(FSGUARD_DATABASE_URL=f"sqlite:///{state}/fsguard.store.db", FSGUARD_RECORDING_DIR=str(state / "rec"),
+    env = _env(FSGUARD_DATABASE_URL=f"sqlite:///{state}/fsguard.db", FSGUARD_RECORDING_DIR=str(state / "rec"),
                FSGUARD_ESL_LISTEN=f"127.0.0.1:{port}", FSGUARD_HTTP_ENABLED="false",
                FSGUARD_LOGGING_FORMAT="json", FSGUARD_POLICY_STAGES="screening,routing")
     fsguard = str(installed / "fsguard")

@@ -479,7 +479,7 @@ def sqlite_file(tmp_path: Any, sqlite_template: Any) -> Any:
     """A migrated SQLite database of the test's own (the immutable flag is a file's)."""
     import shutil
 
-    path = tmp_path / "fsguard.store.db"
+    path = tmp_path / "fsguard.db"
     shutil.copy(sqlite_template, path)
     yield path
     chattr("-i", path, f"{path}-wal", f"{path}-shm")

@@ -180,7 +180,7 @@ def test_a_call_decided_otherwise_than_expected_fails_the_lab(db_url: str, tmp_p
 def test_the_demo_policy_is_valid_toml_that_fsguard_reads(tmp_path: Path) -> None:
     settings = lab.demo_settings(tmp_path)
     assert settings.policy.stages == ["screening", "verification", "recording", "outbound", "routing"]
-    assert settings.database.url == f"sqlite:///{tmp_path.resolve().as_posix()}/fsguard.store.db"
+    assert settings.database.url == f"sqlite:///{tmp_path.resolve().as_posix()}/fsguard.db"
     reread = cli.load_settings(tmp_path / "fsguard.toml", env={})
     assert reread.screening.flood_hour == 5 and reread.outbound.threshold == 3
     assert reread.esl.listen == "127.0.0.1:8084"    # what `fsguard -c DIR/fsguard.toml serve` would use
@@ -207,7 +207,7 @@ def test_fsguard_lab_keep_json(tmp_path: Path, capsys: Any) -> None:
     assert code == 0 and data["ok"] and data["kept"], err
     assert len(data["calls"]) == sum(len(s.steps) for s in lab.morning())
     assert all(c["as_expected"] and c["record"]["uuid"] == c["simulator"]["uuid"] for c in data["calls"])
-    assert (keep / "fsguard.toml").exists() and (keep / "fsguard.store.db").exists()
+    assert (keep / "fsguard.toml").exists() and (keep / "fsguard.db").exists()
     assert (keep / "fsguard.log").stat().st_size > 0
     # the kept lab is an ordinary fsguard configuration: the call commands work on it
     uuid = data["calls"][0]["record"]["uuid"]
@@ -215,7 +215,7 @@ def test_fsguard_lab_keep_json(tmp_path: Path, capsys: Any) -> None:
     assert code == 0 and uuid in out and "routing: route" in out, err
     # a second run into the same directory would mix two mornings: refused in one line
     code, out, err = run_cli(capsys, "lab", "--keep", str(keep))
-    assert code == 1 and "fsguard.store.db exists" in err and "Traceback" not in err
+    assert code == 1 and "fsguard.db exists" in err and "Traceback" not in err
 
 
 def test_fsguard_lab_table_and_cleanup(capsys: Any, monkeypatch: Any, tmp_path: Path) -> None:

@@ -71,13 +71,13 @@ def test_abandoned_writes_are_counted(tmp_path, sqlite_template):
     from sqlalchemy import create_engine
     from sqlalchemy.orm import sessionmaker
 
-    path = tmp_path / "fsguard.store.db"
+    path = tmp_path / "fsguard.db"
     shutil.copy(sqlite_template, path)
     dead = Database(DatabaseSettings(url=f"sqlite:///{path}"))
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     # the database goes away: nothing can be opened where it was
-    dead.engine = create_engine(f"sqlite:///{blocker}/fsguard.store.db", pool_size=1, max_overflow=0, pool_timeout=0.2)
+    dead.engine = create_engine(f"sqlite:///{blocker}/fsguard.db", pool_size=1, max_overflow=0, pool_timeout=0.2)
     dead.sessions = sessionmaker(dead.engine)
     writer = records.make_writer(dead, retry_seconds=0.3)
     metrics = Metrics()

@@ -75,14 +75,14 @@ def test_the_defaults_are_absolute_whatever_the_working_directory(run, tmp_path,
     monkeypatch.chdir(tmp_path)
     code, out, _ = run("config", "show")
     assert code == 0
-    assert 'url = "sqlite:////var/lib/fsguard/fsguard.store.db"' in out
+    assert 'url = "sqlite:////var/lib/fsguard/fsguard.db"' in out
     assert 'dir = "/var/lib/fsguard/recordings"' in out
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_command_on_a_missing_database_creates_nothing_and_says_to_upgrade(run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = tmp_path / "state" / "fsguard.store.db"
+    path = tmp_path / "state" / "fsguard.db"
     monkeypatch.setenv("FSGUARD_DATABASE_URL", f"sqlite:///{path}")
     for argv in (["calls"], ["lists", "show"], ["db", "current"]):
         code, out, err = run(*argv)
@@ -101,7 +101,7 @@ def test_a_command_on_a_missing_database_creates_nothing_and_says_to_upgrade(run
 
 
 @pytest.mark.parametrize("variable, value, problem", [
-    ("FSGUARD_DATABASE_URL", "sqlite:///var/fsguard.store.db", "names the relative path 'var/fsguard.store.db'"),
+    ("FSGUARD_DATABASE_URL", "sqlite:///var/fsguard.db", "names the relative path 'var/fsguard.db'"),
     ("FSGUARD_RECORDING_DIR", "var/recordings", "recording.dir: must be an absolute path"),
     ("FSGUARD_DATABASE_URL", "mysql://fsguard@db/fsguard", "fsguard works with sqlite:/// and postgresql://"),
 ])
@@ -126,8 +126,8 @@ def test_make_run_keeps_the_checkouts_state_in_var(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
     var = REPO.resolve() / "var"
-    assert made.stdout.splitlines() == [f"db upgrade sqlite:///{var}/fsguard.store.db {var}/recordings",
-                                        f"serve sqlite:///{var}/fsguard.store.db {var}/recordings"]
+    assert made.stdout.splitlines() == [f"db upgrade sqlite:///{var}/fsguard.db {var}/recordings",
+                                        f"serve sqlite:///{var}/fsguard.db {var}/recordings"]
 
 
 def test_the_unit_and_the_install_steps_use_the_same_state_directory():
@@ -137,7 +137,7 @@ def test_the_unit_and_the_install_steps_use_the_same_state_directory():
     from fsguard.config import Settings
 
     defaults = Settings()
-    assert defaults.database.sqlite_path == Path("/var/lib/fsguard/fsguard.store.db")
+    assert defaults.database.sqlite_path == Path("/var/lib/fsguard/fsguard.db")
     assert Path(defaults.recording.dir).parent == Path("/var/lib/fsguard")
 
 
@@ -156,7 +156,7 @@ def test_an_unknown_revision_is_one_line(fsguard, db, argv, problem):
 
 
 def test_downgrade_to_base_needs_yes(run, tmp_path, monkeypatch):
-    path = tmp_path / "fsguard.store.db"
+    path = tmp_path / "fsguard.db"
     monkeypatch.setenv("FSGUARD_DATABASE_URL", f"sqlite:///{path}")
     assert run("db", "upgrade")[0] == 0
     code, out, err = run("db", "downgrade", "base")
@@ -174,7 +174,7 @@ def test_downgrade_to_base_needs_yes(run, tmp_path, monkeypatch):
 
 
 def test_db_upgrade_says_whether_it_migrated(run, tmp_path, monkeypatch):
-    monkeypatch.setenv("FSGUARD_DATABASE_URL", f"sqlite:///{tmp_path}/fsguard.store.db")
+    monkeypatch.setenv("FSGUARD_DATABASE_URL", f"sqlite:///{tmp_path}/fsguard.db")
     code, out, _ = run("db", "upgrade", "0004")
     assert (code, out.strip()) == (0, f"migrated the database from empty to 0004 (head {migrate.head()})")
     code, out, _ = run("db", "upgrade")

@@ -162,9 +162,9 @@ def simulated(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -
     (the ``nixevent`` list is fsguard's, for the whole process).
     """
     work = tmp_path_factory.mktemp("simulated")
-    shutil.copy(sqlite_template, work / "fsguard.store.db")
+    shutil.copy(sqlite_template, work / "fsguard.db")
     settings = Settings()
-    settings.database.url = f"sqlite:///{work / 'fsguard.store.db'}"
+    settings.database.url = f"sqlite:///{work / 'fsguard.db'}"
     settings.node.id = "sim"
     settings.esl.listen = "127.0.0.1:0"
     settings.recording.dir = str(work / "recordings")

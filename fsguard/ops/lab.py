@@ -88,7 +88,7 @@ id = "lab"
 listen = "127.0.0.1:8084"
 
 [database]
-url = "sqlite:///{dir}/fsguard.store.db"
+url = "sqlite:///{dir}/fsguard.db"
 
 [logging]
 level = "info"

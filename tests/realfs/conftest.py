@@ -72,7 +72,7 @@ def realfs_settings(request: pytest.FixtureRequest, freeswitch: RealFreeSWITCH, 
     if getattr(request, "param", "sqlite") == "postgresql":
         s.database.url = request.getfixturevalue("db_url_postgresql")
     else:
-        path = tmp_path / "fsguard.store.db"
+        path = tmp_path / "fsguard.db"
         shutil.copy(sqlite_template, path)
         s.database.url = f"sqlite:///{path}"
     s.node.id = "realfs"

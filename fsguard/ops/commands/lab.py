@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
                     "scripted morning of simulated calls through it and show what happened to each caller and "
                     "why. Exit status 1 if any call was not decided as the policy says.")
     p.add_argument("--keep", metavar="DIR",
-                   help="keep the lab in DIR (fsguard.toml, fsguard.store.db, recordings/, fsguard.log) to look at it "
+                   help="keep the lab in DIR (fsguard.toml, fsguard.db, recordings/, fsguard.log) to look at it "
                         "afterwards with 'fsguard -c DIR/fsguard.toml calls show UUID'; DIR must not hold a lab "
                         "database already")
     p.add_argument("--json", action="store_true", help="every call as JSON: expected, simulator view, call record")
@@ -47,8 +47,8 @@ def _directory(keep: str | None) -> tuple[Path, bool]:
     directory = Path(keep).expanduser()
     if directory.exists() and not directory.is_dir():
         raise CLIError(f"--keep {keep}: not a directory")
-    if (directory / "fsguard.store.db").exists():
-        raise CLIError(f"--keep {keep}: {directory / 'fsguard.store.db'} exists; the lab needs a fresh database "
+    if (directory / "fsguard.db").exists():
+        raise CLIError(f"--keep {keep}: {directory / 'fsguard.db'} exists; the lab needs a fresh database "
                        "(remove it, or give another directory)")
     try:
         directory.mkdir(parents=True, exist_ok=True)
