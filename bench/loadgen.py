@@ -31,7 +31,7 @@ from typing import Any  # noqa: E402
 import gevent  # noqa: E402
 import gevent.pool  # noqa: E402
 
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH, SimResult  # noqa: E402
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH, SimResult  # noqa: E402
 
 
 def cpu_seconds() -> float:

@@ -2,7 +2,7 @@
 
 fsguard runs as its own process (``bench/serve.py``: ``fsguard serve`` plus a stats port) on a
 populated database (10,000 list entries, 10,000 customers), and the FreeSWITCH simulator
-(``fsguard_testing.simulator``) dials it from separate load-generator processes
+(``fsguard_testing.fakeswitch``) dials it from separate load-generator processes
 (``bench/loadgen.py``). In the same run the same load goes to a bare greenswitch
 ``OutboundESLServer`` application (``bench/greenswitch_app.py``: connect / myevents / linger /
 transfer), so that the figures are ratios on this machine.

@@ -8,7 +8,7 @@ bytes, ``----- end -----``, ``##### NOTE`` annotations), which :mod:`fsguard_tes
 reads: chunk boundaries are real ``recv()`` boundaries and any byte (CR, NUL, UTF-8) survives.
 
 The same proxy sits between the simulator and fsguard in the tests, so that a scenario run on
-:class:`~fsguard_testing.simulator.FakeFreeSWITCH` yields a recording of the same shape as the one
+:class:`~fsguard_testing.fakeswitch.FakeFreeSWITCH` yields a recording of the same shape as the one
 captured from the real FreeSWITCH, and the two can be compared frame by frame.
 
 ``python -m fsguard_testing.capture --out tests/captures/fs-1.10.12`` starts a real FreeSWITCH on

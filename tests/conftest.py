@@ -194,7 +194,7 @@ def guard(start_guard: Callable[..., Guard]) -> Guard:
 @pytest.fixture
 def fs(guard: Guard) -> Any:
     """The FreeSWITCH simulator pointed at the running fsguard."""
-    from fsguard_testing.simulator import FakeFreeSWITCH
+    from fsguard_testing.fakeswitch import FakeFreeSWITCH
 
     return FakeFreeSWITCH(guard.address, time_scale=0.005)
 

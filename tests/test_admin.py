@@ -17,7 +17,7 @@ from fsguard.ops.commands.ops import PolicyReloader
 from fsguard.config import ConfigError, DatabaseSettings
 from fsguard.store.db import Database
 from fsguard.call.pipeline import STAGES, Stage
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 from fsguard_testing.waiting import settle
 
 TOKEN = "s3cret-token-for-the-tests-0123"

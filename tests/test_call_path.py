@@ -15,7 +15,7 @@ from fsguard.esl.session import COMPLETION, EVENTS_NOT_READ, EVENTS_READ, Outbou
 from fsguard.store.models import CallRecord
 from fsguard.call.pipeline import STAGES, Stage, Verdict
 from fsguard_testing import transcripts as tx
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 from fsguard_testing.waiting import settle, wait_for
 
 

@@ -19,7 +19,7 @@ from fsguard.store import audit
 from fsguard.ops import cli, operators
 from fsguard.rules import lists
 from fsguard.ops.web.server import AdminServer
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 from fsguard_testing.waiting import settle
 
 

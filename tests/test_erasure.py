@@ -16,7 +16,7 @@ from fsguard.rules import erasure, recordings
 from fsguard.store.models import CallRecord
 from fsguard.store.models.recordings import Recording
 from fsguard.call.pipeline import STAGES, Stage, Verdict
-from fsguard_testing.simulator import Caller
+from fsguard_testing.fakeswitch import Caller
 from test_recording import RecordingFreeSWITCH, settle
 
 ALICE = "+15551230001"

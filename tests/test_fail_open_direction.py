@@ -18,7 +18,7 @@ from fsguard.service.app import App
 from fsguard.call.call import direction_of
 from fsguard.config import ConfigError, Settings, load_settings
 from fsguard.call.pipeline import STAGES, Pipeline, Stage, Verdict
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 from fsguard_testing.waiting import settle, wait_for
 
 NUMBER = "+15557654321"

@@ -39,7 +39,7 @@ from fsguard.esl.session import (CallGone, ESLTimeout, FrameReader, OutboundSess
 from fsguard.store.models import CallRecord
 from fsguard.call.pipeline import STAGES, Stage, Verdict
 from fsguard_testing import wire
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 
 FAST = hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

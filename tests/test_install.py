@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from fsguard.rules import customers
 from fsguard.call.call import fold_variables
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 from fsguard_testing.waiting import settle
 
 

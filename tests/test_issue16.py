@@ -18,7 +18,7 @@ from fsguard.store import records
 from fsguard.store.models import CallRecord
 from fsguard.store.models.recordings import Recording
 from fsguard.call.pipeline import STAGES, Stage, Verdict
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 from fsguard_testing.waiting import settle, wait_for
 
 TS = 0.002

@@ -22,7 +22,7 @@ from fsguard.rules import lists, freeze as outbound
 from fsguard.config import DatabaseSettings
 from fsguard.store.db import Database
 from fsguard.store.models.recordings import Recording
-from fsguard_testing.simulator import Caller
+from fsguard_testing.fakeswitch import Caller
 
 
 def calls_of(report: lab.LabReport, scenario: str) -> list[lab.LabCall]:

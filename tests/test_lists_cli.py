@@ -20,7 +20,7 @@ from fsguard.ops import cli
 from fsguard.rules import lists
 from fsguard.store.models import utcnow
 from fsguard.store.models.lists import CallCounter, ListEntry
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 
 
 # fsguard(...) runs the command in-process against the test database: (exit code, stdout, stderr)

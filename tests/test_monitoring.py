@@ -20,7 +20,7 @@ from fsguard.store import records
 from fsguard.config import DatabaseSettings
 from fsguard.store.db import Database
 from fsguard.service.metrics import Metrics
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 from test_process import fsguard_process  # noqa: F401 - the real `python -m fsguard serve` fixture
 
 MONITORING = Path(__file__).resolve().parent.parent / "conf" / "monitoring"

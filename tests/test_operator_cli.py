@@ -20,7 +20,7 @@ from fsguard.ops import cli
 from fsguard.store import migrate
 from fsguard.config import DatabaseSettings
 from fsguard.store.db import Database
-from fsguard_testing.simulator import Caller
+from fsguard_testing.fakeswitch import Caller
 from test_recording import cli_env, settle  # noqa: F401 - fixtures and waits of the recording tests
 from test_recording import run as run_recording  # noqa: F401
 
@@ -353,7 +353,7 @@ def test_config_check_reports_every_problem_and_unknown_variables(run, tmp_path,
 @pytest.fixture
 def screened(settings, start_guard):
     """fsguard with screening and routing, and the simulator pointed at it."""
-    from fsguard_testing.simulator import FakeFreeSWITCH
+    from fsguard_testing.fakeswitch import FakeFreeSWITCH
 
     settings.policy.stages = ["screening", "routing"]
     return FakeFreeSWITCH(start_guard().address, time_scale=0.005)
@@ -611,7 +611,7 @@ def test_the_http_crm_reuses_one_kept_alive_connection(settings, start_guard, db
     handshakes on the calls' way to the queue."""
     from gevent import pywsgi
 
-    from fsguard_testing.simulator import FakeFreeSWITCH
+    from fsguard_testing.fakeswitch import FakeFreeSWITCH
 
     ports: list[str] = []
 

@@ -26,7 +26,7 @@ from fsguard.store.db import Database
 from fsguard.store.models import OutboundAttempt, OutboundFreeze, utcnow
 from fsguard.call.pipeline import CallEnd
 from fsguard.stages.outbound import OutboundStage, far_end
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 from fsguard_testing.waiting import settle, wait_for
 
 NUMBER = "+15557654321"

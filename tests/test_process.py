@@ -27,7 +27,7 @@ import gevent
 import pytest
 
 from fsguard.store import records
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 from test_systemd import NotifySocket  # systemd's side of sd_notify, played by the test
 
 TOKEN = "process-test-token-0123456789"

@@ -30,9 +30,8 @@ from fsguard.store.models import CallRecord, StageVerdict
 from fsguard.store.models.recordings import Recording, RecordingMask
 from fsguard.rules.recordings import add_period, recording_path
 from fsguard.stages.recording import in_sample
-from fsguard_testing import simulator
+from fsguard_testing.fakeswitch import Caller, Channel, FakeFreeSWITCH, SimResult
 from fsguard_testing.inbound import FakeInboundESL
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
 
 AUDIO_SECONDS = 0.5
 #: uuids of held calls the test wants hung up now
@@ -50,7 +49,7 @@ def write_wav(path: str, *, stereo: bool = True, seconds: float = AUDIO_SECONDS)
         w.writeframes(sample[: frames * (4 if stereo else 2)])
 
 
-class RecordingChannel(simulator._Channel):
+class RecordingChannel(Channel):
     """A simulated channel that writes the recording file as FreeSWITCH would."""
 
     def _app_record_session(self, run: Any):  # type: ignore[no-untyped-def]
@@ -80,7 +79,7 @@ class RecordingChannel(simulator._Channel):
 
 
 class RecordingFreeSWITCH(FakeFreeSWITCH):
-    def call(self, caller: Caller | None = None, **fields: object) -> simulator.SimResult:
+    def call(self, caller: Caller | None = None, **fields: object) -> SimResult:
         c = self._make_caller(caller, fields)
         self.calls_started += 1
         self.active += 1
@@ -119,7 +118,7 @@ def verdict_of(db: Any, uuid: str) -> StageVerdict:
                                                     StageVerdict.stage == "recording")).one()
 
 
-def names(result: simulator.SimResult) -> list[str]:
+def names(result: SimResult) -> list[str]:
     return [app for app, _ in result.apps]
 
 

@@ -20,7 +20,7 @@ from fsguard.config import Settings
 from fsguard.store.models import CallRecord, StageVerdict
 from fsguard.call.pipeline import STAGES, Stage, Verdict
 from fsguard.ops.replay import ProgressBar, ReplayCall, ReplaySession
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 
 
 # ----------------------------------------------------------- test stages

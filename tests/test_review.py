@@ -31,8 +31,7 @@ from fsguard.store.models import OutboundFreeze, utcnow
 from fsguard.store.models.recordings import Recording, RecordingMask
 from fsguard.store.models.review import ReviewHit, ReviewResult
 from fsguard.rules.recordings import recording_path
-from fsguard_testing import simulator
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, Channel, FakeFreeSWITCH, SimResult
 from fsguard_testing.waiting import settle, wait_for
 
 RATE = 8000
@@ -99,7 +98,7 @@ def stereo_wav(path: str | Path, left: list[tuple[float, array.array]], right: l
 AUDIO: dict[str, tuple[list[tuple[float, array.array]], list[tuple[float, array.array]]]] = {}
 
 
-class SpeakingChannel(simulator._Channel):
+class SpeakingChannel(Channel):
     """A simulated channel whose record_session writes a stereo WAV of the test's speech."""
 
     def _app_record_session(self, run: Any):  # type: ignore[no-untyped-def]
@@ -109,7 +108,7 @@ class SpeakingChannel(simulator._Channel):
 
 
 class SpeakingFreeSWITCH(FakeFreeSWITCH):
-    def call(self, caller: Caller | None = None, **fields: object) -> simulator.SimResult:
+    def call(self, caller: Caller | None = None, **fields: object) -> SimResult:
         c = self._make_caller(caller, fields)
         self.calls_started += 1
         self.active += 1

@@ -23,7 +23,7 @@ from fsguard.config import ConfigError, Settings, load_settings
 from fsguard.rules.customers import CircuitBreaker, TTLCache
 from fsguard.call.pipeline import STAGES, Stage, Verdict
 from fsguard.rules.routing import Hours, RouteFacts, build_table, caller_region
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 from fsguard_testing.waiting import settle
 
 NY = ZoneInfo("America/New_York")

@@ -27,7 +27,7 @@ from fsguard.ops import replay
 from fsguard.store.db import Database
 from fsguard.store.models import CallRecord, utcnow
 from fsguard.store.models.lists import CallCounter, ListEntry
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH, SimResult
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH, SimResult
 from test_stirshaken import Pki  # the throwaway STI PKI (tests/ is on sys.path under pytest)
 
 CALLER = "+12125550147"

@@ -10,7 +10,7 @@ from prometheus_client import generate_latest
 from fsguard.ops import cli
 from fsguard.store import records
 from fsguard.call.pipeline import STAGES, Stage, Verdict
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 
 
 class FloodRejects(Stage):

@@ -22,7 +22,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from fsguard_testing import transcripts, wire  # noqa: E402
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH, SimResult  # noqa: E402
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH, SimResult  # noqa: E402
 
 ALL_CAPTURES = transcripts.available()  # raises (collection error) when a capture folder is missing
 

@@ -34,7 +34,7 @@ from fsguard.store.db import Database
 from fsguard.service.server import CallServer
 from fsguard_testing import transcripts, wire
 from fsguard_testing.capture import BLOCKED, CALLER, DIALLED, SOFT, RecordingProxy, every_event
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 
 SCENARIOS = ("routed", "challenge_keyed", "challenge_caller_hangup", "hard_block", "hard_block_sip")
 VARIANTS = ("", ".all-events")

@@ -16,7 +16,7 @@ import pytest
 from fsguard.service.app import App
 from fsguard.service.server import CallServer
 from fsguard.service.systemd import Notifier, install
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 
 
 class NotifySocket:

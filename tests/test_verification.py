@@ -35,8 +35,9 @@ from fsguard.store.db import Database
 from fsguard.store.models.challenges import Challenge
 from fsguard.call.pipeline import STAGES, Stage, Verdict
 from fsguard.stages.verification import announcement, judge_early, new_code
-from fsguard_testing import simulator
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH, SimResult
+from fsguard_testing.fakeswitch import Caller, Channel, FakeFreeSWITCH, SimResult
+from fsguard_testing.fakeswitch.caller import DIGIT_FILE
+from fsguard_testing.fakeswitch.core import split_args
 
 CALLER = "+12125550147"
 TOLL_FREE = "+18005550100"
@@ -57,7 +58,7 @@ class Typist(Caller):
     type_along: int = 0
 
 
-class _Channel(simulator._Channel):
+class _Channel(Channel):
     def _caller_keys(self) -> str:
         digits = self.caller.digits
         if digits == "wrong":
@@ -71,7 +72,7 @@ class _Channel(simulator._Channel):
         typed = 0
         for i, delay in enumerate(super()._play(items)):
             yield delay
-            m = simulator._DIGIT_FILE.search(items[i])
+            m = DIGIT_FILE.search(items[i])
             if m and typed < along and self.answered_t is None and not self.hung_up:
                 self._dtmf(m.group(1))   # keyed as the digit was read: playback swallows it, the event tells
                 typed += 1
@@ -174,7 +175,7 @@ def line(start_line: Callable[..., Line]) -> Line:
 
 def digit_files(result: SimResult) -> str:
     """The code as the caller heard it from digit files (the first run of them)."""
-    heard = [simulator._DIGIT_FILE.search(h) for h in result.heard]
+    heard = [DIGIT_FILE.search(h) for h in result.heard]
     run = ""
     for m in heard:
         if m:
@@ -194,7 +195,7 @@ def unbilled(result: SimResult) -> None:
 
 
 def collects(result: SimResult) -> list[list[str]]:
-    return [simulator.split_args(arg) for app, arg in result.apps if app == "play_and_get_digits"]
+    return [split_args(arg) for app, arg in result.apps if app == "play_and_get_digits"]
 
 
 # ================================================================== the right code

@@ -42,8 +42,7 @@ from fsguard.service.app import App
 from fsguard.config import Settings, load_settings
 from fsguard.store.db import Database
 from fsguard.service.server import CallServer
-from fsguard_testing import simulator
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH, SimResult
+from fsguard_testing.fakeswitch import Caller, Channel, FakeFreeSWITCH, SimResult
 
 __all__ = ["Expect", "Step", "Scenario", "LabCall", "LabReport", "LabError", "DEMO_POLICY", "OUR_LINE",
            "demo_policy", "demo_settings", "seed", "morning", "run", "table"]
@@ -385,7 +384,7 @@ def seed(db: Database, settings: Settings) -> None:
 # --------------------------------------------------------------------------- the simulator
 
 
-class _LabChannel(simulator._Channel):
+class _LabChannel(Channel):
     """A simulated channel that writes the recording FreeSWITCH would write (one second of silence)."""
 
     def _app_record_session(self, run: Any) -> Iterator[float]:

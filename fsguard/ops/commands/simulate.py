@@ -59,7 +59,7 @@ def _target(ctx: Context) -> tuple[str, int]:
 
 
 def _simulator(ctx: Context) -> Any:
-    from fsguard_testing.simulator import FakeFreeSWITCH
+    from fsguard_testing.fakeswitch import FakeFreeSWITCH
 
     if ctx.args.time_scale <= 0:
         raise CLIError("--time-scale must be positive")
@@ -98,7 +98,7 @@ def _words(value: Any) -> str:
 
 
 def cmd_call(ctx: Context) -> int:
-    from fsguard_testing.simulator import Caller
+    from fsguard_testing.fakeswitch import Caller
 
     a = ctx.args
     digits = None if a.digits == "none" else a.digits
@@ -135,7 +135,7 @@ def cmd_traffic(ctx: Context) -> int:
     import gevent
     from gevent.pool import Pool
 
-    from fsguard_testing.simulator import Caller
+    from fsguard_testing.fakeswitch import Caller
 
     a = ctx.args
     if a.rate <= 0 or a.duration <= 0:
