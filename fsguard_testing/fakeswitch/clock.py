@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 @dataclass(order=True)
 class Timer:
+    """Something due on the channel at ``due``; timers at the same time run in the order they were set."""
+
     due: float  # monotonic
     seq: int
     ch_time: float = field(compare=False)
