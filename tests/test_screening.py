@@ -21,7 +21,7 @@ import gevent
 import pytest
 from sqlalchemy import event, func, select, update
 
-from fsguard.rules import lists
+from fsguard.rules import counters, lists
 from fsguard.store import records
 from fsguard.ops import replay
 from fsguard.store.db import Database
@@ -266,7 +266,7 @@ def test_the_day_limit_counts_the_earlier_hours(start_line, db):
     earlier = time.time() - 3 * 3600
     with db.begin() as session:
         for _ in range(3):
-            lists.count_call(session, CALLER, ["*"], now=earlier)
+            counters.count_call(session, CALLER, ["*"], now=earlier)
     routed(line.call())
     crossing = line.call()
     refused_unanswered(crossing)

@@ -27,7 +27,7 @@ import structlog
 
 from fsguard.store import audit
 from fsguard.ops import cli
-from fsguard.rules import lists
+from fsguard.rules import counters, lists
 from fsguard.ops.cli import SERVE_HOOKS, CLIError, Context, print_json, print_table
 from fsguard.ops.commands._common import area_parser, open_input
 
@@ -241,7 +241,7 @@ def _show_number(ctx: Context, region: str) -> int:
         else:
             covering = lists.entries_for(session, number, include_expired=args.all)
             applies = lists.lookup(session, number, dnis)
-        counts = {} if is_prefix else lists.recent_counts(session, number, now=time.time())
+        counts = {} if is_prefix else counters.recent_counts(session, number, now=time.time())
         rows = [lists.entry_dict(e) for e in covering]
         applied = lists.entry_dict(applies) if applies is not None else None
     if args.json:
@@ -370,11 +370,11 @@ def cmd_export(ctx: Context) -> int:
 
 def cmd_purge(ctx: Context) -> int:
     ctx.require_schema()
-    counters, entries = _purge(ctx.db, ctx.settings)
+    counter_rows, entries = _purge(ctx.db, ctx.settings)
     if ctx.args.json:
-        print_json({"counters": counters, "entries": entries})
+        print_json({"counters": counter_rows, "entries": entries})
         return 0
-    print(f"purged {counters} call counter rows and {entries} expired entries")
+    print(f"purged {counter_rows} call counter rows and {entries} expired entries")
     return 0
 
 
@@ -383,9 +383,10 @@ def cmd_purge(ctx: Context) -> int:
 
 def _purge(db: Any, settings: Any) -> tuple[int, int]:
     cfg = settings.screening
-    keep = max(lists.DAY, cfg.seconds("nuisance_window")) + lists.BUCKET_SECONDS
+    keep = max(counters.DAY, cfg.seconds("nuisance_window")) + counters.BUCKET_SECONDS
     with db.begin() as session:
-        return lists.purge(session, counter_seconds=keep, expired_seconds=cfg.seconds("expired_retention"))
+        return (counters.purge(session, keep_seconds=keep),
+                lists.purge_expired(session, expired_seconds=cfg.seconds("expired_retention")))
 
 
 def _purge_job(app: Any, server: Any) -> None:
@@ -398,9 +399,9 @@ def _purge_job(app: Any, server: Any) -> None:
         while True:
             gevent.sleep(PURGE_EVERY)
             try:
-                counters, entries = _purge(app.db, app.settings)
-                if counters or entries:
-                    log.info("screening.purged", counters=counters, entries=entries)
+                counter_rows, entries = _purge(app.db, app.settings)
+                if counter_rows or entries:
+                    log.info("screening.purged", counters=counter_rows, entries=entries)
             except DatabaseError as exc:
                 log.error("screening.purge_failed", error=str(exc).splitlines()[0])
 
@@ -409,9 +410,9 @@ def _purge_job(app: Any, server: Any) -> None:
 
 def _erase(session: Any, number: str) -> list[str]:
     """Erasure by number: the call counters go; list entries stay (the operator's decisions)."""
-    counters = lists.erase_counters(session, number)
+    gone = counters.erase(session, number)
     kept = [e for e in lists.entries_for(session, number, include_expired=True) if not e.is_prefix]
-    lines = [f"screening: deleted {counters} call counter row(s) for {number}"]
+    lines = [f"screening: deleted {gone} call counter row(s) for {number}"]
     if kept:
         lines.append(f"screening: kept {len(kept)} list entr{'y' if len(kept) == 1 else 'ies'} for {number} "
                      f"(operator decisions, not call data; 'fsguard lists remove {number}' deletes them)")
