@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fsguard.ops import cli
-from fsguard.rules import customers
+from fsguard.rules.crm import forget_crms
 from fsguard.store.models.customers import Customer, CustomerNumber
 
 
@@ -17,9 +17,9 @@ def env(monkeypatch, settings, tmp_path):
     """The CLI reads its settings from the environment (and an optional file)."""
     monkeypatch.setenv("FSGUARD_DATABASE_URL", settings.database.url)
     monkeypatch.delenv("FSGUARD_CONFIG", raising=False)
-    customers.forget_crms()
+    forget_crms()
     yield
-    customers.forget_crms()
+    forget_crms()
 
 
 def fsguard(capsys, *argv: str) -> tuple[int, str, str]:

@@ -20,7 +20,7 @@ from gevent import pywsgi
 from fsguard.rules import customers
 from fsguard.store import records
 from fsguard.config import ConfigError, Settings, load_settings
-from fsguard.rules.customers import CircuitBreaker, TTLCache
+from fsguard.rules.crm import CircuitBreaker, TTLCache, forget_crms
 from fsguard.call.pipeline import STAGES, Stage, Verdict
 from fsguard.rules.routing import Hours, RouteFacts, build_table, caller_region
 from fsguard_testing.simulator import Caller, FakeFreeSWITCH
@@ -65,9 +65,9 @@ class Verifies(Stage):
 @pytest.fixture(autouse=True)
 def _fresh_crm_clients():
     """CRM clients (cache, breaker) live per process: each test starts with none."""
-    customers.forget_crms()
+    forget_crms()
     yield
-    customers.forget_crms()
+    forget_crms()
 
 
 @pytest.fixture

@@ -240,9 +240,12 @@ def _remove(ctx: Context) -> int:
 
 
 def _erase(session: Any, number: str) -> list[str]:
+    from fsguard.rules import crm
     from fsguard.rules.customers import erase_number
 
-    return erase_number(session, number)
+    lines, held = erase_number(session, number)
+    crm.forget(held)
+    return lines
 
 
 def _register_eraser() -> None:

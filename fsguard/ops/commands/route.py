@@ -73,7 +73,7 @@ def cmd_route(ctx: Context) -> int:
 
 def _explain(ctx: Context) -> int:
     from fsguard.rules import customers, numbers
-    from fsguard.rules.customers import Lookup
+    from fsguard.rules.crm import Lookup, crm_for
     from fsguard.stages.routing import EXPORTS, details, facts_for, verified_text
 
     args = ctx.args
@@ -86,7 +86,7 @@ def _explain(ctx: Context) -> int:
     ctx.require_schema()
     with ctx.db.begin() as session:
         local = customers.find(session, number)
-    crm = customers.crm_for(ctx.settings.routing)
+    crm = crm_for(ctx.settings.routing)
     if local is not None:
         found = Lookup(local, "not asked" if crm else "not configured")
     elif crm is None:
