@@ -22,7 +22,9 @@ from fsguard.store import records
 from fsguard.config import ConfigError, Settings, load_settings
 from fsguard.rules.crm import CircuitBreaker, TTLCache, forget_crms
 from fsguard.call.pipeline import STAGES, Stage, Verdict
-from fsguard.rules.routing import Hours, RouteFacts, build_table, caller_region
+from fsguard.rules.hours import Hours
+from fsguard.rules.regions import caller_region
+from fsguard.rules.routing import RouteFacts, build_table
 from fsguard_testing.simulator import Caller, FakeFreeSWITCH
 from fsguard_testing.waiting import settle
 

@@ -39,7 +39,8 @@ from fsguard.rules.crm import Lookup, crm_for
 from fsguard.rules.customers import CustomerInfo
 from fsguard.store.db import DatabaseError
 from fsguard.call.pipeline import Stage, Verdict
-from fsguard.rules.routing import RouteDecision, RouteFacts, build_table, caller_region
+from fsguard.rules.regions import caller_region
+from fsguard.rules.routing import RouteDecision, RouteFacts, build_table
 
 log = structlog.get_logger("fsguard.routing")
 
