@@ -19,7 +19,8 @@ from gevent import pywsgi
 
 from fsguard.rules import customers
 from fsguard.store import records
-from fsguard.config import ConfigError, Settings, load_settings
+from fsguard.config import ConfigError, Settings
+from fsguard.rules.checks import load_settings, validate
 from fsguard.rules.crm import CircuitBreaker, TTLCache, forget_crms
 from fsguard.call.pipeline import STAGES, Stage, Verdict
 from fsguard.rules.hours import Hours
@@ -551,7 +552,7 @@ def test_bad_routing_settings_name_the_key(routing, message):
     for k, v in routing.items():
         setattr(s.routing, k, v)
     with pytest.raises(ConfigError) as err:
-        s.validate()
+        validate(s)
     assert message in str(err.value)
 
 

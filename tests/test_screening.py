@@ -644,12 +644,13 @@ def test_an_allow_added_later_beats_an_automatic_block_even_when_less_specific(d
     ("stir_trust_store", "/nonexistent/ca.pem", "screening.stir_trust_store: /nonexistent/ca.pem does not exist"),
 ])
 def test_bad_screening_settings_name_the_key(key, value, message):
-    from fsguard.config import ConfigError, ScreeningSettings
+    from fsguard.config import ConfigError, Settings
+    from fsguard.rules.checks import validate
 
-    cfg = ScreeningSettings()
-    setattr(cfg, key, value)
+    settings = Settings()
+    setattr(settings.screening, key, value)
     with pytest.raises(ConfigError) as raised:
-        cfg.validate()
+        validate(settings)
     assert message in str(raised.value)
 
 

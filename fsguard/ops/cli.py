@@ -19,7 +19,8 @@ from typing import Any, Callable  # noqa: E402
 import structlog  # noqa: E402
 
 from fsguard import __version__  # noqa: E402
-from fsguard.config import ConfigError, Settings, load_settings  # noqa: E402
+from fsguard.config import ConfigError, Settings  # noqa: E402
+from fsguard.rules.checks import load_settings  # noqa: E402
 
 def command_modules() -> list[str]:
     """Every module in fsguard/ops/commands/ adds its subcommands with ``register(subparsers)``;

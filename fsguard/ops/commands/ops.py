@@ -27,7 +27,8 @@ from typing import Any, Callable
 import structlog
 
 from fsguard.ops import cli
-from fsguard.config import Settings, load_settings
+from fsguard.config import Settings
+from fsguard.rules.checks import load_settings
 
 log = structlog.get_logger("fsguard.ops")
 

@@ -20,7 +20,8 @@ def cmd_replay(ctx: cli.Context) -> int:
     from fsguard.service import logs
     from fsguard.ops import replay
     from fsguard.ops.admin import parse_when
-    from fsguard.config import LoggingSettings, load_settings
+    from fsguard.config import LoggingSettings
+    from fsguard.rules.checks import load_settings
 
     args = ctx.args
     ctx.require_schema()
