@@ -184,7 +184,7 @@ def test_unreadable_files(env, db, capsys, tmp_path, content, message):
 def test_erase_removes_the_customer_record(env, db, capsys):
     from fsguard.rules import erasure
 
-    assert "routing" in [area for area, _ in erasure.registered()]
+    assert "routing" in [area for area, _ in erasure.AREAS]
     fsguard(capsys, "customers", "add", "+12125550123", "+14155550100", "--name", "Ada", "--account", "A-1001")
     fsguard(capsys, "customers", "add", "+442079460000", "--name", "Someone Else")
     code, out, err = fsguard(capsys, "erase", "+14155550100", "--dry-run")

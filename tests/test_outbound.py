@@ -540,14 +540,9 @@ def test_erasure_deletes_history_but_keeps_a_freeze_in_force(db):
 
 
 def test_fsguard_erase_runs_the_outbound_eraser(db, settings):
-    import importlib.util
-
-    if importlib.util.find_spec("fsguard.rules.erasure") is None:
-        pytest.skip("fsguard.rules.erasure (recording area) is not there yet")
-    import fsguard.ops.commands.outbound as commands
     from fsguard.rules import erasure
 
-    assert ("outbound", commands._erase) in erasure.registered()
+    assert ("outbound", outbound.erase) in erasure.AREAS
     number = "+14155552671"  # erasure reads numbers strictly (valid numbers only)
     with db.begin() as s:
         outbound.record_attempt(s, number, outcome="conversation", rules=OutboundSettings(), talk_seconds=60.0)

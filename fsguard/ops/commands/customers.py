@@ -11,7 +11,6 @@ Importing this module also registers the customers eraser with ``fsguard erase``
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from typing import Any
 
@@ -237,27 +236,3 @@ def _remove(ctx: Context) -> int:
         return 0
     print(done)
     return 0
-
-
-def _erase(session: Any, number: str) -> list[str]:
-    from fsguard.rules import crm
-    from fsguard.rules.customers import erase_number
-
-    lines, held = erase_number(session, number)
-    crm.forget(held)
-    return lines
-
-
-def _register_eraser() -> None:
-    """``fsguard erase NUMBER`` deletes the customer record holding the number (customers.erase_number)."""
-    if importlib.util.find_spec("fsguard.rules.erasure") is None:  # the erasure area is not in this build
-        return
-    from fsguard.rules import erasure
-
-    if not callable(getattr(erasure, "register", None)):
-        raise RuntimeError("fsguard.rules.erasure has no register(fn): the customers eraser cannot be registered, "
-                           "and 'fsguard erase' would leave customer records behind")
-    erasure.register(_erase, area="routing")
-
-
-_register_eraser()

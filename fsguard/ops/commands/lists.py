@@ -11,9 +11,7 @@
     fsguard lists export > lists.csv
     fsguard lists purge
 
-Also here, when the module is imported: the erasure hook (call counters are personal data and
-are erased; list entries are the operator's decisions and are kept) and the purge job that runs
-beside ``fsguard serve``.
+Also here, when the module is imported: the purge job that runs beside ``fsguard serve``.
 """
 
 from __future__ import annotations
@@ -378,7 +376,7 @@ def cmd_purge(ctx: Context) -> int:
     return 0
 
 
-# ------------------------------------------------------------------ beside the server, erasure
+# ------------------------------------------------------------------ beside the server
 
 
 def _purge(db: Any, settings: Any) -> tuple[int, int]:
@@ -407,24 +405,5 @@ def _purge_job(app: Any, server: Any) -> None:
 
     gevent.spawn(loop)
 
-
-def _erase(session: Any, number: str) -> list[str]:
-    """Erasure by number: the call counters go; list entries stay (the operator's decisions)."""
-    gone = counters.erase(session, number)
-    kept = [e for e in lists.entries_for(session, number, include_expired=True) if not e.is_prefix]
-    lines = [f"screening: deleted {gone} call counter row(s) for {number}"]
-    if kept:
-        lines.append(f"screening: kept {len(kept)} list entr{'y' if len(kept) == 1 else 'ies'} for {number} "
-                     f"(operator decisions, not call data; 'fsguard lists remove {number}' deletes them)")
-    return lines
-
-
 if _purge_job not in SERVE_HOOKS:
     SERVE_HOOKS.append(_purge_job)
-
-try:
-    from fsguard.rules import erasure as _erasure
-except ImportError:   # the recording area provides it; without it there is nothing to register with
-    _erasure = None
-if _erasure is not None:
-    _erasure.register(_erase)

@@ -4,13 +4,10 @@
     fsguard outbound unfreeze +15557654321 --reason "customer called back, asked for a call"
     fsguard outbound frozen [--json]
     fsguard outbound attempts +15557654321 [--limit 50] [--json]
-
-Importing this module also registers the outbound eraser with ``fsguard erase``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from fsguard.store import audit
@@ -180,21 +177,3 @@ def _attempts(ctx: Context, number: str) -> int:
                      else f"expired {_when(f.until)}")
             print(f"  #{f.id} {_when(f.created_at)} {f.source}: {f.reason} ({ended})")
     return 0
-
-
-def _erase(session: Any, number_e164: str) -> list[str]:
-    from fsguard.rules import freeze as outbound
-
-    return outbound.erase(session, number_e164)
-
-
-def _register_eraser() -> None:
-    """``fsguard erase NUMBER`` deletes outbound attempts and past freezes too (see outbound.erase)."""
-    if importlib.util.find_spec("fsguard.rules.erasure") is None:  # not part of this build (yet)
-        return
-    from fsguard.rules import erasure
-
-    erasure.register(_erase, area="outbound")
-
-
-_register_eraser()

@@ -4,9 +4,6 @@
     fsguard challenges +12125550147              one number's challenges, and whether it is blocked
     fsguard challenges --failed --since 24h      failures only, in the last day
     fsguard challenges +12125550147 --json
-
-Importing this module also registers the verification eraser with ``fsguard erase`` (a number's
-challenges are deleted: they hold when it called and what it keyed).
 """
 
 from __future__ import annotations
@@ -93,21 +90,3 @@ def _number_status(session: Any, number: str, cfg: Any) -> dict[str, Any]:
         Challenge.outcome.in_(cfg.escalate_outcomes))) or 0
     entry = lists.lookup(session, number, None)
     return {"failures": failures, "list": lists.describe(entry) if entry is not None else None}
-
-
-def _erase(session: Any, number_e164: str) -> list[str]:
-    from sqlalchemy import delete
-
-    from fsguard.store.models.challenges import Challenge
-
-    gone = session.execute(delete(Challenge).where(Challenge.number == number_e164)).rowcount or 0
-    return [f"deleted {gone} verification challenge(s)" if gone else "no verification challenges of this number"]
-
-
-def _register_eraser() -> None:
-    from fsguard.rules import erasure
-
-    erasure.register(_erase, area="verification")
-
-
-_register_eraser()
