@@ -15,9 +15,8 @@ import sys
 from typing import Any
 
 from fsguard.store import audit
-from fsguard.ops import cli
-from fsguard.ops.cli import CLIError, Context, print_json, print_table
-from fsguard.ops.commands._common import area_parser, open_input, routing_traits
+from fsguard.ops.commands._common import (CLIError, Context, add_skip_invalid, area_parser, count_or_all, open_input,
+                                          print_json, print_table, routing_traits)
 
 
 def register(subparsers: Any) -> None:
@@ -45,7 +44,7 @@ def register(subparsers: Any) -> None:
                                    "account, vip, queue, agent, region. Rows with the same account are one "
                                    "customer. Any bad row: nothing is imported (unless --skip-invalid).")
     i.add_argument("file", help="the CSV file ('-' for standard input)")
-    cli.add_skip_invalid(i)
+    add_skip_invalid(i)
     i.add_argument("--dry-run", action="store_true", help="check the file and say what would change")
     i.add_argument("--json", action="store_true",
                    help='print {"rows", "created", "updated", "numbers", "dry_run", "bad": [...]}')
@@ -54,7 +53,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("number", nargs="?", metavar="NUMBER")
     s.add_argument("--account")
     s.add_argument("--vip", action="store_true", help="VIPs only")
-    s.add_argument("--limit", type=cli.count_or_all, default=0, help="at most this many (default all)")
+    s.add_argument("--limit", type=count_or_all, default=0, help="at most this many (default all)")
     s.add_argument("--json", action="store_true")
 
     e = sub.add_parser("export", help="write every customer as CSV (the form import reads)",

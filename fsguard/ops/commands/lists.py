@@ -24,10 +24,10 @@ from typing import Any
 import structlog
 
 from fsguard.store import audit
-from fsguard.ops import cli
 from fsguard.rules import counters, lists
-from fsguard.ops.cli import SERVE_HOOKS, CLIError, Context, print_json, print_table
-from fsguard.ops.commands._common import area_parser, open_input
+from fsguard.ops.commands._common import (MIN_UUID_PREFIX, SERVE_HOOKS, CLIError, Context, add_skip_invalid,
+                                          area_parser, count_or_all, find_call, open_input, operator_name, print_json,
+                                          print_table)
 
 log = structlog.get_logger("fsguard.screening")
 
@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
                          description="Numbers in any usual form are stored in E.164; a prefix ends with * (+1900*).")
     add.add_argument("number", nargs="?", help="number or prefix (+12125550147, 0044 20 7946 0000, +1900*)")
     add.add_argument("--from-call", metavar="UUID", help="the caller of this recorded call (instead of NUMBER): its "
-                     f"uuid or a prefix of at least {cli.MIN_UUID_PREFIX} characters no other call shares")
+                     f"uuid or a prefix of at least {MIN_UUID_PREFIX} characters no other call shares")
     _kind_options(add, required=True)
     _entry_options(add)
     add.add_argument("--json", action="store_true", help="print the entry as JSON")
@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
     show.add_argument("--kind", choices=lists.KINDS)
     show.add_argument("--source", help="only entries from this source (auto, cli, import)")
     show.add_argument("--all", action="store_true", help="include expired entries")
-    show.add_argument("--limit", type=cli.count_or_all, default=0, help="at most this many entries")
+    show.add_argument("--limit", type=count_or_all, default=0, help="at most this many entries")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_show)
 
@@ -72,7 +72,7 @@ def register(subparsers: Any) -> None:
                                      "them; without one this order is assumed). Every row is checked first; if any "
                                      "is bad nothing is written, unless --skip-invalid. Options fill empty cells.")
     imp.add_argument("file", help="CSV file ('-' for standard input)")
-    cli.add_skip_invalid(imp)
+    add_skip_invalid(imp)
     imp.add_argument("--dry-run", action="store_true", help="check the file, write nothing")
     imp.add_argument("--json", action="store_true",
                      help='print {"rows", "imported", "dry_run", "bad": [{"line", "problem"}], "warnings"}')
@@ -136,7 +136,7 @@ def cmd_add(ctx: Context) -> int:
     kind, level = _kind(args)
     try:
         spec = lists.make_spec(number, kind=kind or "", level=level, dnis=args.dnis, reason=reason or "",
-                               expires=args.expires, action=args.action, source="cli", added_by=cli.operator_name(),
+                               expires=args.expires, action=args.action, source="cli", added_by=operator_name(),
                                region=_region(ctx))
     except lists.ListError as exc:
         raise CLIError(str(exc)) from None
@@ -162,7 +162,7 @@ def _caller_of(ctx: Context, uuid: str, reason: str | None) -> tuple[str, str, s
     """The network number of a recorded call's caller (even if it was withheld), a default reason, and a note."""
     from fsguard.store import records
 
-    call = records.find_call(ctx.db, cli.find_call(ctx, uuid).uuid)   # refuses an ambiguous prefix
+    call = records.find_call(ctx.db, find_call(ctx, uuid).uuid)   # refuses an ambiguous prefix
     if not call.ani:
         raise CLIError(f"call {call.uuid} has no caller number to block (anonymous or unreadable: {call.ani_raw!r})")
     withheld = " (the caller had withheld the number)" if (call.inputs or {}).get("privacy") else ""
@@ -278,7 +278,7 @@ def cmd_import(ctx: Context) -> int:
     handle = open_input(args.file)
     try:
         with handle:
-            report = lists.read_csv(handle, defaults=defaults, region=_region(ctx), added_by=cli.operator_name(),
+            report = lists.read_csv(handle, defaults=defaults, region=_region(ctx), added_by=operator_name(),
                                     progress=progress)
     except UnicodeDecodeError:
         raise CLIError(f"{args.file} is not UTF-8 text") from None

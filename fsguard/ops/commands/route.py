@@ -15,8 +15,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from fsguard.ops.cli import CLIError, Context, print_json, print_table
-from fsguard.ops.commands._common import area_parser, routing_traits
+from fsguard.ops.commands._common import CLIError, Context, area_parser, print_json, print_table, routing_traits
 
 
 def register(subparsers: Any) -> None:

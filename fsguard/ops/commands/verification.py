@@ -11,9 +11,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from fsguard.ops import cli
-from fsguard.ops.cli import CLIError, Context, print_json, print_table
 from fsguard.config import ConfigError, parse_duration
+from fsguard.ops.commands._common import CLIError, Context, positive_int, print_json, print_table
 
 
 def register(subparsers: Any) -> None:
@@ -24,7 +23,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("number", nargs="?", help="only this caller number (E.164, or national in node.default_region)")
     p.add_argument("--failed", action="store_true", help="only challenges the caller failed (wrong code, no code)")
     p.add_argument("--since", help="only this recent: 90m, 24h, 7d")
-    p.add_argument("--limit", type=cli.positive_int, default=50)
+    p.add_argument("--limit", type=positive_int, default=50)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_challenges)
 
