@@ -4,6 +4,11 @@ Every key lives in a section (``[esl] listen = ...``) and can be overridden from
 as ``FSGUARD_<SECTION>_<KEY>`` (``FSGUARD_ESL_LISTEN=0.0.0.0:8084``), which is how systemd units
 and containers are usually configured. A bad value stops start-up with one line naming the key:
 an operator must never have to read a traceback to find a typo in a config file.
+
+Settings are data: this module checks each value's form and imports nothing else of fsguard.
+What only a rule can judge (the routing table built from ``[[routing.rules]]``, STIR/SHAKEN's
+failure codes) is checked by fsguard.rules.checks, which loads the settings for every command,
+``serve`` and its reload: ``load_settings`` here runs the checks it is handed.
 """
 
 from __future__ import annotations
@@ -12,13 +17,15 @@ import dataclasses
 import os
 import re
 import socket
-import sys
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
+
+#: checks of a section that need a rule, by section name (fsguard.rules.checks hands them in)
+SectionChecks = Mapping[str, Callable[[Any], None]]
 
 DEFAULT_CONFIG_PATH = Path("/etc/fsguard/fsguard.toml")
 #: where an installed fsguard keeps its state (the unit's StateDirectory). The defaults below are
@@ -428,12 +435,8 @@ class ScreeningSettings:
         if unknown:
             raise ConfigError(f"screening.risk_points: unknown signal(s) {', '.join(sorted(unknown))} "
                               f"(known: {', '.join(SCREENING_RISK_POINTS)})")
-        from fsguard.rules.stirshaken import FAILURE_CODES
-
+        # which outcomes there are is STIR/SHAKEN's to say: fsguard.rules.checks checks the names
         for key, value in self.stir_actions.items():
-            if key not in SCREENING_STIR_ACTIONS and key not in FAILURE_CODES:
-                raise ConfigError(f"screening.stir_actions.{key}: unknown outcome (known: "
-                                  f"{', '.join([*SCREENING_STIR_ACTIONS, *FAILURE_CODES])})")
             if value not in _SCREEN_ACTION:
                 raise ConfigError(f"screening.stir_actions.{key}: expected pass, challenge or reject, got {value!r}")
         if self.stir_trust_store and not Path(self.stir_trust_store).exists():
@@ -866,9 +869,7 @@ class RoutingSettings:
             for key in ("crm_cache_ttl", "crm_miss_ttl", "crm_cooldown"):
                 if parse_duration(getattr(self, key), f"routing.{key}") < 0:
                     raise ConfigError(f"routing.{key}: cannot be negative")
-        from fsguard.rules.routing import build_table  # late: routing_table imports this module
-
-        build_table(self)
+        # the rules, hours and targets are checked by building the table (fsguard.rules.checks)
 
 
 @dataclass
@@ -1048,16 +1049,19 @@ class Settings:
     #: the file these settings came from, if any (for reloads)
     source: Path | None = None
 
-    def validate(self) -> None:
-        """Check every section; raise one ConfigError holding every section's problem."""
+    def validate(self, checks: SectionChecks | None = None) -> None:
+        """Check every section, then a section's ``checks`` that need a rule (when its own values
+        are right); raise one ConfigError holding every section's problem."""
         problems: list[str] = []
         for section in _sections(self):
-            check = getattr(getattr(self, section), "validate", None)
-            if check:
-                try:
-                    check()
-                except ConfigError as exc:
-                    problems += exc.problems
+            values = getattr(self, section)
+            try:
+                if hasattr(values, "validate"):
+                    values.validate()
+                if checks and section in checks:
+                    checks[section](values)
+            except ConfigError as exc:
+                problems += exc.problems
         if problems:
             raise ConfigError(problems[0], problems)
 
@@ -1140,9 +1144,11 @@ def unknown_variables(env: typing.Mapping[str, str] | None = None) -> list[str]:
     return sorted(var for var in env if var.upper().startswith("FSGUARD_") and var.upper() not in known)
 
 
-def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None,
+                  checks: SectionChecks | None = None) -> Settings:
     """Build the settings: defaults, then ``path`` (or /etc/fsguard/fsguard.toml if it exists), then env.
 
+    ``checks`` are the checks that need a rule (fsguard.rules.checks.load_settings hands them in).
     Raises ConfigError with a one-line message naming the offending key.
     """
     env = os.environ if env is None else env
@@ -1178,18 +1184,10 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
             if var in env:
                 _apply(section, name, {f.name: env[var]}, var, problems)
     try:
-        settings.validate()
+        settings.validate(checks)
     except ConfigError as exc:
         problems += exc.problems
     if problems:
         raise ConfigError(problems[0], problems)
     return settings
 
-
-def load_or_exit(path: str | Path | None = None) -> Settings:
-    """Load the settings for a command, or print the one clear line and exit 2."""
-    try:
-        return load_settings(path)
-    except ConfigError as exc:
-        print(f"fsguard: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fsguard.ops import cli
-from fsguard.rules import customers
+from fsguard.rules.crm import forget_crms
 from fsguard.store.models.customers import Customer, CustomerNumber
 
 
@@ -17,9 +17,9 @@ def env(monkeypatch, settings, tmp_path):
     """The CLI reads its settings from the environment (and an optional file)."""
     monkeypatch.setenv("FSGUARD_DATABASE_URL", settings.database.url)
     monkeypatch.delenv("FSGUARD_CONFIG", raising=False)
-    customers.forget_crms()
+    forget_crms()
     yield
-    customers.forget_crms()
+    forget_crms()
 
 
 def fsguard(capsys, *argv: str) -> tuple[int, str, str]:
@@ -184,7 +184,7 @@ def test_unreadable_files(env, db, capsys, tmp_path, content, message):
 def test_erase_removes_the_customer_record(env, db, capsys):
     from fsguard.rules import erasure
 
-    assert "routing" in [area for area, _ in erasure.registered()]
+    assert "routing" in [area for area, _ in erasure.AREAS]
     fsguard(capsys, "customers", "add", "+12125550123", "+14155550100", "--name", "Ada", "--account", "A-1001")
     fsguard(capsys, "customers", "add", "+442079460000", "--name", "Someone Else")
     code, out, err = fsguard(capsys, "erase", "+14155550100", "--dry-run")

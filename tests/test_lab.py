@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from fsguard.ops import cli, lab
-from fsguard.rules import lists, freeze as outbound
+from fsguard.rules import freeze, lists
 from fsguard.config import DatabaseSettings
 from fsguard.store.db import Database
 from fsguard.store.models.recordings import Recording
@@ -144,8 +144,8 @@ def agents_redialling_freeze_the_number(morning: lab.LabReport, db_url: str) -> 
     db = Database(DatabaseSettings(url=db_url))
     try:
         with db.begin() as s:
-            freeze = outbound.active_freeze(s, lab.REDIALLED)
-            assert freeze is not None and freeze.source == "auto"
+            frozen = freeze.active_freeze(s, lab.REDIALLED)
+            assert frozen is not None and frozen.source == "auto"
             # every routed inbound call and every agent's call was recorded, and the file is complete
             statuses = Counter(r.status for r in s.scalars(select(Recording)))
     finally:

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from fsguard.ops import cli
-from fsguard.rules import lists
+from fsguard.rules import counters, lists
 from fsguard.store.models import utcnow
 from fsguard.store.models.lists import CallCounter, ListEntry
 from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
@@ -193,7 +193,7 @@ def test_show_a_number_says_which_entry_applies_and_how_often_it_called(fsguard,
     fsguard("lists", "add", "+12125550147", "--allow", "--dnis", "+18885550199", "--reason", "premium customer")
     with db.begin() as session:
         for _ in range(3):
-            lists.count_call(session, "+12125550147", ["*"], now=time.time())
+            counters.count_call(session, "+12125550147", ["*"], now=time.time())
     code, out, _ = fsguard("lists", "show", "+1 212 555 0147")
     assert code == 0
     lines = out.splitlines()
@@ -362,8 +362,8 @@ def test_export_and_import_round_trip(fsguard, db, tmp_path):
 def test_purge_drops_old_counters_and_long_expired_entries(fsguard, db):
     now = time.time()
     with db.begin() as session:
-        lists.count_call(session, "+12125550147", ["*"], now=now - 3 * 86400)
-        lists.count_call(session, "+12125550147", ["*"], now=now)
+        counters.count_call(session, "+12125550147", ["*"], now=now - 3 * 86400)
+        counters.count_call(session, "+12125550147", ["*"], now=now)
         lists.add(session, lists.make_spec("+13125550100", kind="block", level=3))
         lists.add(session, lists.make_spec("+14155550123", kind="block", level=3))
         session.execute(update(ListEntry).where(ListEntry.number == "+13125550100")
@@ -377,7 +377,7 @@ def test_purge_drops_old_counters_and_long_expired_entries(fsguard, db):
 
 def test_erasure_forgets_the_counts_and_keeps_the_operators_decisions(fsguard, db):
     with db.begin() as session:
-        lists.count_call(session, "+12125550147", ["*"], now=time.time())
+        counters.count_call(session, "+12125550147", ["*"], now=time.time())
         lists.add(session, lists.make_spec("+12125550147", kind="block", level=7))
     code, out, _ = fsguard("erase", "+1 212 555 0147")
     assert code == 0

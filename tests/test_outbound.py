@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from fsguard.ops import cli
-from fsguard.rules import freeze as outbound
+from fsguard.rules import freeze
 from fsguard.store import records
 from fsguard.service.app import App
 from fsguard.config import ConfigError, OutboundSettings, Settings, load_settings
@@ -137,11 +137,11 @@ def test_the_fourth_short_call_is_not_dialled_and_other_numbers_still_are(node, 
     rows = attempts_of(db)
     assert [(a.outcome, a.strike, a.agent) for a in rows] == [("short", True, "1001")] * 3
     assert all(a.talk_seconds is not None and 3.5 <= a.talk_seconds <= 4.5 for a in rows)
-    (freeze,) = freezes_of(db)
-    assert freeze.source == "auto" and freeze.created_by == "test-node"
-    assert freeze.reason.startswith("3 rejected or short calls within 1d: short (4 s)")
-    assert timedelta(days=6, hours=23) < freeze.until - utcnow() <= timedelta(days=7)
-    assert rows[-1].freeze_id == freeze.id
+    (frozen,) = freezes_of(db)
+    assert frozen.source == "auto" and frozen.created_by == "test-node"
+    assert frozen.reason.startswith("3 rejected or short calls within 1d: short (4 s)")
+    assert timedelta(days=6, hours=23) < frozen.until - utcnow() <= timedelta(days=7)
+    assert rows[-1].freeze_id == frozen.id
     assert node.guard.app.metrics.auto_blocks.labels(reason="outbound.freeze")._value.get() == 1
 
     fourth = node.call(short())
@@ -150,13 +150,13 @@ def test_the_fourth_short_call_is_not_dialled_and_other_numbers_still_are(node, 
     assert fourth.heard == [ANNOUNCEMENT]
     assert fourth.early_media and not fourth.answered and fourth.billsec == 0
     last = attempts_of(db)[-1]
-    assert (last.outcome, last.strike, last.freeze_id) == ("prevented", False, freeze.id)
+    assert (last.outcome, last.strike, last.freeze_id) == ("prevented", False, frozen.id)
     call = records.find_call(db, fourth.uuid)
     (verdict,) = [v for v in call.verdicts if v.stage == "outbound"]
     assert (verdict.outcome, verdict.code) == ("reject", "outbound.frozen")
-    assert verdict.details["freeze_id"] == freeze.id and "frozen until" in verdict.reason
+    assert verdict.details["freeze_id"] == frozen.id and "frozen until" in verdict.reason
     assert call.action == "hangup OUTGOING_CALL_BARRED" and call.outcome == "rejected"
-    assert call.inputs["outbound_freeze"]["id"] == freeze.id  # stored for replay
+    assert call.inputs["outbound_freeze"]["id"] == frozen.id  # stored for replay
 
     other = node.call(short(OTHER))
     assert dialled(other, OTHER), other
@@ -165,7 +165,7 @@ def test_the_fourth_short_call_is_not_dialled_and_other_numbers_still_are(node, 
     code, out, _ = run_cli(capsys, "outbound", "frozen", "--json")
     assert code == 0
     (listed,) = json.loads(out)
-    assert listed["number"] == NUMBER and listed["source"] == "auto" and listed["id"] == freeze.id
+    assert listed["number"] == NUMBER and listed["source"] == "auto" and listed["id"] == frozen.id
     code, out, _ = run_cli(capsys, "outbound", "attempts", "555-765-4321")
     assert code == 0
     assert f"{NUMBER}: FROZEN until" in out
@@ -212,8 +212,8 @@ def test_an_unfreeze_restores_dialling_and_clears_the_strikes(node, db, cli_env,
 
     code, out, _ = run_cli(capsys, "outbound", "unfreeze", NUMBER, "--reason", "customer asked for a call back")
     assert code == 0 and "unfrozen +15557654321" in out
-    (freeze,) = freezes_of(db)
-    assert freeze.lifted_at is not None and freeze.lift_reason == "customer asked for a call back"
+    (frozen,) = freezes_of(db)
+    assert frozen.lifted_at is not None and frozen.lift_reason == "customer asked for a call back"
 
     assert dialled(node.call(short()))  # dialled again...
     assert dialled(node.call(short()))  # ...and the strikes before the unfreeze no longer count
@@ -232,9 +232,9 @@ def test_an_operator_freeze_stops_dialling_for_the_days_given(node, db, cli_env,
     code, out, _ = run_cli(capsys, "outbound", "freeze", "(555) 765-4321", "--reason",
                            "said not interested (transcript reviewed)", "--days", "30")
     assert code == 0 and f"frozen {NUMBER} until" in out
-    (freeze,) = freezes_of(db)
-    assert freeze.source == "operator" and freeze.reason == "said not interested (transcript reviewed)"
-    assert timedelta(days=29, hours=23) < freeze.until - utcnow() <= timedelta(days=30)
+    (frozen,) = freezes_of(db)
+    assert frozen.source == "operator" and frozen.reason == "said not interested (transcript reviewed)"
+    assert timedelta(days=29, hours=23) < frozen.until - utcnow() <= timedelta(days=30)
 
     result = node.call(conversation())
     assert prevented(result) and result.heard == [ANNOUNCEMENT]
@@ -242,7 +242,7 @@ def test_an_operator_freeze_stops_dialling_for_the_days_given(node, db, cli_env,
     assert "said not interested" in verdict.reason and verdict.details["source"] == "operator"
 
     later = utcnow() + timedelta(days=30, minutes=1)
-    monkeypatch.setattr(outbound, "utcnow", lambda: later)
+    monkeypatch.setattr(freeze, "utcnow", lambda: later)
     assert dialled(node.call(conversation()))
 
 
@@ -250,17 +250,17 @@ def test_an_automatic_freeze_expires(node, db, monkeypatch):
     for _ in range(3):
         node.call(busy())
     assert prevented(node.call(busy()))
-    (freeze,) = freezes_of(db)
+    (frozen,) = freezes_of(db)
 
-    monkeypatch.setattr(outbound, "utcnow", lambda: freeze.until - timedelta(minutes=1))
+    monkeypatch.setattr(freeze, "utcnow", lambda: frozen.until - timedelta(minutes=1))
     assert prevented(node.call(conversation()))
-    monkeypatch.setattr(outbound, "utcnow", lambda: freeze.until + timedelta(seconds=1))
+    monkeypatch.setattr(freeze, "utcnow", lambda: frozen.until + timedelta(seconds=1))
     assert dialled(node.call(busy()))
     last = attempts_of(db)[-1]
     assert (last.outcome, last.strike) == ("rejected", True)
     # the strikes that caused the expired freeze do not count again: one strike so far
     with db.begin() as s:
-        assert outbound.strikes(s, NUMBER, OutboundSettings(), now=freeze.until + timedelta(seconds=2)) == 1
+        assert freeze.strikes(s, NUMBER, OutboundSettings(), now=frozen.until + timedelta(seconds=2)) == 1
 
 
 def test_outcomes_are_read_the_same_from_json_events(outbound_settings, start_guard, db):
@@ -286,9 +286,9 @@ def test_the_rule_is_configurable(outbound_settings, start_guard, db):
     node.call(agent(answered_by_far_end=False, far_end_cause="CALL_REJECTED"))  # not a rejection here
     assert [a.outcome for a in attempts_of(db)] == ["short", "no_answer"]
     node.call(busy())
-    (freeze,) = freezes_of(db)
-    assert timedelta(hours=1, minutes=59) < freeze.until - utcnow() <= timedelta(hours=2)
-    assert "within 1h" in freeze.reason
+    (frozen,) = freezes_of(db)
+    assert timedelta(hours=1, minutes=59) < frozen.until - utcnow() <= timedelta(hours=2)
+    assert "within 1h" in frozen.reason
     result = node.call(short())
     assert result.hangup_cause == "CALL_REJECTED" and result.heard == [] and not result.early_media
 
@@ -325,9 +325,9 @@ def test_concurrent_attempts_are_counted_one_after_the_other(db):
     every transaction count only what had committed before it started."""
     rules = OutboundSettings()
 
-    def finish() -> outbound.AttemptResult:
+    def finish() -> freeze.AttemptResult:
         with db.begin() as s:
-            return outbound.record_attempt(s, NUMBER, outcome="short", rules=rules, talk_seconds=3.0)
+            return freeze.record_attempt(s, NUMBER, outcome="short", rules=rules, talk_seconds=3.0)
 
     results = [g.get(timeout=20) for g in [gevent.spawn(finish) for _ in range(8)]]
     assert sum(r.froze is not None for r in results) == 1
@@ -344,14 +344,14 @@ def test_the_number_row_lock_holds_back_a_second_writer(db, db_url):
 
     def holder() -> None:
         with db.begin() as s:
-            outbound._lock(s, NUMBER, utcnow())
+            freeze._lock(s, NUMBER, utcnow())
             order.append("locked")
             gevent.sleep(0.3)
             order.append("commit")
 
     def writer() -> None:
         with db.begin() as s:
-            outbound.record_attempt(s, NUMBER, outcome="rejected", rules=rules)
+            freeze.record_attempt(s, NUMBER, outcome="rejected", rules=rules)
             order.append("recorded")
 
     first = gevent.spawn(holder)
@@ -385,7 +385,7 @@ def test_shadow_mode_dials_a_frozen_number_and_says_it_would_not_have(outbound_s
     outbound_settings.policy.enforce_stages = {"outbound": False}
     node = Node(start_guard())
     with db.begin() as s:
-        outbound.freeze(s, NUMBER, reason="test", seconds=3600)
+        freeze.freeze(s, NUMBER, reason="test", seconds=3600)
     result = node.call(short())
     assert dialled(result) and result.heard == []
     verdict = outbound_verdict(db, result.uuid)
@@ -398,14 +398,14 @@ def test_the_announcement_can_be_played_answered(outbound_settings, start_guard,
     outbound_settings.outbound.announce_answered = True
     node = Node(start_guard())
     with db.begin() as s:
-        outbound.freeze(s, NUMBER, reason="test", seconds=3600)
+        freeze.freeze(s, NUMBER, reason="test", seconds=3600)
     result = node.call(short())
     assert prevented(result) and result.answered and result.heard == [ANNOUNCEMENT]
 
 
 def test_an_agent_hanging_up_during_the_announcement_is_still_logged_as_prevented(node, db):
     with db.begin() as s:
-        outbound.freeze(s, NUMBER, reason="test", seconds=3600)
+        freeze.freeze(s, NUMBER, reason="test", seconds=3600)
     result = node.fs.call(agent(hangup_after=0.1), playback_durations={ANNOUNCEMENT: 5.0})
     settle(node.guard)
     assert result.outcome == "caller_hangup" and result.route is None
@@ -416,7 +416,7 @@ def test_the_database_down_at_call_time_dials_the_agent_anyway(node, db, monkeyp
     def down(*args, **kwargs):
         raise OperationalError("SELECT", {}, Exception("connection refused"))
 
-    monkeypatch.setattr(outbound, "active_freeze", down)
+    monkeypatch.setattr(freeze, "active_freeze", down)
     result = node.call(conversation())
     assert dialled(result)  # failing open for an agent's call means dialling, not the inbound queue
     verdict = outbound_verdict(db, result.uuid)
@@ -431,7 +431,7 @@ def test_the_database_down_with_on_error_closed_hangs_up(outbound_settings, star
     def down(*args, **kwargs):
         raise OperationalError("SELECT", {}, Exception("connection refused"))
 
-    monkeypatch.setattr(outbound, "active_freeze", down)
+    monkeypatch.setattr(freeze, "active_freeze", down)
     result = node.call(conversation())
     assert result.route is None and result.hangup_cause == "NORMAL_TEMPORARY_FAILURE"
 
@@ -461,7 +461,7 @@ def test_numbers_fsguard_cannot_read(node, db):
     (False, None, None, "no_answer"),
 ])
 def test_classify(answered, talk, cause, expected):
-    assert outbound.classify(answered=answered, talk_seconds=talk, cause=cause, rules=OutboundSettings()) == expected
+    assert freeze.classify(answered=answered, talk_seconds=talk, cause=cause, rules=OutboundSettings()) == expected
 
 
 class _Session:
@@ -490,32 +490,32 @@ def test_window_and_strike_reset_with_a_shifted_now(db):
     rules = OutboundSettings()
     t0 = utcnow()
     with db.begin() as s:
-        outbound.record_attempt(s, NUMBER, outcome="short", rules=rules, now=t0)
-        outbound.record_attempt(s, NUMBER, outcome="rejected", rules=rules, now=t0 + timedelta(hours=3))
+        freeze.record_attempt(s, NUMBER, outcome="short", rules=rules, now=t0)
+        freeze.record_attempt(s, NUMBER, outcome="rejected", rules=rules, now=t0 + timedelta(hours=3))
     with db.begin() as s:  # 25 h after the first: it fell out of the 1-day window
-        result = outbound.record_attempt(s, NUMBER, outcome="short", rules=rules, now=t0 + timedelta(hours=25))
+        result = freeze.record_attempt(s, NUMBER, outcome="short", rules=rules, now=t0 + timedelta(hours=25))
     assert (result.strikes, result.froze) == (2, None)
     with db.begin() as s:
-        result = outbound.record_attempt(s, NUMBER, outcome="short", rules=rules, now=t0 + timedelta(hours=26))
+        result = freeze.record_attempt(s, NUMBER, outcome="short", rules=rules, now=t0 + timedelta(hours=26))
     assert result.strikes == 3 and result.froze is not None
     until = result.froze.until
     assert until == t0 + timedelta(hours=26, days=7)
     with db.begin() as s:
-        assert outbound.active_freeze(s, NUMBER, now=until - timedelta(seconds=1)) is not None
-        assert outbound.active_freeze(s, NUMBER, now=until) is None
-        assert [f.number for f in outbound.frozen(s, now=until - timedelta(seconds=1))] == [NUMBER]
-        assert outbound.frozen(s, now=until) == []
+        assert freeze.active_freeze(s, NUMBER, now=until - timedelta(seconds=1)) is not None
+        assert freeze.active_freeze(s, NUMBER, now=until) is None
+        assert [f.number for f in freeze.frozen(s, now=until - timedelta(seconds=1))] == [NUMBER]
+        assert freeze.frozen(s, now=until) == []
 
 
 def test_a_new_operator_freeze_replaces_the_one_in_force(db):
     with db.begin() as s:
-        first, _ = outbound.freeze(s, NUMBER, reason="auto", seconds=86400, source="auto", by="node-1")
+        first, _ = freeze.freeze(s, NUMBER, reason="auto", seconds=86400, source="auto", by="node-1")
     with db.begin() as s:
-        second, replaced = outbound.freeze(s, NUMBER, reason="reviewed", seconds=3 * 86400, by="alice")
+        second, replaced = freeze.freeze(s, NUMBER, reason="reviewed", seconds=3 * 86400, by="alice")
     assert [f.id for f in replaced] == [first.id]
     with db.begin() as s:
-        assert outbound.active_freeze(s, NUMBER).id == second.id
-        assert [f.lift_reason for f in outbound.freezes(s, NUMBER)] == [None, "superseded by a new freeze"]
+        assert freeze.active_freeze(s, NUMBER).id == second.id
+        assert [f.lift_reason for f in freeze.freezes(s, NUMBER)] == [None, "superseded by a new freeze"]
 
 
 def test_erasure_deletes_history_but_keeps_a_freeze_in_force(db):
@@ -523,35 +523,30 @@ def test_erasure_deletes_history_but_keeps_a_freeze_in_force(db):
     t0 = utcnow() - timedelta(days=30)
     with db.begin() as s:
         for i in range(3):
-            outbound.record_attempt(s, NUMBER, outcome="short", rules=rules, now=t0 + timedelta(minutes=i))
-        outbound.freeze(s, NUMBER, reason="not interested", seconds=86400)
-        outbound.record_attempt(s, OTHER, outcome="short", rules=rules)
+            freeze.record_attempt(s, NUMBER, outcome="short", rules=rules, now=t0 + timedelta(minutes=i))
+        freeze.freeze(s, NUMBER, reason="not interested", seconds=86400)
+        freeze.record_attempt(s, OTHER, outcome="short", rules=rules)
     with db.begin() as s:
-        lines = outbound.erase(s, NUMBER)
+        lines = freeze.erase(s, NUMBER)
     assert "deleted 3 outbound call attempt(s)" in lines[0] and "deleted 1 past freeze(s)" in lines[1]
     assert "KEPT the freeze in force" in lines[2]
     assert attempts_of(db) == [] and len(freezes_of(db)) == 1 and len(attempts_of(db, OTHER)) == 1
     with db.begin() as s:
-        outbound.unfreeze(s, NUMBER)
+        freeze.unfreeze(s, NUMBER)
     with db.begin() as s:
-        lines = outbound.erase(s, NUMBER)
+        lines = freeze.erase(s, NUMBER)
     assert "deleted 1 past freeze(s)" in lines[1] and len(lines) == 2
     assert freezes_of(db) == []
 
 
 def test_fsguard_erase_runs_the_outbound_eraser(db, settings):
-    import importlib.util
-
-    if importlib.util.find_spec("fsguard.rules.erasure") is None:
-        pytest.skip("fsguard.rules.erasure (recording area) is not there yet")
-    import fsguard.ops.commands.outbound as commands
     from fsguard.rules import erasure
 
-    assert ("outbound", commands._erase) in erasure.registered()
+    assert ("outbound", freeze.erase) in erasure.AREAS
     number = "+14155552671"  # erasure reads numbers strictly (valid numbers only)
     with db.begin() as s:
-        outbound.record_attempt(s, number, outcome="conversation", rules=OutboundSettings(), talk_seconds=60.0)
-        outbound.freeze(s, number, reason="not interested", seconds=3600)
+        freeze.record_attempt(s, number, outcome="conversation", rules=OutboundSettings(), talk_seconds=60.0)
+        freeze.freeze(s, number, reason="not interested", seconds=3600)
     report = erasure.erase(db, number, settings=settings)
     assert report.ok, report.text()
     (area,) = [a for a in report.areas if a.area == "outbound"]

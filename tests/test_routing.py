@@ -19,10 +19,13 @@ from gevent import pywsgi
 
 from fsguard.rules import customers
 from fsguard.store import records
-from fsguard.config import ConfigError, Settings, load_settings
-from fsguard.rules.customers import CircuitBreaker, TTLCache
+from fsguard.config import ConfigError, Settings
+from fsguard.rules.checks import load_settings, validate
+from fsguard.rules.crm import CircuitBreaker, TTLCache, forget_crms
 from fsguard.call.pipeline import STAGES, Stage, Verdict
-from fsguard.rules.routing import Hours, RouteFacts, build_table, caller_region
+from fsguard.rules.hours import Hours
+from fsguard.rules.regions import caller_region
+from fsguard.rules.routing import RouteFacts, build_table
 from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 from fsguard_testing.waiting import settle
 
@@ -65,9 +68,9 @@ class Verifies(Stage):
 @pytest.fixture(autouse=True)
 def _fresh_crm_clients():
     """CRM clients (cache, breaker) live per process: each test starts with none."""
-    customers.forget_crms()
+    forget_crms()
     yield
-    customers.forget_crms()
+    forget_crms()
 
 
 @pytest.fixture
@@ -549,7 +552,7 @@ def test_bad_routing_settings_name_the_key(routing, message):
     for k, v in routing.items():
         setattr(s.routing, k, v)
     with pytest.raises(ConfigError) as err:
-        s.validate()
+        validate(s)
     assert message in str(err.value)
 
 

@@ -21,7 +21,7 @@ import gevent
 import pytest
 from sqlalchemy import event, func, select, update
 
-from fsguard.rules import lists
+from fsguard.rules import counters, lists
 from fsguard.store import records
 from fsguard.ops import replay
 from fsguard.store.db import Database
@@ -266,7 +266,7 @@ def test_the_day_limit_counts_the_earlier_hours(start_line, db):
     earlier = time.time() - 3 * 3600
     with db.begin() as session:
         for _ in range(3):
-            lists.count_call(session, CALLER, ["*"], now=earlier)
+            counters.count_call(session, CALLER, ["*"], now=earlier)
     routed(line.call())
     crossing = line.call()
     refused_unanswered(crossing)
@@ -644,12 +644,13 @@ def test_an_allow_added_later_beats_an_automatic_block_even_when_less_specific(d
     ("stir_trust_store", "/nonexistent/ca.pem", "screening.stir_trust_store: /nonexistent/ca.pem does not exist"),
 ])
 def test_bad_screening_settings_name_the_key(key, value, message):
-    from fsguard.config import ConfigError, ScreeningSettings
+    from fsguard.config import ConfigError, Settings
+    from fsguard.rules.checks import validate
 
-    cfg = ScreeningSettings()
-    setattr(cfg, key, value)
+    settings = Settings()
+    setattr(settings.screening, key, value)
     with pytest.raises(ConfigError) as raised:
-        cfg.validate()
+        validate(settings)
     assert message in str(raised.value)
 
 

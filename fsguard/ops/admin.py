@@ -13,7 +13,7 @@ the rest of fsguard imports.
 
 from __future__ import annotations
 
-from fsguard.ops.web.core import HTTPError, parse_when
+from fsguard.ops.web.core import HTTPError
 from fsguard.ops.web.server import AdminServer
 
-__all__ = ["AdminServer", "HTTPError", "parse_when"]
+__all__ = ["AdminServer", "HTTPError"]

@@ -39,7 +39,8 @@ import gevent
 from fsguard.rules import customers, lists
 from fsguard.store import migrate, records
 from fsguard.service.app import App
-from fsguard.config import Settings, load_settings
+from fsguard.config import Settings
+from fsguard.rules.checks import load_settings
 from fsguard.store.db import Database
 from fsguard.service.server import CallServer
 from fsguard_testing.fakeswitch import Caller, Channel, FakeFreeSWITCH, SimResult

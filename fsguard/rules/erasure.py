@@ -1,25 +1,18 @@
 """Erasure on request: ``fsguard erase NUMBER`` removes what fsguard keeps about a person's
 number, area by area, and says what it did, what it kept and why.
 
-Built in (run first, in this order):
+The areas, in this order:
 
 * recordings: audio files and their rows are deleted, except recordings under legal hold;
 * call records: anonymised, not deleted - the caller's number, raw caller id, caller name, and
   the number wherever else it is written (the route, e.g. ``bridge sofia/gateway/carrier/NUMBER``,
   the inputs, every verdict text) are removed and the row is marked ``erased``, so
   statistics (how many calls, when, with what outcome) stay right. The record of a call whose
-  recording is under legal hold is kept as it is: it is part of what is held.
-
-Areas with personal data of their own register a function when their commands module is
-imported::
-
-    from fsguard.rules import erasure
-
-    def erase_customers(session, number_e164: str) -> list[str]:
-        n = session.execute(delete(Customer).where(Customer.number == number_e164)).rowcount
-        return [f"deleted {n} customer record(s)"]
-
-    erasure.register(erase_customers)
+  recording is under legal hold is kept as it is: it is part of what is held;
+* then the areas with personal data of their own (:data:`AREAS`): the customer record holding
+  the number (routing), its call counters (screening; list entries are the operators' decisions
+  and are kept), its outbound attempts and past freezes, its verification challenges. An area
+  with personal data of its own adds its function ``fn(session, number_e164) -> lines`` there.
 
 Each area runs in a savepoint of one transaction: an area that fails is reported (and rolled
 back) without undoing the others, and ``fsguard erase`` exits 1 so that the request is run again.
@@ -31,17 +24,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from importlib import import_module
 from typing import Any, Callable
 
 import phonenumbers
 import structlog
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, and_, delete, or_, select
 from sqlalchemy.orm import Session
 
 from fsguard.config import Settings
+from fsguard.rules import counters, crm, customers, freeze, lists
+from fsguard.rules.recordings import erase_for_number, lookup_number, recording_root
 from fsguard.store.db import Database
 from fsguard.store.models import CallRecord
+from fsguard.store.models.challenges import Challenge
 
 log = structlog.get_logger("fsguard.rules.erasure")
 
@@ -53,31 +48,6 @@ ERASED = "[erased]"
 #: keys whose values identify the person (the routing stage stores the customer and account)
 PERSONAL_KEYS = frozenset({"ani", "presented", "network", "asserted", "caller_name", "customer_name", "name", "customer",
                            "account_id", "crm_customer"})
-
-_registry: dict[str, tuple[str, Eraser]] = {}
-
-
-def register(fn: Eraser, *, area: str | None = None) -> Eraser:
-    """Add an area's erasure function ``fn(session, number_e164) -> lines``; safe to call twice."""
-    module = getattr(fn, "__module__", "") or ""
-    name = area or module.rsplit(".", 1)[-1] or getattr(fn, "__name__", "area")
-    _registry[f"{module}.{getattr(fn, '__qualname__', repr(fn))}"] = (name, fn)
-    return fn
-
-
-def registered() -> list[tuple[str, Eraser]]:
-    return list(_registry.values())
-
-
-def _load_areas() -> None:
-    """Import every commands module: that is where areas register their erasure functions."""
-    import pkgutil
-
-    import fsguard.ops.commands
-
-    for m in pkgutil.iter_modules(fsguard.ops.commands.__path__):
-        import_module(f"fsguard.ops.commands.{m.name}")
-
 
 @dataclass
 class AreaResult:
@@ -205,17 +175,43 @@ def erase_calls(session: Session, e164: str, forms: list[str], held_calls: set[s
     return lines
 
 
+def erase_customer(session: Session, e164: str) -> list[str]:
+    """The customer record holding the number, and what the CRM client's cache kept of it."""
+    lines, numbers = customers.erase_number(session, e164)
+    crm.forget(numbers)
+    return lines
+
+
+def erase_counters(session: Session, e164: str) -> list[str]:
+    """The number's call counters go; its list entries stay (the operators' decisions, not call data)."""
+    gone = counters.erase(session, e164)
+    kept = [e for e in lists.entries_for(session, e164, include_expired=True) if not e.is_prefix]
+    lines = [f"screening: deleted {gone} call counter row(s) for {e164}"]
+    if kept:
+        lines.append(f"screening: kept {len(kept)} list entr{'y' if len(kept) == 1 else 'ies'} for {e164} "
+                     f"(operator decisions, not call data; 'fsguard lists remove {e164}' deletes them)")
+    return lines
+
+
+def erase_challenges(session: Session, e164: str) -> list[str]:
+    """The verification challenges of the number (when it called, what it keyed)."""
+    gone = session.execute(delete(Challenge).where(Challenge.number == e164)).rowcount or 0
+    return [f"deleted {gone} verification challenge(s)" if gone else "no verification challenges of this number"]
+
+
+#: the areas with personal data of their own, run after the recordings and the call records
+AREAS: list[tuple[str, Eraser]] = [("routing", erase_customer), ("lists", erase_counters),
+                                   ("outbound", freeze.erase), ("verification", erase_challenges)]
+
+
 def erase(db: Database, number: str, *, region: str = "US", settings: Settings | None = None,
           dry_run: bool = False) -> ErasureReport:
     """Erase ``number`` everywhere fsguard keeps it; returns the report (check ``ok``).
 
     Raises numbers.InvalidNumber if ``number`` cannot be read as a telephone number.
     """
-    from fsguard.rules.recordings import erase_for_number, lookup_number, recording_root
-
     e164 = lookup_number(number, region)
     forms = number_forms(e164)
-    _load_areas()
     report = ErasureReport(e164, dry_run)
     root = recording_root(settings.recording) if settings is not None else None
     held_calls: set[str] = set()
@@ -231,7 +227,7 @@ def erase(db: Database, number: str, *, region: str = "US", settings: Settings |
     def calls_part(session: Session, _: str) -> list[str]:
         return erase_calls(session, e164, forms, held_calls)
 
-    parts: list[tuple[str, Eraser]] = [("recordings", recordings_part), ("calls", calls_part), *registered()]
+    parts: list[tuple[str, Eraser]] = [("recordings", recordings_part), ("calls", calls_part), *AREAS]
     with db.sessions() as session:
         session.begin()
         for area, fn in parts:

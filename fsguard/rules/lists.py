@@ -1,4 +1,4 @@
-"""The screening lists and the call counters: what is known about a caller number before the call.
+"""The screening lists: what the operators (and the automatic blocks) say about a caller number.
 
 The list (table ``list_entries``) holds three kinds of entry, each for one number or a prefix
 (``+1900*``), for every dialled number or one only:
@@ -16,20 +16,14 @@ exception: an automatic block never beats an allow entry, however specific.
 Finding the entry is one indexed query: a number in E.164 has at most 15 prefixes, so the query
 is ``number IN (every prefix of the caller)`` on the unique index that starts with ``number``.
 
-The counters (table ``call_counters``) count calls per number in five-minute buckets. A call
-adds itself and reads its totals in ONE statement (an upsert whose RETURNING clause also sums
-the earlier buckets), so two fsguard nodes sharing a PostgreSQL database see consecutive counts
-for concurrent calls of the same number and block at exactly the same call.
-
-"In the last hour" is the current five-minute bucket and the eleven before it (a window of
-55 to 60 minutes); "in the last day" is the current bucket and the 287 before it.
+How often a number has called (the flood and nuisance rules) is counted apart, in
+fsguard.rules.counters; a block those rules decide on is written here (:func:`auto_block`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -37,20 +31,20 @@ from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from phonenumbers import PhoneMetadata
-from sqlalchemy import and_, bindparam, case, delete, func, or_, select, text
+from sqlalchemy import and_, bindparam, case, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from fsguard.rules import numbers
 from fsguard.config import ConfigError, parse_duration
 from fsguard.store.models.base import utcnow
-from fsguard.store.models.lists import ANY_DNIS, CallCounter, ListEntry
+from fsguard.store.models.lists import ANY_DNIS, ListEntry
 from fsguard.rules.spreadsheet import safe_cell, unescape_cell
 
 __all__ = [
-    "ANY_DNIS", "HARD_LEVEL", "BUCKET_SECONDS", "ListError", "Match", "Counts", "EntrySpec", "ImportReport",
-    "lookup", "match_call", "add", "remove", "entries_for", "all_entries", "auto_block", "count_call",
-    "count_short_call", "purge", "parse_pattern", "dnis_key", "parse_action", "action_label", "parse_expiry",
+    "ANY_DNIS", "HARD_LEVEL", "ListError", "Match", "EntrySpec", "ImportReport",
+    "lookup", "match_call", "add", "remove", "entries_for", "all_entries", "auto_block", "purge_expired",
+    "parse_pattern", "dnis_key", "parse_action", "action_label", "parse_expiry",
     "read_csv", "import_entries", "export_rows", "describe",
 ]
 
@@ -58,10 +52,6 @@ __all__ = [
 HARD_LEVEL = 6
 MAX_LEVEL = 99
 KINDS = ("allow", "block", "dno")
-#: counters are kept in buckets of this many seconds
-BUCKET_SECONDS = 300
-HOUR = 3600
-DAY = 86400
 
 #: the actions an operator can give a hard block, and what FreeSWITCH is told
 _NAMED_ACTIONS = {"reject": "hangup CALL_REJECTED", "busy": "hangup USER_BUSY"}
@@ -493,6 +483,13 @@ def all_entries(session: Session, *, kind: str | None = None, source: str | None
     return list(session.scalars(stmt))
 
 
+def purge_expired(session: Session, *, expired_seconds: float, now: datetime | None = None) -> int:
+    """Delete the entries expired longer ago than ``expired_seconds``; returns how many."""
+    cutoff = (now or utcnow()) - timedelta(seconds=expired_seconds)
+    return session.execute(delete(ListEntry).where(ListEntry.expires_at.is_not(None),
+                                                   ListEntry.expires_at < cutoff)).rowcount or 0
+
+
 # ------------------------------------------------------------------ import / export
 
 #: the CSV columns, in order (a file without a header row uses this order)
@@ -651,107 +648,3 @@ def csv_text(rows: Iterable[list[str]]) -> Iterator[str]:
         yield buf.getvalue()
         buf.seek(0)
         buf.truncate()
-
-
-# ------------------------------------------------------------------ counters
-
-
-@dataclass(frozen=True)
-class Counts:
-    """Calls from one number (this call included) in the last hour and the last day."""
-
-    hour: int
-    day: int
-
-
-def bucket_of(ts: float) -> int:
-    return int(ts // BUCKET_SECONDS) * BUCKET_SECONDS
-
-
-def _window_start(bucket: int, seconds: float) -> int:
-    """The first bucket of a window of ``seconds`` that ends with ``bucket``."""
-    return bucket - (max(1, int(seconds // BUCKET_SECONDS)) - 1) * BUCKET_SECONDS
-
-
-# Written as SQL because the RETURNING clause's subqueries must name the upserted row as
-# ``call_counters.<column>`` (SQLite resolves nothing else there); the same text runs on PostgreSQL.
-_EARLIER = ("(SELECT coalesce(sum(p.{col}), 0) FROM call_counters AS p WHERE p.number = call_counters.number"
-            " AND p.dnis = call_counters.dnis AND p.bucket >= :{start} AND p.bucket < :bucket)")
-
-_COUNT_CALL = ("INSERT INTO call_counters (number, dnis, bucket, calls, short_calls) VALUES {values}"
-               " ON CONFLICT (number, dnis, bucket) DO UPDATE SET calls = call_counters.calls + 1"
-               " RETURNING dnis, calls, " + _EARLIER.format(col="calls", start="hour_start")
-               + ", " + _EARLIER.format(col="calls", start="day_start"))
-
-_COUNT_SHORT = ("INSERT INTO call_counters (number, dnis, bucket, calls, short_calls)"
-                " VALUES (:number, '*', :bucket, 0, 1)"
-                " ON CONFLICT (number, dnis, bucket) DO UPDATE SET short_calls = call_counters.short_calls + 1"
-                " RETURNING short_calls, " + _EARLIER.format(col="short_calls", start="window_start"))
-
-
-def count_call(session: Session, number: str, dnis_keys: Sequence[str], *, now: float) -> dict[str, Counts]:
-    """Count a call from ``number`` under each key (``*`` for all dialled numbers, or a dialled
-    number with thresholds of its own) and return the totals. ONE statement: the upsert increments
-    the current bucket and its RETURNING clause adds the earlier buckets of the hour and the day.
-    Concurrent calls of one number (on any node) get consecutive counts: the row lock orders them
-    (the earlier buckets are not written any more, so reading them needs no lock).
-    """
-    bucket = bucket_of(now)
-    keys = sorted(set(dnis_keys))   # always the same order: two rows are locked without deadlock
-    params: dict[str, Any] = {"number": number, "bucket": bucket, "hour_start": _window_start(bucket, HOUR),
-                              "day_start": _window_start(bucket, DAY)}
-    for i, key in enumerate(keys):
-        params[f"dnis{i}"] = key
-    rows = session.execute(_count_call_statement(len(keys)), params)
-    return {d: Counts(hour=int(calls) + int(hour), day=int(calls) + int(day)) for d, calls, hour, day in rows}
-
-
-@lru_cache(maxsize=8)
-def _count_call_statement(keys: int) -> Any:
-    """The count upsert for one or more dialled-number keys, built once per number of keys."""
-    values = ", ".join(f"(:number, :dnis{i}, :bucket, 1, 0)" for i in range(keys))
-    return text(_COUNT_CALL.format(values=values))
-
-
-def count_short_call(session: Session, number: str, *, window_seconds: float, now: float) -> int:
-    """Record a call from ``number`` that ended within seconds; returns the short calls in the window."""
-    bucket = bucket_of(now)
-    short, earlier = session.execute(text(_COUNT_SHORT), {
-        "number": number, "bucket": bucket, "window_start": _window_start(bucket, window_seconds)}).one()
-    return int(short) + int(earlier)
-
-
-def recent_counts(session: Session, number: str, *, now: float) -> dict[str, dict[str, int]]:
-    """Read-only: calls and short calls from a number per dialled-number key, last hour and day."""
-    bucket = bucket_of(now)
-    hour_start, day_start = _window_start(bucket, HOUR), _window_start(bucket, DAY)
-    c = CallCounter
-    stmt = (select(c.dnis,
-                   func.sum(case((c.bucket >= hour_start, c.calls), else_=0)),
-                   func.sum(c.calls), func.sum(c.short_calls))
-            .where(c.number == number, c.bucket >= day_start).group_by(c.dnis))
-    return {d: {"hour": int(h or 0), "day": int(dd or 0), "short_day": int(sh or 0)}
-            for d, h, dd, sh in session.execute(stmt)}
-
-
-def purge(session: Session, *, counter_seconds: float, expired_seconds: float,
-          now: datetime | None = None) -> tuple[int, int]:
-    """Drop counter buckets older than any window, and entries expired longer ago than
-    ``expired_seconds``. Returns (counter rows, entries) deleted."""
-    now = now or utcnow()
-    oldest = bucket_of(now.timestamp() - counter_seconds)
-    counters = session.execute(delete(CallCounter).where(CallCounter.bucket < oldest)).rowcount or 0
-    cutoff = now - timedelta(seconds=expired_seconds)
-    entries = session.execute(delete(ListEntry).where(ListEntry.expires_at.is_not(None),
-                                                      ListEntry.expires_at < cutoff)).rowcount or 0
-    return counters, entries
-
-
-def erase_counters(session: Session, number: str) -> int:
-    """Forget the call counts kept for a number (erasure requests); list entries are kept."""
-    return session.execute(delete(CallCounter).where(CallCounter.number == number)).rowcount or 0
-
-
-def operator() -> str:
-    """Who is changing the list, for ``added_by``."""
-    return os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") or ""

@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fsguard.store import audit
-from fsguard.rules import freeze as outbound, spotting
+from fsguard.rules import freeze, spotting
 from fsguard.config import ReviewSettings, Settings, parse_duration
 from fsguard.store.db import Database
 from fsguard.store.models import utcnow
@@ -248,7 +248,7 @@ def _finish(db: Database, settings: Settings, policy: Policy, claim: Claim, stat
             # other worker's result is the one that counts; nothing of ours is kept
             log.warning("review.result_dropped", call=claim.call_uuid, reason="claim no longer ours")
             return Outcome(claim.call_uuid, "dropped", [], seconds, "claim no longer held")
-        freeze: outbound.Freeze | None = None
+        frozen: freeze.Freeze | None = None
         for h in hits:
             phrase = by_phrase.get(h["phrase"])
             action = phrase.action(claim.direction) if phrase else "flag"
@@ -259,8 +259,8 @@ def _finish(db: Database, settings: Settings, policy: Policy, claim: Claim, stat
                 if claim.number is None:
                     action = "flag"     # no number to freeze: someone should look
                 else:
-                    freeze = freeze or _freeze(s, claim, h, policy, node, now)
-                    freeze_id = freeze.id
+                    frozen = frozen or _freeze(s, claim, h, policy, node, now)
+                    freeze_id = frozen.id
             row = ReviewHit(result_id=claim.result_id, recording_id=claim.recording_id, call_uuid=claim.call_uuid,
                             direction=claim.direction, phrase=h["phrase"], second=h["second"],
                             end_second=h["end_second"], score=h["score"], action=action, freeze_id=freeze_id,
@@ -276,17 +276,17 @@ def _finish(db: Database, settings: Settings, policy: Policy, claim: Claim, stat
     return Outcome(claim.call_uuid, state, written, seconds, note)
 
 
-def _freeze(s: Session, claim: Claim, hit: dict[str, Any], policy: Policy, node: str, now: datetime) -> outbound.Freeze:
+def _freeze(s: Session, claim: Claim, hit: dict[str, Any], policy: Policy, node: str, now: datetime) -> freeze.Freeze:
     """Freeze the number (fsguard.rules.freeze's freeze, source ``review``), unless a freeze already in
     force lasts at least as long: the longer decision stands."""
     assert claim.number is not None
     until = now + timedelta(seconds=policy.freeze_seconds)
-    current = outbound.active_freeze(s, claim.number, now)
+    current = freeze.active_freeze(s, claim.number, now)
     if current is not None and current.until >= until:
         return current
     reason = (f"said {hit['phrase']!r} at {hit['second']:.1f}s of the recording of call {claim.call_uuid} "
               f"(score {hit['score']:.2f}, {claim.path})")
-    frozen, _ = outbound.freeze(s, claim.number, reason=reason, seconds=policy.freeze_seconds, source="review",
+    frozen, _ = freeze.freeze(s, claim.number, reason=reason, seconds=policy.freeze_seconds, source="review",
                                 by=f"review@{node}"[:128], now=now)
     log.info("review.froze", call=claim.call_uuid, number=claim.number, until=frozen.until.isoformat(),
              phrase=hit["phrase"])

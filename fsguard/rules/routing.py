@@ -34,262 +34,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timezone, tzinfo
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
-from phonenumbers import geocoder
 
 from fsguard.config import ConfigError, validate_target
+from fsguard.rules.hours import Hours, parse_holidays, zone
+from fsguard.rules.regions import Region
 
 if TYPE_CHECKING:
     from fsguard.config import RoutingSettings
 
-__all__ = ["Region", "caller_region", "Hours", "Rule", "RouteFacts", "RouteDecision", "RuleTrace", "RoutingTable",
-           "build_table", "queue_target", "one_after_another", "CUSTOMER"]
+__all__ = ["Rule", "RouteFacts", "RouteDecision", "RuleTrace", "RoutingTable", "build_table", "queue_target",
+           "one_after_another", "CUSTOMER"]
 
 #: the target that means "the caller's own agent, else their own queue"
 CUSTOMER = "customer"
 #: what a queue or agent name may contain (it goes into a dial string: nothing else gets in)
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+\-]{1,64}(@[A-Za-z0-9_.\-]{1,64})?\Z")
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-# ------------------------------------------------------------------ regions
-
-US_STATES = {
-    "AL": "Alabama", "AK": "Alaska", "AZ": "Arizona", "AR": "Arkansas", "CA": "California", "CO": "Colorado",
-    "CT": "Connecticut", "DE": "Delaware", "DC": "Washington D.C.", "FL": "Florida", "GA": "Georgia",
-    "HI": "Hawaii", "ID": "Idaho", "IL": "Illinois", "IN": "Indiana", "IA": "Iowa", "KS": "Kansas",
-    "KY": "Kentucky", "LA": "Louisiana", "ME": "Maine", "MD": "Maryland", "MA": "Massachusetts",
-    "MI": "Michigan", "MN": "Minnesota", "MS": "Mississippi", "MO": "Missouri", "MT": "Montana",
-    "NE": "Nebraska", "NV": "Nevada", "NH": "New Hampshire", "NJ": "New Jersey", "NM": "New Mexico",
-    "NY": "New York", "NC": "North Carolina", "ND": "North Dakota", "OH": "Ohio", "OK": "Oklahoma",
-    "OR": "Oregon", "PA": "Pennsylvania", "RI": "Rhode Island", "SC": "South Carolina", "SD": "South Dakota",
-    "TN": "Tennessee", "TX": "Texas", "UT": "Utah", "VT": "Vermont", "VA": "Virginia", "WA": "Washington State",
-    "WV": "West Virginia", "WI": "Wisconsin", "WY": "Wyoming",
-}
-CA_PROVINCES = {
-    "AB": "Alberta", "BC": "British Columbia", "MB": "Manitoba", "NB": "New Brunswick",
-    "NL": "Newfoundland and Labrador", "NS": "Nova Scotia", "NT": "Northwest Territories", "NU": "Nunavut",
-    "ON": "Ontario", "PE": "Prince Edward Island", "QC": "Quebec", "SK": "Saskatchewan", "YT": "Yukon",
-}
-_SUBDIVISIONS = {"US": US_STATES, "CA": CA_PROVINCES}
-# phonenumbers' geocoder names a few of them differently from the lists above
-_ALIASES = {"washington": "WA", "washington d.c.": "DC", "washington dc": "DC", "district of columbia": "DC",
-            "québec": "QC", "newfoundland": "NL"}
-
-
-@dataclass(frozen=True)
-class Region:
-    """Where a number is, as far as its numbering plan says (phonenumbers' geocoding data).
-
-    ``subdivision`` (``US-CA``, ``CA-ON``) is known for North American numbers whose geocoding
-    names a state or province; elsewhere ``place`` is the geocoder's description (``London``).
-    A mobile or non-geographic number has a country and nothing more.
-    """
-
-    country: str | None = None
-    subdivision: str | None = None
-    place: str = ""
-    area_code: str | None = None
-
-    def labels(self) -> set[str]:
-        """The names a ``region`` condition may use for this number, lower-cased."""
-        out: set[str] = set()
-        if self.subdivision:
-            country, _, code = self.subdivision.partition("-")
-            out.add(self.subdivision.lower())
-            out.add(_SUBDIVISIONS.get(country, {}).get(code, "").lower())
-        if self.place:
-            out.add(self.place.lower())
-            out.add(self.place.split(",")[0].strip().lower())
-        out.discard("")
-        return out
-
-    @property
-    def label(self) -> str:
-        """One short name for the agent's screen and the CDR: ``US-CA``, else ``GB London``, else ``GB``."""
-        if self.subdivision:
-            return self.subdivision
-        if self.country and self.place:
-            return f"{self.country} {self.place}"
-        return self.country or ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"country": self.country, "subdivision": self.subdivision, "place": self.place,
-                "area_code": self.area_code}
-
-
-def _subdivision(country: str | None, place: str) -> str | None:
-    table = _SUBDIVISIONS.get(country or "")
-    if not table or not place:
-        return None
-    last = place.rsplit(",", 1)[-1].strip()
-    if last.upper() in table and (last.isupper() or "," in place):
-        return f"{country}-{last.upper()}"
-    lowered = place.strip().lower()
-    for code, name in table.items():
-        if name.lower() == lowered:
-            return f"{country}-{code}"
-    alias = _ALIASES.get(lowered)
-    return f"{country}-{alias}" if alias and alias in table else None
-
-
-@lru_cache(maxsize=65536)
-def caller_region(e164: str | None) -> Region:
-    """The region of a caller's number (cached per number: the same callers come back all day)."""
-    if not e164:
-        return Region()
-    try:
-        parsed = phonenumbers.parse(e164, None)
-    except phonenumbers.NumberParseException:
-        return Region()
-    country = phonenumbers.region_code_for_number(parsed)
-    if country in (None, "ZZ", "001"):
-        return Region()
-    place = geocoder.description_for_number(parsed, "en") if phonenumbers.is_valid_number(parsed) else ""
-    if place and place.lower() == _country_name(country):
-        place = ""  # the geocoder only knew the country: not a place
-    length = phonenumbers.length_of_geographical_area_code(parsed)
-    area = phonenumbers.national_significant_number(parsed)[:length] if length else None
-    return Region(country=country, subdivision=_subdivision(country, place), place=place, area_code=area)
-
-
-@lru_cache(maxsize=512)
-def _country_name(code: str) -> str:
-    example = phonenumbers.example_number(code)
-    return geocoder.country_name_for_number(example, "en").lower() if example else ""
-
-
-# -------------------------------------------------------------------- hours
-
-
-@dataclass(frozen=True)
-class Hours:
-    """Business hours of a queue: ``"mon-fri 08:00-18:00; sat 09:00-13:00"``.
-
-    Days are ``mon``..``sun``, ranges (``mon-fri``), lists (``mon,wed``) or ``daily``; a span that
-    ends before it starts runs past midnight (``22:00-06:00``); ``24:00`` ends a day. ``always``
-    and ``closed`` say what they mean. A trailing IANA zone (``... Europe/London``) overrides
-    ``routing.timezone`` for this queue. ``holidays`` close the queue all day (``YYYY-MM-DD``,
-    or ``MM-DD`` every year), in the queue's time zone.
-    """
-
-    spec: str
-    tz: tzinfo
-    #: (weekday 0=Monday, start minute, end minute); end may pass 1440 (past midnight)
-    windows: tuple[tuple[int, int, int], ...]
-    holidays: frozenset[str] = frozenset()
-
-    @classmethod
-    def parse(cls, spec: str, default_tz: tzinfo, holidays: frozenset[str] = frozenset(), *,
-              key: str = "hours") -> Hours:
-        text = spec.strip()
-        tz = default_tz
-        tokens = text.split()
-        if tokens and ("/" in tokens[-1] or tokens[-1].upper() == "UTC"):
-            tz = _zone(tokens[-1], key)
-            text = " ".join(tokens[:-1])
-        low = text.lower()
-        if low in ("always", "24/7"):
-            return cls(spec, tz, tuple((d, 0, 1440) for d in range(7)), holidays)
-        if low in ("closed", "never"):
-            return cls(spec, tz, (), holidays)
-        windows: list[tuple[int, int, int]] = []
-        for part in filter(None, (p.strip() for p in text.split(";"))):
-            days_text, _, spans_text = part.partition(" ")
-            if not spans_text.strip():
-                raise ConfigError(f"{key}: {part!r} needs days and times, e.g. 'mon-fri 08:00-18:00'")
-            days = _days(days_text, key)
-            for span in filter(None, (s.strip() for s in spans_text.replace(" ", "").split(","))):
-                start, end = _span(span, key)
-                windows.extend((d, start, end) for d in days)
-        if not windows:
-            raise ConfigError(f"{key}: no opening hours in {spec!r} (say 'closed' if that is meant)")
-        return cls(spec, tz, tuple(windows), holidays)
-
-    def is_open(self, now: datetime) -> bool:
-        local = now.astimezone(self.tz)
-        if local.strftime("%Y-%m-%d") in self.holidays or local.strftime("%m-%d") in self.holidays:
-            return False
-        minute = local.hour * 60 + local.minute
-        day = local.weekday()
-        for d, start, end in self.windows:
-            if d == day and start <= minute < end:
-                return True
-            if (d + 1) % 7 == day and end > 1440 and minute + 1440 < end:
-                return True  # yesterday's span running past midnight
-        return False
-
-    def describe(self, now: datetime | None = None) -> str:
-        zone = getattr(self.tz, "key", str(self.tz))
-        text = f"{self.spec} ({zone})" if zone not in self.spec else self.spec
-        if now is not None:
-            text += f", now {now.astimezone(self.tz):%a %Y-%m-%d %H:%M}"
-        return text
-
-
-def _zone(name: str, key: str) -> tzinfo:
-    if name.upper() == "UTC":
-        return timezone.utc
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"{key}: unknown time zone {name!r} (use an IANA name such as Europe/London)") from None
-
-
-def _days(text: str, key: str) -> list[int]:
-    low = text.lower()
-    if low in ("daily", "*", "mon-sun"):
-        return list(range(7))
-    days: list[int] = []
-    for item in low.split(","):
-        first, dash, last = item.partition("-")
-        try:
-            a = WEEKDAYS.index(first[:3])
-            b = WEEKDAYS.index(last[:3]) if dash else a
-        except ValueError:
-            raise ConfigError(f"{key}: {text!r} is not a day or day range (mon..sun, mon-fri, daily)") from None
-        days.extend(WEEKDAYS.index(WEEKDAYS[(a + i) % 7]) for i in range((b - a) % 7 + 1))
-    return days
-
-
-def _minute(text: str, key: str) -> int:
-    match = re.fullmatch(r"(\d{1,2})(?::(\d{2}))?", text)
-    if not match or int(match.group(1)) > 24 or int(match.group(2) or 0) > 59 or \
-            (int(match.group(1)) == 24 and int(match.group(2) or 0) != 0):
-        raise ConfigError(f"{key}: {text!r} is not a time of day (HH:MM)")
-    return int(match.group(1)) * 60 + int(match.group(2) or 0)
-
-
-def _span(text: str, key: str) -> tuple[int, int]:
-    start_text, dash, end_text = text.partition("-")
-    if not dash:
-        raise ConfigError(f"{key}: {text!r} is not a time span such as 08:00-18:00")
-    start, end = _minute(start_text, key), _minute(end_text, key)
-    if start == end:
-        raise ConfigError(f"{key}: the span {text!r} is empty")
-    if end < start:
-        end += 1440
-    return start, end
-
-
-def _holidays(items: list[str]) -> frozenset[str]:
-    out = set()
-    for i, item in enumerate(items):
-        text = str(item).strip()
-        try:
-            if len(text) == 5:
-                datetime.strptime(f"2000-{text}", "%Y-%m-%d")
-            else:
-                date.fromisoformat(text)
-        except ValueError:
-            raise ConfigError(f"routing.holidays[{i}]: expected YYYY-MM-DD or MM-DD, got {item!r}") from None
-        out.add(text)
-    return frozenset(out)
-
 
 # -------------------------------------------------------------------- facts
 
@@ -680,8 +444,8 @@ def build_table(settings: RoutingSettings) -> RoutingTable:
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"routing.rules: two rules are named {name!r}; rule names must differ")
-    tz = _zone(settings.timezone.strip() or "UTC", "routing.timezone")
-    holidays = _holidays(settings.holidays)
+    tz = zone(settings.timezone.strip() or "UTC", "routing.timezone")
+    holidays = parse_holidays(settings.holidays)
     hours = {q.strip(): Hours.parse(spec, tz, holidays, key=f"routing.hours.{q}") for q, spec in settings.hours.items()}
     after = _target(settings.after_hours_target, domain, "routing.after_hours_target") \
         if settings.after_hours_target.strip() else None

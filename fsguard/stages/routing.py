@@ -35,10 +35,12 @@ import structlog
 
 from fsguard.rules import customers
 from fsguard.call.call import Call
-from fsguard.rules.customers import CustomerInfo, Lookup
+from fsguard.rules.crm import Lookup, crm_for
+from fsguard.rules.customers import CustomerInfo
 from fsguard.store.db import DatabaseError
 from fsguard.call.pipeline import Stage, Verdict
-from fsguard.rules.routing import RouteDecision, RouteFacts, build_table, caller_region
+from fsguard.rules.regions import caller_region
+from fsguard.rules.routing import RouteDecision, RouteFacts, build_table
 
 log = structlog.get_logger("fsguard.routing")
 
@@ -54,7 +56,7 @@ class RoutingStage(Stage):
         super().__init__(app)
         self.rules = self.settings.routing
         self.table = build_table(self.rules)
-        self.crm = customers.crm_for(self.rules)
+        self.crm = crm_for(self.rules)
 
     def applies(self, call: Call) -> bool:
         """Inbound calls: an agent's outbound call is dialled by the outbound stage, not queued."""

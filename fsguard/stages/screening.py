@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from fsguard.rules import lists, stirshaken
+from fsguard.rules import counters, lists, stirshaken
 from fsguard.call.call import Call
 from fsguard.config import ConfigError, ScreeningSettings, parse_duration
 from fsguard.call.pipeline import CallEnd, Stage, Verdict
@@ -202,7 +202,7 @@ class ScreeningStage(Stage):
 
     def _consult_lists(self, call: Call, number: str | None, dnis: str, inputs: dict[str, Any],
                        also: str | None = None
-                       ) -> tuple[lists.Match, dict[str, lists.Counts], tuple[str, str, int] | None]:
+                       ) -> tuple[lists.Match, dict[str, counters.Counts], tuple[str, str, int] | None]:
         """Count this call, read the list, and block a flood at once: each statement atomic on its
         own (the count is an upsert, the block a conditional upsert), so no transaction around them."""
         if number is None:
@@ -215,9 +215,9 @@ class ScreeningStage(Stage):
         auto: tuple[str, str, int] | None = None
         with self.db.autocommit() as session:
             if stored:
-                counts = {k: lists.Counts(*v) for k, v in stored.items()}
+                counts = {k: counters.Counts(*v) for k, v in stored.items()}
             else:
-                counts = lists.count_call(session, number, keys, now=time.time())
+                counts = counters.count_call(session, number, keys, now=time.time())
             match = lists.match_call(session, number, call.presented_e164 if call.presented_e164 != number else None,
                                      dnis, also=also)
             if not match.allowed and match.dno is None:
@@ -225,7 +225,7 @@ class ScreeningStage(Stage):
         inputs["flood"] = {k: [c.hour, c.day] for k, c in counts.items()}
         return match, counts, auto
 
-    def _flood(self, session: Any, call: Call, number: str, dnis: str, counts: dict[str, lists.Counts],
+    def _flood(self, session: Any, call: Call, number: str, dnis: str, counts: dict[str, counters.Counts],
                entry: ListEntry | None) -> tuple[str, str, int] | None:
         """Too many calls: block the number now (source auto), and treat this call as blocked."""
         cfg = self.cfg
@@ -321,7 +321,7 @@ class ScreeningStage(Stage):
     # ---------------------------------------------------------------- the verdict
 
     def _verdict(self, call: Call, screen: _Screen, facts: dict[str, Any], stir: stirshaken.StirResult,
-                 entry: ListEntry | None, counts: dict[str, lists.Counts]) -> Verdict:
+                 entry: ListEntry | None, counts: dict[str, counters.Counts]) -> Verdict:
         cfg = self.cfg
         for s in screen.signals:
             if s.points:
@@ -372,7 +372,7 @@ class ScreeningStage(Stage):
                 or (call.final_action or "").startswith("hangup")):
             return   # not a short call the caller made, or one fsguard itself ended
         with self.db.begin() as session:
-            short = lists.count_short_call(session, number, window_seconds=self.nuisance_window, now=time.time())
+            short = counters.count_short_call(session, number, window_seconds=self.nuisance_window, now=time.time())
             if short < cfg.nuisance_calls:
                 return
             if not self.settings.policy.enforced(self.name):

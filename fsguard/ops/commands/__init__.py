@@ -2,5 +2,5 @@
 
 Each module defines ``register(subparsers)``; fsguard.ops.cli finds them all, skipping a module whose
 name starts with ``_`` (helpers the areas share, such as ``_common``). A module may also append
-``(app, server) -> None`` callables to ``fsguard.ops.cli.SERVE_HOOKS`` to run things beside the server.
+``(app, server) -> None`` callables to ``fsguard.ops.commands._common.SERVE_HOOKS`` to run things beside the server.
 """

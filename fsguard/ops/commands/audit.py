@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 from fsguard.store import audit
-from fsguard.ops.cli import CLIError, Context, print_json, print_table
 from fsguard.config import ConfigError
+from fsguard.ops.commands._common import CLIError, Context, print_json, print_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def cmd_audit(ctx: Context) -> int:
-    from fsguard.ops.web.core import parse_when
+    from fsguard.ops.when import parse_when
 
     args = ctx.args
     if not 1 <= args.limit <= 100_000:

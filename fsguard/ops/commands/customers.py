@@ -11,14 +11,12 @@ Importing this module also registers the customers eraser with ``fsguard erase``
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from typing import Any
 
 from fsguard.store import audit
-from fsguard.ops import cli
-from fsguard.ops.cli import CLIError, Context, print_json, print_table
-from fsguard.ops.commands._common import area_parser, open_input, routing_traits
+from fsguard.ops.commands._common import (CLIError, Context, add_skip_invalid, area_parser, count_or_all, open_input,
+                                          print_json, print_table, routing_traits)
 
 
 def register(subparsers: Any) -> None:
@@ -46,7 +44,7 @@ def register(subparsers: Any) -> None:
                                    "account, vip, queue, agent, region. Rows with the same account are one "
                                    "customer. Any bad row: nothing is imported (unless --skip-invalid).")
     i.add_argument("file", help="the CSV file ('-' for standard input)")
-    cli.add_skip_invalid(i)
+    add_skip_invalid(i)
     i.add_argument("--dry-run", action="store_true", help="check the file and say what would change")
     i.add_argument("--json", action="store_true",
                    help='print {"rows", "created", "updated", "numbers", "dry_run", "bad": [...]}')
@@ -55,7 +53,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("number", nargs="?", metavar="NUMBER")
     s.add_argument("--account")
     s.add_argument("--vip", action="store_true", help="VIPs only")
-    s.add_argument("--limit", type=cli.count_or_all, default=0, help="at most this many (default all)")
+    s.add_argument("--limit", type=count_or_all, default=0, help="at most this many (default all)")
     s.add_argument("--json", action="store_true")
 
     e = sub.add_parser("export", help="write every customer as CSV (the form import reads)",
@@ -237,24 +235,3 @@ def _remove(ctx: Context) -> int:
         return 0
     print(done)
     return 0
-
-
-def _erase(session: Any, number: str) -> list[str]:
-    from fsguard.rules.customers import erase_number
-
-    return erase_number(session, number)
-
-
-def _register_eraser() -> None:
-    """``fsguard erase NUMBER`` deletes the customer record holding the number (customers.erase_number)."""
-    if importlib.util.find_spec("fsguard.rules.erasure") is None:  # the erasure area is not in this build
-        return
-    from fsguard.rules import erasure
-
-    if not callable(getattr(erasure, "register", None)):
-        raise RuntimeError("fsguard.rules.erasure has no register(fn): the customers eraser cannot be registered, "
-                           "and 'fsguard erase' would leave customer records behind")
-    erasure.register(_erase, area="routing")
-
-
-_register_eraser()

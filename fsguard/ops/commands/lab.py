@@ -9,12 +9,13 @@ The scenario itself (policy, callers, expected outcomes) is fsguard/ops/lab.py; 
 
 from __future__ import annotations
 
+from fsguard.ops.explain import explain
+from fsguard.ops.commands._common import CLIError, Context, print_json
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from fsguard.ops.cli import CLIError, Context, explain, print_json
 
 #: real seconds per channel second (fsguard.ops.lab.TIME_SCALE; repeated here so that the CLI does not
 #: import the lab, the simulator and the stages for every other command)

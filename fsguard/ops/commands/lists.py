@@ -11,9 +11,7 @@
     fsguard lists export > lists.csv
     fsguard lists purge
 
-Also here, when the module is imported: the erasure hook (call counters are personal data and
-are erased; list entries are the operator's decisions and are kept) and the purge job that runs
-beside ``fsguard serve``.
+Also here, when the module is imported: the purge job that runs beside ``fsguard serve``.
 """
 
 from __future__ import annotations
@@ -26,10 +24,10 @@ from typing import Any
 import structlog
 
 from fsguard.store import audit
-from fsguard.ops import cli
-from fsguard.rules import lists
-from fsguard.ops.cli import SERVE_HOOKS, CLIError, Context, print_json, print_table
-from fsguard.ops.commands._common import area_parser, open_input
+from fsguard.rules import counters, lists
+from fsguard.ops.commands._common import (MIN_UUID_PREFIX, SERVE_HOOKS, CLIError, Context, add_skip_invalid,
+                                          area_parser, count_or_all, find_call, open_input, operator_name, print_json,
+                                          print_table)
 
 log = structlog.get_logger("fsguard.screening")
 
@@ -46,7 +44,7 @@ def register(subparsers: Any) -> None:
                          description="Numbers in any usual form are stored in E.164; a prefix ends with * (+1900*).")
     add.add_argument("number", nargs="?", help="number or prefix (+12125550147, 0044 20 7946 0000, +1900*)")
     add.add_argument("--from-call", metavar="UUID", help="the caller of this recorded call (instead of NUMBER): its "
-                     f"uuid or a prefix of at least {cli.MIN_UUID_PREFIX} characters no other call shares")
+                     f"uuid or a prefix of at least {MIN_UUID_PREFIX} characters no other call shares")
     _kind_options(add, required=True)
     _entry_options(add)
     add.add_argument("--json", action="store_true", help="print the entry as JSON")
@@ -65,7 +63,7 @@ def register(subparsers: Any) -> None:
     show.add_argument("--kind", choices=lists.KINDS)
     show.add_argument("--source", help="only entries from this source (auto, cli, import)")
     show.add_argument("--all", action="store_true", help="include expired entries")
-    show.add_argument("--limit", type=cli.count_or_all, default=0, help="at most this many entries")
+    show.add_argument("--limit", type=count_or_all, default=0, help="at most this many entries")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_show)
 
@@ -74,7 +72,7 @@ def register(subparsers: Any) -> None:
                                      "them; without one this order is assumed). Every row is checked first; if any "
                                      "is bad nothing is written, unless --skip-invalid. Options fill empty cells.")
     imp.add_argument("file", help="CSV file ('-' for standard input)")
-    cli.add_skip_invalid(imp)
+    add_skip_invalid(imp)
     imp.add_argument("--dry-run", action="store_true", help="check the file, write nothing")
     imp.add_argument("--json", action="store_true",
                      help='print {"rows", "imported", "dry_run", "bad": [{"line", "problem"}], "warnings"}')
@@ -138,7 +136,7 @@ def cmd_add(ctx: Context) -> int:
     kind, level = _kind(args)
     try:
         spec = lists.make_spec(number, kind=kind or "", level=level, dnis=args.dnis, reason=reason or "",
-                               expires=args.expires, action=args.action, source="cli", added_by=cli.operator_name(),
+                               expires=args.expires, action=args.action, source="cli", added_by=operator_name(),
                                region=_region(ctx))
     except lists.ListError as exc:
         raise CLIError(str(exc)) from None
@@ -164,7 +162,7 @@ def _caller_of(ctx: Context, uuid: str, reason: str | None) -> tuple[str, str, s
     """The network number of a recorded call's caller (even if it was withheld), a default reason, and a note."""
     from fsguard.store import records
 
-    call = records.find_call(ctx.db, cli.find_call(ctx, uuid).uuid)   # refuses an ambiguous prefix
+    call = records.find_call(ctx.db, find_call(ctx, uuid).uuid)   # refuses an ambiguous prefix
     if not call.ani:
         raise CLIError(f"call {call.uuid} has no caller number to block (anonymous or unreadable: {call.ani_raw!r})")
     withheld = " (the caller had withheld the number)" if (call.inputs or {}).get("privacy") else ""
@@ -241,7 +239,7 @@ def _show_number(ctx: Context, region: str) -> int:
         else:
             covering = lists.entries_for(session, number, include_expired=args.all)
             applies = lists.lookup(session, number, dnis)
-        counts = {} if is_prefix else lists.recent_counts(session, number, now=time.time())
+        counts = {} if is_prefix else counters.recent_counts(session, number, now=time.time())
         rows = [lists.entry_dict(e) for e in covering]
         applied = lists.entry_dict(applies) if applies is not None else None
     if args.json:
@@ -280,7 +278,7 @@ def cmd_import(ctx: Context) -> int:
     handle = open_input(args.file)
     try:
         with handle:
-            report = lists.read_csv(handle, defaults=defaults, region=_region(ctx), added_by=cli.operator_name(),
+            report = lists.read_csv(handle, defaults=defaults, region=_region(ctx), added_by=operator_name(),
                                     progress=progress)
     except UnicodeDecodeError:
         raise CLIError(f"{args.file} is not UTF-8 text") from None
@@ -370,22 +368,23 @@ def cmd_export(ctx: Context) -> int:
 
 def cmd_purge(ctx: Context) -> int:
     ctx.require_schema()
-    counters, entries = _purge(ctx.db, ctx.settings)
+    counter_rows, entries = _purge(ctx.db, ctx.settings)
     if ctx.args.json:
-        print_json({"counters": counters, "entries": entries})
+        print_json({"counters": counter_rows, "entries": entries})
         return 0
-    print(f"purged {counters} call counter rows and {entries} expired entries")
+    print(f"purged {counter_rows} call counter rows and {entries} expired entries")
     return 0
 
 
-# ------------------------------------------------------------------ beside the server, erasure
+# ------------------------------------------------------------------ beside the server
 
 
 def _purge(db: Any, settings: Any) -> tuple[int, int]:
     cfg = settings.screening
-    keep = max(lists.DAY, cfg.seconds("nuisance_window")) + lists.BUCKET_SECONDS
+    keep = max(counters.DAY, cfg.seconds("nuisance_window")) + counters.BUCKET_SECONDS
     with db.begin() as session:
-        return lists.purge(session, counter_seconds=keep, expired_seconds=cfg.seconds("expired_retention"))
+        return (counters.purge(session, keep_seconds=keep),
+                lists.purge_expired(session, expired_seconds=cfg.seconds("expired_retention")))
 
 
 def _purge_job(app: Any, server: Any) -> None:
@@ -398,32 +397,13 @@ def _purge_job(app: Any, server: Any) -> None:
         while True:
             gevent.sleep(PURGE_EVERY)
             try:
-                counters, entries = _purge(app.db, app.settings)
-                if counters or entries:
-                    log.info("screening.purged", counters=counters, entries=entries)
+                counter_rows, entries = _purge(app.db, app.settings)
+                if counter_rows or entries:
+                    log.info("screening.purged", counters=counter_rows, entries=entries)
             except DatabaseError as exc:
                 log.error("screening.purge_failed", error=str(exc).splitlines()[0])
 
     gevent.spawn(loop)
 
-
-def _erase(session: Any, number: str) -> list[str]:
-    """Erasure by number: the call counters go; list entries stay (the operator's decisions)."""
-    counters = lists.erase_counters(session, number)
-    kept = [e for e in lists.entries_for(session, number, include_expired=True) if not e.is_prefix]
-    lines = [f"screening: deleted {counters} call counter row(s) for {number}"]
-    if kept:
-        lines.append(f"screening: kept {len(kept)} list entr{'y' if len(kept) == 1 else 'ies'} for {number} "
-                     f"(operator decisions, not call data; 'fsguard lists remove {number}' deletes them)")
-    return lines
-
-
 if _purge_job not in SERVE_HOOKS:
     SERVE_HOOKS.append(_purge_job)
-
-try:
-    from fsguard.rules import erasure as _erasure
-except ImportError:   # the recording area provides it; without it there is nothing to register with
-    _erasure = None
-if _erasure is not None:
-    _erasure.register(_erase)

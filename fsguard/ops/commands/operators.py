@@ -18,8 +18,7 @@ import sys
 
 from fsguard.store import audit
 from fsguard.ops import operators
-from fsguard.ops.cli import CLIError, Context, print_json, print_table
-from fsguard.ops.commands._common import area_parser
+from fsguard.ops.commands._common import CLIError, Context, area_parser, print_json, print_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

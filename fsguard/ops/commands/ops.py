@@ -1,6 +1,6 @@
 """Running fsguard: what ``fsguard serve`` starts beside the call server, and ``fsguard config``.
 
-Beside the Event Socket listener, ``serve`` gets (through ``fsguard.ops.cli.SERVE_HOOKS``):
+Beside the Event Socket listener, ``serve`` gets (through ``fsguard.ops.commands._common.SERVE_HOOKS``):
 
 * the HTTP server (health, readiness, metrics, admin API) when ``http.enabled``;
 * systemd notifications (READY, WATCHDOG, STOPPING, RELOADING) when started by systemd;
@@ -26,8 +26,9 @@ from typing import Any, Callable
 
 import structlog
 
-from fsguard.ops import cli
-from fsguard.config import Settings, load_settings
+from fsguard.config import Settings
+from fsguard.rules.checks import load_settings
+from fsguard.ops.commands._common import SERVE_HOOKS, CLIError, Context, print_json
 
 log = structlog.get_logger("fsguard.ops")
 
@@ -110,7 +111,7 @@ def start_http(app: Any, server: Any) -> Any:
         http = AdminServer(app, server)
         http.start()
     except OSError as exc:
-        raise cli.CLIError(f"http.listen {app.settings.http.listen}: cannot listen: {exc.strerror or exc}") from None
+        raise CLIError(f"http.listen {app.settings.http.listen}: cannot listen: {exc.strerror or exc}") from None
 
     def stop_http(event: str) -> None:
         if event == "stopped":
@@ -120,7 +121,7 @@ def start_http(app: Any, server: Any) -> Any:
     return http
 
 
-cli.SERVE_HOOKS.append(serve_hook)
+SERVE_HOOKS.append(serve_hook)
 
 
 # ------------------------------------------------------- config example/show
@@ -223,7 +224,7 @@ def render_settings(settings: Settings, *, example: bool) -> str:
     return "\n".join(out)
 
 
-def cmd_config(ctx: cli.Context) -> int:
+def cmd_config(ctx: Context) -> int:
     command = ctx.args.config_command
     if command == "example":
         print(render_settings(Settings(), example=True), end="")
@@ -235,7 +236,7 @@ def cmd_config(ctx: cli.Context) -> int:
     return _check(ctx)
 
 
-def _check(ctx: cli.Context) -> int:
+def _check(ctx: Context) -> int:
     """Every problem of the configuration, not only the first; and environment variables that
     look like settings but name none (a typo there is otherwise silently ignored)."""
     import os
@@ -263,7 +264,7 @@ def _check(ctx: cli.Context) -> int:
     stages = settings.policy.stages if settings else []
     shadow = [s for s in stages if settings and not settings.policy.enforced(s)]
     if ctx.args.json:
-        cli.print_json({"ok": not problems, "source": source, "problems": problems, "warnings": warnings,
+        print_json({"ok": not problems, "source": source, "problems": problems, "warnings": warnings,
                         "stages": stages, "shadow": shadow})
     else:
         for warning in warnings:
@@ -302,18 +303,18 @@ def shipped_conf() -> Path | None:
     return checkout if (checkout / "freeswitch").is_dir() else None
 
 
-def cmd_freeswitch(ctx: cli.Context) -> int:
+def cmd_freeswitch(ctx: Context) -> int:
     """Write the FreeSWITCH snippets into DIR, the socket pointed at this node's esl.listen."""
     import sys
 
     args = ctx.args
     source = shipped_conf()
     if source is None:
-        raise cli.CLIError("the FreeSWITCH configuration is not installed with this fsguard (conf/freeswitch)")
+        raise CLIError("the FreeSWITCH configuration is not installed with this fsguard (conf/freeswitch)")
     listen = args.listen or ctx.settings.esl.listen
     host, _, port = listen.rpartition(":")
     if host in ("0.0.0.0", "", "[::]", "::"):
-        raise cli.CLIError(f"esl.listen {listen} is every address: give the address FreeSWITCH connects to "
+        raise CLIError(f"esl.listen {listen} is every address: give the address FreeSWITCH connects to "
                            "with --listen HOST:PORT")
     inbound_port = ctx.settings.esl.inbound.rpartition(":")[2]
     target = Path(args.dir)
@@ -331,10 +332,10 @@ def cmd_freeswitch(ctx: cli.Context) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
         except OSError as exc:
-            raise cli.CLIError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise CLIError(f"cannot write {path}: {exc.strerror or exc}") from None
         written.append(str(path))
     if args.json:
-        cli.print_json({"written": written, "kept": kept, "socket": f"{host}:{port} async full"})
+        print_json({"written": written, "kept": kept, "socket": f"{host}:{port} async full"})
     else:
         for path in written:
             print(f"wrote {path}")

@@ -4,19 +4,15 @@
     fsguard outbound unfreeze +15557654321 --reason "customer called back, asked for a call"
     fsguard outbound frozen [--json]
     fsguard outbound attempts +15557654321 [--limit 50] [--json]
-
-Importing this module also registers the outbound eraser with ``fsguard erase``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from fsguard.store import audit
-from fsguard.ops import cli
-from fsguard.ops.cli import CLIError, Context, print_json, print_table
-from fsguard.ops.commands._common import area_parser
+from fsguard.ops.commands._common import (CLIError, Context, area_parser, operator_name, positive_int, print_json,
+                                          print_table)
 
 #: the longest freeze an operator can set by hand (a typo of --days 7000 should not pass silently)
 MAX_DAYS = 3650
@@ -46,7 +42,7 @@ def register(subparsers: Any) -> None:
 
     a = sub.add_parser("attempts", help="a number's call attempts, freeze state and history")
     a.add_argument("number")
-    a.add_argument("--limit", type=cli.positive_int, default=50)
+    a.add_argument("--limit", type=positive_int, default=50)
     a.add_argument("--json", action="store_true")
 
 
@@ -74,7 +70,7 @@ def _number(ctx: Context, raw: str) -> str:
 
 def _operator() -> str:
     """Who is running the command (the same name every command records)."""
-    return cli.operator_name()
+    return operator_name()
 
 
 def _when(value: Any) -> str:
@@ -82,7 +78,7 @@ def _when(value: Any) -> str:
 
 
 def _freeze(ctx: Context, number: str) -> int:
-    from fsguard.rules import freeze as outbound
+    from fsguard.rules import freeze
 
     reason = " ".join(ctx.args.reason.split())
     if not reason:
@@ -93,7 +89,7 @@ def _freeze(ctx: Context, number: str) -> int:
         raise CLIError(f"--days must be more than 0 and at most {MAX_DAYS}, got {days:g}")
     seconds = days * 86400 if days is not None else rules.freeze_seconds
     with ctx.db.begin() as session:
-        new, replaced = outbound.freeze(session, number, reason=reason, seconds=seconds, source="operator",
+        new, replaced = freeze.freeze(session, number, reason=reason, seconds=seconds, source="operator",
                                         by=_operator())
         audit.record(session, actor=audit.cli_actor(), action="outbound.freeze", subject=number, reason=reason,
                      via="cli", details={"until": new.until.isoformat()})
@@ -107,10 +103,10 @@ def _freeze(ctx: Context, number: str) -> int:
 
 
 def _unfreeze(ctx: Context, number: str) -> int:
-    from fsguard.rules import freeze as outbound
+    from fsguard.rules import freeze
 
     with ctx.db.begin() as session:
-        lifted = outbound.unfreeze(session, number, by=_operator(), reason=" ".join(ctx.args.reason.split()))
+        lifted = freeze.unfreeze(session, number, by=_operator(), reason=" ".join(ctx.args.reason.split()))
         if lifted:
             audit.record(session, actor=audit.cli_actor(), action="outbound.unfreeze", subject=number,
                          reason=ctx.args.reason, via="cli")
@@ -126,10 +122,10 @@ def _unfreeze(ctx: Context, number: str) -> int:
 
 
 def _frozen(ctx: Context) -> int:
-    from fsguard.rules import freeze as outbound
+    from fsguard.rules import freeze
 
     with ctx.db.begin() as session:
-        rows = outbound.frozen(session)
+        rows = freeze.frozen(session)
     if ctx.args.json:
         print_json([r.as_dict() for r in rows])
         return 0
@@ -142,27 +138,27 @@ def _frozen(ctx: Context) -> int:
 
 
 def _attempts(ctx: Context, number: str) -> int:
-    from fsguard.rules import freeze as outbound
+    from fsguard.rules import freeze
 
     if ctx.args.limit < 1:
         raise CLIError("--limit must be at least 1")
     rules = ctx.settings.outbound
     with ctx.db.begin() as session:
-        rows = [outbound.attempt_as_dict(r) for r in outbound.attempts(session, number, ctx.args.limit)]
-        freeze = outbound.active_freeze(session, number)
-        history = outbound.freezes(session, number)
-        counted = outbound.strikes(session, number, rules)
+        rows = [freeze.attempt_as_dict(r) for r in freeze.attempts(session, number, ctx.args.limit)]
+        frozen = freeze.active_freeze(session, number)
+        history = freeze.freezes(session, number)
+        counted = freeze.strikes(session, number, rules)
     if ctx.args.json:
-        print_json({"number": number, "frozen": freeze.as_dict() if freeze else None, "strikes": counted,
+        print_json({"number": number, "frozen": frozen.as_dict() if frozen else None, "strikes": counted,
                     "threshold": rules.threshold, "window_seconds": rules.window_seconds,
                     "attempts": rows, "freezes": [f.as_dict() for f in history]})
         return 0
-    if freeze is not None:
-        print(f"{number}: FROZEN until {_when(freeze.until)} UTC (freeze #{freeze.id}, {freeze.source}"
-              f"{' ' + freeze.created_by if freeze.created_by else ''}): {freeze.reason}")
+    if frozen is not None:
+        print(f"{number}: FROZEN until {_when(frozen.until)} UTC (freeze #{frozen.id}, {frozen.source}"
+              f"{' ' + frozen.created_by if frozen.created_by else ''}): {frozen.reason}")
     else:
         print(f"{number}: not frozen; {counted} of {rules.threshold} strikes (rejected or short calls) "
-              f"in the last {outbound.human_duration(rules.window_seconds)}")
+              f"in the last {freeze.human_duration(rules.window_seconds)}")
     if not rows:
         print("no attempts recorded")
     else:
@@ -171,7 +167,7 @@ def _attempts(ctx: Context, number: str) -> int:
                       "" if r["talk_seconds"] is None else f"{r['talk_seconds']:.1f}", r["hangup_cause"] or "",
                       "yes" if r["strike"] else "", r["agent"], r["node"], r["call_uuid"] or ""] for r in rows],
                     ["at (UTC)", "outcome", "talk s", "cause", "strike", "agent", "node", "call"])
-    past = [f for f in history if freeze is None or f.id != freeze.id]
+    past = [f for f in history if frozen is None or f.id != frozen.id]
     if past:
         print()
         print("past freezes:")
@@ -180,21 +176,3 @@ def _attempts(ctx: Context, number: str) -> int:
                      else f"expired {_when(f.until)}")
             print(f"  #{f.id} {_when(f.created_at)} {f.source}: {f.reason} ({ended})")
     return 0
-
-
-def _erase(session: Any, number_e164: str) -> list[str]:
-    from fsguard.rules import freeze as outbound
-
-    return outbound.erase(session, number_e164)
-
-
-def _register_eraser() -> None:
-    """``fsguard erase NUMBER`` deletes outbound attempts and past freezes too (see outbound.erase)."""
-    if importlib.util.find_spec("fsguard.rules.erasure") is None:  # not part of this build (yet)
-        return
-    from fsguard.rules import erasure
-
-    erasure.register(_erase, area="outbound")
-
-
-_register_eraser()

@@ -20,9 +20,9 @@ import gevent
 import structlog
 
 from fsguard.store import audit
-from fsguard.ops import cli
 from fsguard.rules import erasure, numbers, recordings
-from fsguard.ops.commands._common import area_parser
+from fsguard.ops.commands._common import (SERVE_HOOKS, CLIError, Context, area_parser, operator_name, positive_int,
+                                          print_csv, print_json, print_json_or_text, print_table)
 from fsguard.config import parse_duration
 from fsguard.rules.numbers import InvalidNumber
 
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls.add_argument("--held", action="store_true", help="only those under legal hold")
     ls.add_argument("--expired", action="store_true", help="only those past their retain-until date")
     ls.add_argument("--status", choices=["recording", "complete", "missing", "unreadable"])
-    ls.add_argument("--limit", type=cli.positive_int, default=50)
+    ls.add_argument("--limit", type=positive_int, default=50)
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--csv", action="store_true", help="CSV for a spreadsheet (cells that look like formulas "
                                                        "are written as text)")
@@ -90,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 # ------------------------------------------------------------------ commands
 
 
-def cmd_recordings(ctx: cli.Context) -> int:
+def cmd_recordings(ctx: Context) -> int:
     ctx.require_schema()
     args, settings, db = ctx.args, ctx.settings, ctx.db
     action = args.recordings_command
@@ -100,12 +100,12 @@ def cmd_recordings(ctx: cli.Context) -> int:
                                               expired=args.expired, status=args.status, limit=args.limit,
                                               region=settings.node.default_region)
             if args.json:
-                cli.print_json(rows)
+                print_json(rows)
             elif args.csv:
                 columns = list(rows[0]) if rows else ["uuid", "number"]
-                cli.print_csv(columns, [[r.get(c) for c in columns] for r in rows])
+                print_csv(columns, [[r.get(c) for c in columns] for r in rows])
             else:
-                cli.print_table([[r["started_at"][:19].replace("T", " "), r["uuid"], r["number"], r["mode"],
+                print_table([[r["started_at"][:19].replace("T", " "), r["uuid"], r["number"], r["mode"],
                                   r["purpose"], r["retain_until"][:10], "HOLD" if r["legal_hold"] else "",
                                   r["status"], _duration(r["duration"])] for r in rows],
                                 ["started (UTC)", "call", "number", "mode", "purpose", "keep until", "hold",
@@ -113,14 +113,14 @@ def cmd_recordings(ctx: cli.Context) -> int:
             return 0
         if action == "show":
             data = recordings.show(db, args.uuid)
-            cli.print_json_or_text(args.json, data, lambda: describe(data))
+            print_json_or_text(args.json, data, lambda: describe(data))
             return 0
         if action == "hold":
             data = recordings.hold(db, args.uuid, args.reason)
             audit.record_now(db, actor=audit.cli_actor(), action="recording.hold", subject=data["uuid"],
                              reason=args.reason, via="cli")
             if args.json:
-                cli.print_json(data)
+                print_json(data)
                 return 0
             print(f"recording of call {data['uuid']} is under legal hold: {data['hold_reason']}")
             return 0
@@ -128,7 +128,7 @@ def cmd_recordings(ctx: cli.Context) -> int:
             data = recordings.release(db, args.uuid)
             audit.record_now(db, actor=audit.cli_actor(), action="recording.release", subject=data["uuid"], via="cli")
             if args.json:
-                cli.print_json(data)
+                print_json(data)
                 return 0
             print(f"legal hold lifted on call {data['uuid']}; kept until {data['retain_until'][:10]} "
                   f"({data['purpose']} retention)")
@@ -140,41 +140,41 @@ def cmd_recordings(ctx: cli.Context) -> int:
                                  subject=f"{len(report.deleted)} recordings", via="cli",
                                  details={"deleted": [r["uuid"] for r in report.deleted][:1000],
                                           "failed": len(report.failed)})
-            cli.print_json_or_text(args.json, report.as_dict(), lambda: purge_text(report))
+            print_json_or_text(args.json, report.as_dict(), lambda: purge_text(report))
             return 0 if report.ok else 1
         if action in ("pause", "resume", "start", "stop"):
-            by = args.by or cli.operator_name()
+            by = args.by or operator_name()
             if action == "start":
                 data = recordings.start(db, settings, args.uuid, purpose=args.purpose, by=by)
                 if args.json:
-                    cli.print_json({"uuid": data["uuid"], "action": action, "recording": data})
+                    print_json({"uuid": data["uuid"], "action": action, "recording": data})
                     return 0
                 print(f"recording call {data['uuid']} for {data['purpose']} to {data['path']}")
             elif action == "stop":
                 data = recordings.stop(db, settings, args.uuid, by=by)
                 if args.json:
-                    cli.print_json({"uuid": data["uuid"], "action": action, "recording": data})
+                    print_json({"uuid": data["uuid"], "action": action, "recording": data})
                     return 0
                 print(f"stopped recording call {data['uuid']}: {_duration(data['duration'])}, "
                       f"sha256 {data['sha256'] or '-'} ({data['status']})")
             else:
                 result = getattr(recordings, action)(db, settings, args.uuid, by=by)
                 if args.json:
-                    cli.print_json({"uuid": args.uuid, "action": action,
+                    print_json({"uuid": args.uuid, "action": action,
                                     "recording": result if isinstance(result, dict) else None})
                     return 0
                 print(f"recording of call {args.uuid} {'paused (masked)' if action == 'pause' else 'resumed'}")
             return 0
         if action == "verify":
             results = recordings.verify(db, args.uuid)
-            cli.print_json_or_text(args.json, results, lambda: verify_text(results))
+            print_json_or_text(args.json, results, lambda: verify_text(results))
             return 0 if all(r["ok"] for r in results) else 1
     except recordings.RecordingError as exc:
-        raise cli.CLIError(str(exc)) from None
+        raise CLIError(str(exc)) from None
     return 2
 
 
-def cmd_erase(ctx: cli.Context) -> int:
+def cmd_erase(ctx: Context) -> int:
     ctx.require_schema()
     settings = ctx.settings
     try:
@@ -186,8 +186,8 @@ def cmd_erase(ctx: cli.Context) -> int:
             audit.record_now(ctx.db, actor=audit.cli_actor(), action="erasure", subject=ctx.args.number, via="cli",
                              details={"ok": report.ok})
     except InvalidNumber as exc:
-        raise cli.CLIError(str(exc)) from None
-    cli.print_json_or_text(ctx.args.json, report.as_dict(), report.text)
+        raise CLIError(str(exc)) from None
+    print_json_or_text(ctx.args.json, report.as_dict(), report.text)
     return 0 if report.ok else 1
 
 
@@ -222,7 +222,7 @@ def describe(r: dict[str, Any]) -> str:
         for m in r["masks"]:
             end = f"{m['to_second']:.1f}s" if m["to_second"] is not None else "(still masked)"
             lines.append(f"    {m['from_second']:.1f}s - {end}  requested by {m['requested_by'] or '?'}")
-    from fsguard.ops.commands.review import hits_text
+    from fsguard.ops.explain import hits_text
 
     lines += hits_text(r.get("review"))
     return "\n".join(lines)
@@ -281,5 +281,5 @@ def periodic_purge(app: Any, server: Any) -> None:
     gevent.spawn(loop)
 
 
-if periodic_purge not in cli.SERVE_HOOKS:
-    cli.SERVE_HOOKS.append(periodic_purge)
+if periodic_purge not in SERVE_HOOKS:
+    SERVE_HOOKS.append(periodic_purge)

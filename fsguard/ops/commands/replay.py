@@ -10,17 +10,18 @@ policy is replayed (its database and listener settings are not used). Nothing is
 
 from __future__ import annotations
 
+from fsguard.ops.commands._common import CLIError, Context, positive_int, print_json_or_text
 import argparse
 import sys
 
-from fsguard.ops import cli
 
 
-def cmd_replay(ctx: cli.Context) -> int:
+def cmd_replay(ctx: Context) -> int:
     from fsguard.service import logs
     from fsguard.ops import replay
-    from fsguard.ops.admin import parse_when
-    from fsguard.config import LoggingSettings, load_settings
+    from fsguard.ops.when import parse_when
+    from fsguard.config import LoggingSettings
+    from fsguard.rules.checks import load_settings
 
     args = ctx.args
     ctx.require_schema()
@@ -28,27 +29,27 @@ def cmd_replay(ctx: cli.Context) -> int:
     logs.configure(LoggingSettings(level="debug" if args.verbose else "critical",
                                    format=ctx.settings.logging.format))
     policy = load_settings(args.policy_config) if args.policy_config else ctx.settings
-    since = parse_when(args.since, "--since", error=cli.CLIError) if args.since else None
-    until = parse_when(args.until, "--until", error=cli.CLIError) if args.until else None
+    since = parse_when(args.since, "--since", error=CLIError) if args.since else None
+    until = parse_when(args.until, "--until", error=CLIError) if args.until else None
     if since and until and until <= since:
-        raise cli.CLIError("--until must be after --since")
+        raise CLIError("--until must be after --since")
     if args.limit is not None and args.limit < 1:
-        raise cli.CLIError("--limit: expected a positive number of calls")
+        raise CLIError("--limit: expected a positive number of calls")
     total = replay.count_calls(ctx.db, since, until)
     if args.limit is not None:
         total = min(total, args.limit)
     if total == 0:
-        raise cli.CLIError("no stored calls in that period" + (f" (since {since:%Y-%m-%d %H:%M} UTC)" if since else ""))
+        raise CLIError("no stored calls in that period" + (f" (since {since:%Y-%m-%d %H:%M} UTC)" if since else ""))
     bar = replay.ProgressBar(total) if sys.stderr.isatty() and not args.no_progress else None
     try:
         report = replay.replay(ctx.db, policy, since=since, until=until, limit=args.limit,
                                policy_name=str(policy.source or "the current configuration"), progress=bar)
     except ValueError as exc:   # an unknown stage in the new policy
-        raise cli.CLIError(str(exc)) from None
+        raise CLIError(str(exc)) from None
     finally:
         if bar is not None:
             bar.close()
-    cli.print_json_or_text(args.json, report.as_dict(), lambda: str(report))
+    print_json_or_text(args.json, report.as_dict(), lambda: str(report))
     return 0
 
 
@@ -60,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--until", help="end of the period (a duration back from now or an ISO date; default now)")
     p.add_argument("--config", dest="policy_config", metavar="NEW.toml",
                    help="the changed configuration to replay (default: the current one)")
-    p.add_argument("--limit", type=cli.positive_int, help="replay at most N calls (the oldest first)")
+    p.add_argument("--limit", type=positive_int, help="replay at most N calls (the oldest first)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal")
     p.add_argument("--verbose", action="store_true", help="show the stages' log lines")

@@ -15,9 +15,9 @@ from typing import Any
 import gevent
 import structlog
 
-from fsguard.ops import cli
 from fsguard.rules import review
-from fsguard.ops.commands._common import area_parser
+from fsguard.ops.commands._common import (SERVE_HOOKS, CLIError, Context, area_parser, print_json, print_json_or_text,
+                                          print_table)
 from fsguard.config import parse_duration
 
 log = structlog.get_logger("fsguard.rules.review")
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     mk.add_argument("--json", action="store_true")
 
 
-def cmd_review(ctx: cli.Context) -> int:
+def cmd_review(ctx: Context) -> int:
     ctx.require_schema()
     args, settings, db = ctx.args, ctx.settings, ctx.db
     action = args.review_command
@@ -54,14 +54,14 @@ def cmd_review(ctx: cli.Context) -> int:
             outcomes = review.run_pending(db, settings, node=settings.node.id, limit=args.limit)
             data = [{"call_uuid": o.call_uuid, "state": o.state, "seconds": o.seconds, "note": o.note,
                      "hits": o.hits} for o in outcomes]
-            cli.print_json_or_text(args.json, data, lambda: run_text(data))
+            print_json_or_text(args.json, data, lambda: run_text(data))
             return 1 if any(o.state == "failed" for o in outcomes) else 0
         if action == "list":
             rows = review.open_hits(db, include_reviewed=args.all, limit=args.limit)
             if args.json:
-                cli.print_json(rows)
+                print_json(rows)
             else:
-                cli.print_table([[r["id"], r["created_at"][:19].replace("T", " "), r["call_uuid"], r["direction"],
+                print_table([[r["id"], r["created_at"][:19].replace("T", " "), r["call_uuid"], r["direction"],
                                   r["phrase"], f"{r['second']:.1f}", f"{r['score']:.2f}", r["action"],
                                   r["freeze_id"] or "",
                                   f"{r['reviewed_by']}: {r['review_reason']}" if r["reviewed_at"] else ""]
@@ -72,12 +72,12 @@ def cmd_review(ctx: cli.Context) -> int:
         if action == "mark":
             by = args.by or _login()
             data = review.mark(db, args.id, by=by, reason=args.reason)
-            cli.print_json_or_text(args.json, data, lambda: (
+            print_json_or_text(args.json, data, lambda: (
                 f"hit {data['id']} ({data['phrase']!r} at {data['second']:.1f}s of call {data['call_uuid']}) "
                 f"marked reviewed by {data['reviewed_by']}: {data['review_reason']}"))
             return 0
     except review.ReviewError as exc:
-        raise cli.CLIError(str(exc)) from None
+        raise CLIError(str(exc)) from None
     return 2
 
 
@@ -100,21 +100,6 @@ def run_text(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def hits_text(data: dict[str, Any] | None) -> list[str]:
-    """What ``calls show`` and ``recordings show`` say about a call's review."""
-    if data is None:
-        return []
-    side = {0: "left channel", 1: "right channel"}.get(data["channel"], "no channel")
-    lines = [f"  review:    {data['state']} ({side}, {data['seconds'] or 0:.1f}s listened)"
-             + (f" - {data['note']}" if data["note"] else "")]
-    for h in data["hits"]:
-        seen = f"; reviewed by {h['reviewed_by']}: {h['review_reason']}" if h["reviewed_at"] else ""
-        froze = f" (freeze #{h['freeze_id']})" if h["freeze_id"] else ""
-        lines.append(f"    heard {h['phrase']!r} at {h['second']:.1f}s, score {h['score']:.2f}: "
-                     f"{h['action']}{froze} [hit {h['id']}]{seen}")
-    return lines
-
-
 # ------------------------------------------------------------ worker in serve
 
 
@@ -126,7 +111,7 @@ def review_worker(app: Any, server: Any) -> None:
     try:   # refuse to start with phrases the recogniser cannot hear
         review.Policy.from_settings(app.settings)
     except review.ReviewError as exc:
-        raise cli.CLIError(str(exc)) from None
+        raise CLIError(str(exc)) from None
 
     def loop() -> None:
         gevent.sleep(random.uniform(0, 5))
@@ -142,5 +127,5 @@ def review_worker(app: Any, server: Any) -> None:
     gevent.spawn(loop)
 
 
-if review_worker not in cli.SERVE_HOOKS:
-    cli.SERVE_HOOKS.append(review_worker)
+if review_worker not in SERVE_HOOKS:
+    SERVE_HOOKS.append(review_worker)

@@ -15,8 +15,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from fsguard.ops.cli import CLIError, Context, print_json, print_table
-from fsguard.ops.commands._common import area_parser, routing_traits
+from fsguard.ops.commands._common import CLIError, Context, area_parser, print_json, print_table, routing_traits
 
 
 def register(subparsers: Any) -> None:
@@ -73,7 +72,7 @@ def cmd_route(ctx: Context) -> int:
 
 def _explain(ctx: Context) -> int:
     from fsguard.rules import customers, numbers
-    from fsguard.rules.customers import Lookup
+    from fsguard.rules.crm import Lookup, crm_for
     from fsguard.stages.routing import EXPORTS, details, facts_for, verified_text
 
     args = ctx.args
@@ -86,7 +85,7 @@ def _explain(ctx: Context) -> int:
     ctx.require_schema()
     with ctx.db.begin() as session:
         local = customers.find(session, number)
-    crm = customers.crm_for(ctx.settings.routing)
+    crm = crm_for(ctx.settings.routing)
     if local is not None:
         found = Lookup(local, "not asked" if crm else "not configured")
     elif crm is None:

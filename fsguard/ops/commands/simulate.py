@@ -10,8 +10,8 @@ import random
 import time
 from typing import Any
 
-from fsguard.ops.cli import CLIError, Context, print_json, print_table
 from fsguard.config import ConfigError, parse_hostport
+from fsguard.ops.commands._common import CLIError, Context, print_json, print_table
 
 
 def register(sub: Any) -> None:

@@ -4,9 +4,6 @@
     fsguard challenges +12125550147              one number's challenges, and whether it is blocked
     fsguard challenges --failed --since 24h      failures only, in the last day
     fsguard challenges +12125550147 --json
-
-Importing this module also registers the verification eraser with ``fsguard erase`` (a number's
-challenges are deleted: they hold when it called and what it keyed).
 """
 
 from __future__ import annotations
@@ -14,9 +11,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from fsguard.ops import cli
-from fsguard.ops.cli import CLIError, Context, print_json, print_table
 from fsguard.config import ConfigError, parse_duration
+from fsguard.ops.commands._common import CLIError, Context, positive_int, print_json, print_table
 
 
 def register(subparsers: Any) -> None:
@@ -27,7 +23,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("number", nargs="?", help="only this caller number (E.164, or national in node.default_region)")
     p.add_argument("--failed", action="store_true", help="only challenges the caller failed (wrong code, no code)")
     p.add_argument("--since", help="only this recent: 90m, 24h, 7d")
-    p.add_argument("--limit", type=cli.positive_int, default=50)
+    p.add_argument("--limit", type=positive_int, default=50)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_challenges)
 
@@ -93,21 +89,3 @@ def _number_status(session: Any, number: str, cfg: Any) -> dict[str, Any]:
         Challenge.outcome.in_(cfg.escalate_outcomes))) or 0
     entry = lists.lookup(session, number, None)
     return {"failures": failures, "list": lists.describe(entry) if entry is not None else None}
-
-
-def _erase(session: Any, number_e164: str) -> list[str]:
-    from sqlalchemy import delete
-
-    from fsguard.store.models.challenges import Challenge
-
-    gone = session.execute(delete(Challenge).where(Challenge.number == number_e164)).rowcount or 0
-    return [f"deleted {gone} verification challenge(s)" if gone else "no verification challenges of this number"]
-
-
-def _register_eraser() -> None:
-    from fsguard.rules import erasure
-
-    erasure.register(_erase, area="verification")
-
-
-_register_eraser()

@@ -14,7 +14,7 @@ import contextvars
 import json
 import re
 import typing
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Annotated, Any, Callable, ClassVar, TypeVar
 
 import gevent
@@ -25,7 +25,7 @@ from gevent.threadpool import ThreadPool
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from fsguard.rules import numbers
-from fsguard.config import ConfigError, parse_duration
+from fsguard.ops.when import parse_when
 
 #: largest request body accepted (the API takes small JSON documents; a CSV import more)
 MAX_BODY = 64 * 1024
@@ -233,23 +233,6 @@ def to_number(raw: str | None, name: str, region: str, *, strict: bool = True) -
         return numbers.to_e164(raw, region)
     except numbers.InvalidNumber as exc:
         raise bad_request(f"{name}: {exc}") from None
-
-
-def parse_when(raw: str, name: str, error: Callable[[str], Exception] = ConfigError) -> datetime:
-    """A point in time from ``7d`` / ``90m`` (ago) or ``2026-11-20`` / ``2026-11-20T08:00:00+01:00``."""
-    text = raw.strip()
-    if text and (text[-1].isalpha() or text.replace(".", "", 1).isdigit()) and not re.match(r"\d{4}-", text):
-        try:
-            seconds = parse_duration(text, name)
-        except ConfigError as exc:
-            raise error(str(exc)) from None
-        return datetime.now(timezone.utc) - timedelta(seconds=seconds)
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise error(f"{name}: expected a duration back from now (7d, 12h) or an ISO date (2026-11-20), "
-                    f"got {raw!r}") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def to_time(raw: str | None, name: str) -> datetime | None:

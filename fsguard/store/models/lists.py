@@ -9,7 +9,7 @@ Both are keyed for one indexed lookup per call:
   dialled number. The unique index starts with ``number``, so ``number IN (<every prefix of
   the caller>)`` is one index probe per prefix.
 * ``call_counters`` holds one row per (number, dnis, five-minute bucket); a call increments its
-  row with an upsert that also returns the sums over the hour and the day (see fsguard.rules.lists).
+  row with an upsert that also returns the sums over the hour and the day (see fsguard.rules.counters).
 """
 
 from __future__ import annotations

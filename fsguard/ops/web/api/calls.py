@@ -11,6 +11,7 @@ from sqlalchemy import exists, select
 from fsguard.store import records
 from fsguard.store.db import Database
 from fsguard.store.models import CallRecord, StageVerdict
+from fsguard.ops.explain import explain
 from fsguard.ops.web import web
 from fsguard.ops.web.api import region
 from fsguard.ops.web.core import HTTPError, Input, Line, check_uuid, json_response, off_hub, to_number, to_time
@@ -74,8 +75,6 @@ def find_calls(db: Database, f: CallFilters, default_region: str) -> list[dict[s
 
 def call_with_explanation(db: Database, uuid: str) -> dict[str, Any]:
     """One call as ``fsguard calls show`` sees it: the call, its verdicts and the explanation."""
-    from fsguard.ops.cli import explain
-
     call = records.find_call(db, check_uuid(uuid))
     if call is None:
         raise HTTPError(404, f"no call {uuid}")

@@ -11,7 +11,7 @@ from flask import Blueprint, Response
 from pydantic import Field
 
 from fsguard.store import audit
-from fsguard.rules import lists
+from fsguard.rules import counters, lists
 from fsguard.config import ConfigError
 from fsguard.ops.web import web
 from fsguard.ops.web.api import actor, region
@@ -67,7 +67,7 @@ def number_report(number: str, is_prefix: bool, dnis_raw: str | None, include_ex
         else:
             covering = lists.entries_for(session, number, include_expired=include_expired)
             applies = lists.lookup(session, number, dnis)
-            counts = lists.recent_counts(session, number, now=time.time())
+            counts = counters.recent_counts(session, number, now=time.time())
         return {"number": number + ("*" if is_prefix else ""), "dnis": dnis,
                 "applies": lists.entry_dict(applies) if applies is not None else None,
                 "entries": [lists.entry_dict(e) for e in covering], "counts": counts}

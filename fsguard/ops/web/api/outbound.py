@@ -10,7 +10,7 @@ from flask import Blueprint, Response
 from pydantic import Field
 
 from fsguard.store import audit
-from fsguard.rules import freeze as outbound
+from fsguard.rules import freeze
 from fsguard.ops.web import web
 from fsguard.ops.web.api import actor, region
 from fsguard.ops.web.core import HTTPError, Input, Line, bad_request, json_response, off_hub
@@ -20,7 +20,7 @@ bp = Blueprint("outbound", __name__)
 
 
 def dialled(raw: str | None) -> str:
-    number = outbound.dialled_number(raw or "", region())
+    number = freeze.dialled_number(raw or "", region())
     if number is None:
         raise bad_request(f"number: {raw!r} is not a telephone number (region {region()}); give it in E.164, "
                           "e.g. +15557654321")
@@ -29,7 +29,7 @@ def dialled(raw: str | None) -> str:
 
 def frozen_rows() -> list[dict[str, Any]]:
     with web().app.db.begin() as session:
-        return [f.as_dict() for f in outbound.frozen(session)]
+        return [f.as_dict() for f in freeze.frozen(session)]
 
 
 @bp.get("/api/outbound/frozen")
@@ -58,7 +58,7 @@ def freeze_as(who: str, via: audit.Via, raw: str, reason: str, days: float | Non
         raise bad_request("reason: required")
     seconds = days * 86400 if days is not None else web().app.settings.outbound.freeze_seconds
     with web().app.db.begin() as session:
-        new, replaced = outbound.freeze(session, number, reason=reason, seconds=seconds, source="operator", by=who)
+        new, replaced = freeze.freeze(session, number, reason=reason, seconds=seconds, source="operator", by=who)
         audit.record(session, actor=who, action="outbound.freeze", subject=number, reason=reason, via=via,
                      details={"until": new.until.isoformat()})
     log.info(f"{via}.outbound_frozen", number=number, until=new.until.isoformat(), by=who)
@@ -81,7 +81,7 @@ def unfreeze_as(who: str, via: audit.Via, raw: str, reason: str) -> list[Any]:
     number = dialled(raw)
     reason = " ".join(reason.split())
     with web().app.db.begin() as session:
-        lifted = outbound.unfreeze(session, number, by=who, reason=reason)
+        lifted = freeze.unfreeze(session, number, by=who, reason=reason)
         if lifted:
             audit.record(session, actor=who, action="outbound.unfreeze", subject=number, reason=reason, via=via)
     if not lifted:
@@ -105,11 +105,11 @@ class AttemptsQuery(Input):
 def attempts_report(number: str, limit: int) -> dict[str, Any]:
     rules = web().app.settings.outbound
     with web().app.db.begin() as session:
-        freeze = outbound.active_freeze(session, number)
-        return {"number": number, "frozen": freeze.as_dict() if freeze else None,
-                "strikes": outbound.strikes(session, number, rules), "threshold": rules.threshold,
-                "attempts": [outbound.attempt_as_dict(r) for r in outbound.attempts(session, number, limit)],
-                "freezes": [f.as_dict() for f in outbound.freezes(session, number)]}
+        frozen = freeze.active_freeze(session, number)
+        return {"number": number, "frozen": frozen.as_dict() if frozen else None,
+                "strikes": freeze.strikes(session, number, rules), "threshold": rules.threshold,
+                "attempts": [freeze.attempt_as_dict(r) for r in freeze.attempts(session, number, limit)],
+                "freezes": [f.as_dict() for f in freeze.freezes(session, number)]}
 
 
 @bp.get("/api/outbound/attempts/<number>")
