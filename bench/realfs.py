@@ -72,7 +72,7 @@ sys.path.insert(0, str(BENCH))
 
 import run as bench  # noqa: E402
 
-from fsguard.esl.session import FrameReader, plain_header  # noqa: E402
+from fsguard.esl.protocol import FrameReader, plain_header  # noqa: E402
 from fsguard_testing.freeswitch import Ports, RealFreeSWITCH, find_freeswitch  # noqa: E402
 
 #: applications a target sends to decide a call (the first one after ``socket`` is the decision)

@@ -106,22 +106,21 @@ def all_events_variant() -> None:
     """What fsguard did before it narrowed its events: every event ``myevents`` subscribes to
     (no ``nixevent``, completions always on), each one parsed whole. Kept to measure what the
     narrowing is worth."""
-    from fsguard.esl import session as esl
+    from fsguard.esl import protocol
 
     def start(self: OutboundSession) -> Any:
-        myevents = "myevents json" if self.event_format == "json" else "myevents"
-        self.send("connect", "resume", myevents, "linger")
+        self.send(protocol.Connect(), protocol.Resume(), protocol.MyEvents(self.event_format), protocol.Linger())
         connect = self.reply()
         if "Unique-ID" not in connect.headers:
-            raise esl.ProtocolError("connect reply carries no channel data")
+            raise protocol.ProtocolError("connect reply carries no channel data")
         self.channel = connect.headers
-        for name in ("resume", "myevents", "linger"):
-            self._expect_ok(name)
+        for _ in range(3):
+            self._expect_ok()
         return self.channel
 
     def _dispatch(self: OutboundSession, frame: Any) -> None:
         if frame.content_type == "text/event-plain":
-            self._event(esl.parse_event_plain(frame.body))
+            self._event(protocol.parse_event_plain(frame.body))
         else:
             original_dispatch(self, frame)
 
@@ -142,23 +141,24 @@ def unfolded_variant() -> None:
 
 def longnix_variant() -> None:
     """fsguard's start and instructions with the byte counts they had before (see the docstring)."""
+    import uuid
+
+    from fsguard.esl import protocol
     from fsguard.esl import session as esl
 
-    def subscription(self: OutboundSession) -> tuple[str, str, str]:
-        myevents = "myevents json" if self.event_format == "json" else "myevents"
-        fmt = "json" if self.event_format == "json" else "plain"
-        return (myevents, "nixevent " + " ".join(esl.EVENTS_NOT_READ + (esl.COMPLETION,)),
-                f"event {fmt} CHANNEL_ANSWER")  # already subscribed by myevents: the same subscription
+    def subscription(self: OutboundSession) -> tuple[protocol.Command, ...]:
+        # CHANNEL_ANSWER is already subscribed by myevents: the same subscription
+        return (protocol.MyEvents(self.event_format), protocol.NixEvent(esl.EVENTS_NOT_READ + (esl.COMPLETION,)),
+                protocol.Event(("CHANNEL_ANSWER",), self.event_format))
 
-    original = OutboundSession._sendmsg
+    class Execute(protocol.Execute):
+        """An Event-UUID on every application, waited for or not."""
 
-    def _sendmsg(app: str, arg: str, app_uuid: str | None) -> str:
-        import uuid
-
-        return original(app, arg, app_uuid or str(uuid.uuid4()))
+        def __init__(self, app: str, arg: str = "", event_uuid: str | None = None) -> None:
+            super().__init__(app, arg, event_uuid or str(uuid.uuid4()))
 
     OutboundSession.subscription = subscription  # type: ignore[method-assign]
-    OutboundSession._sendmsg = staticmethod(_sendmsg)  # type: ignore[method-assign,assignment]
+    esl.Execute = Execute  # type: ignore[misc]  # the name the session builds its applications with
 
 
 def letgo_variant() -> None:

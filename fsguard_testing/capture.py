@@ -331,16 +331,15 @@ def every_event(enabled: bool = True) -> Iterator[None]:
     It replaces :meth:`OutboundSession.subscription` (``myevents``, ``nixevent ALL``, ``event ...``)
     with three commands that leave ``myevents``'s subscription as it is; ``enabled=False``: as shipped.
     """
+    from fsguard.esl.protocol import Command, Event, MyEvents, NixEvent
     from fsguard.esl.session import COMPLETION, OutboundSession
 
     if not enabled:
         yield
         return
 
-    def everything(self: OutboundSession) -> tuple[str, str, str]:
-        myevents = "myevents json" if self.event_format == "json" else "myevents"
-        fmt = "json" if self.event_format == "json" else "plain"
-        return myevents, f"nixevent {COMPLETION}", f"event {fmt} CHANNEL_ANSWER"
+    def everything(self: OutboundSession) -> tuple[Command, ...]:
+        return MyEvents(self.event_format), NixEvent((COMPLETION,)), Event(("CHANNEL_ANSWER",), self.event_format)
 
     saved = OutboundSession.subscription
     OutboundSession.subscription = everything  # type: ignore[method-assign]

@@ -35,7 +35,7 @@ import gevent
 import gevent.event
 import gevent.lock
 
-from fsguard.esl.session import Frame, FrameReader, parse_event_plain
+from fsguard.esl.protocol import Frame, FrameReader, parse_event_plain
 
 #: The reference configuration, shipped with the project.
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "freeswitch"

@@ -14,8 +14,9 @@ import gevent
 import pytest
 from greenswitch.esl import ESLEvent
 
-from fsguard.esl.session import (CallGone, ESLTimeout, FrameReader, OutboundSession, ProtocolError, parse_event_plain,
-                         PlainEvent, parse_headers, plain_header)
+from fsguard.esl.protocol import (FrameReader, Linger, MyEvents, PlainEvent, ProtocolError, linger_notice_tokens,
+                                  parse_event_plain, parse_headers, plain_header, raw_value)
+from fsguard.esl.session import CallGone, ESLTimeout, OutboundSession
 from fsguard_testing import transcripts as tx
 from fsguard_testing.wire import command_reply, event_frame, linger_notice
 
@@ -154,7 +155,7 @@ def test_a_reply_that_never_comes_times_out_instead_of_blocking_forever(pair):
     session, _theirs = pair
     started = time.monotonic()
     with pytest.raises(ESLTimeout):
-        session.command("myevents")
+        session.command(MyEvents())
     assert time.monotonic() - started < 2
 
 
@@ -165,8 +166,8 @@ def test_an_unsolicited_reply_is_dropped_and_the_session_goes_on(pair):
     gevent.sleep(0.01)
     session.poll()
     theirs.sendall(command_reply("+OK will linger"))
-    session.send("linger")
-    assert session.reply().headers["Reply-Text"] == "+OK will linger"
+    session.send(Linger())
+    assert session.reply().text == "+OK will linger"
 
 
 def test_completion_is_matched_on_application_uuid_not_on_the_application_name(pair):
@@ -231,8 +232,6 @@ def test_the_linger_notice_of_a_real_capture_is_recognised_by_the_bytes_freeswit
     """Real linger notices (a CR LF and an injected Content-Length in the raw Channel-Name, and one
     that came before the hang-up events) are matched whole, from the connect reply's encoded
     name, and every frame after them is FreeSWITCH's."""
-    from fsguard.esl.session import _raw_value, linger_notice_tokens
-
     path = transcripts / "fs-1.11" / name
     data = tx.received_bytes(path)
     linger = int(re.search(rb"\nLinger-Time: (-?\d+)\n", data).group(1))
@@ -240,8 +239,8 @@ def test_the_linger_notice_of_a_real_capture_is_recognised_by_the_bytes_freeswit
     (connect,) = FrameReader().feed(data[:connect_end])
     for chunk in (1, 13, len(data)):
         reader = FrameReader()
-        reader.notice = linger_notice_tokens(_raw_value(connect.raw, b"Unique-ID"),
-                                             _raw_value(connect.raw, b"Channel-Name"), linger)
+        reader.notice = linger_notice_tokens(raw_value(connect.raw, b"Unique-ID"),
+                                             raw_value(connect.raw, b"Channel-Name"), linger)
         frames = []
         for i in range(connect_end, len(data), chunk):
             frames.extend(reader.feed(data[i:i + chunk]))

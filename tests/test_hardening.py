@@ -34,8 +34,8 @@ from sqlalchemy.orm import sessionmaker
 
 from fsguard.store import records
 from fsguard.store.db import Database
-from fsguard.esl.session import (CallGone, ESLTimeout, FrameReader, OutboundSession, ProtocolError, parse_event_json,
-                         parse_event_plain, parse_headers)
+from fsguard.esl.protocol import FrameReader, ProtocolError, parse_event_json, parse_event_plain, parse_headers
+from fsguard.esl.session import CallGone, ESLTimeout, OutboundSession
 from fsguard.store.models import CallRecord
 from fsguard.call.pipeline import STAGES, Stage, Verdict
 from fsguard_testing import wire
