@@ -1,11 +1,14 @@
 """A fake FreeSWITCH inbound Event Socket (what listens on port 8021), for tests.
 
-It speaks what greenswitch's ``InboundESL`` expects, as mod_event_socket does:
+It speaks as mod_event_socket does:
 
 * on connect: ``Content-Type: auth/request``;
 * ``auth <password>``: ``command/reply`` ``+OK accepted``, or ``-ERR invalid`` then a disconnect
   notice and the socket closed;
 * ``api <command>``: ``Content-Type: api/response`` + ``Content-Length`` + the body;
+* ``event plain <names>`` / ``filter <header> <value>``: ``+OK ...``, and from then on every event
+  the test sends with :meth:`emit` whose name is subscribed to (or ``ALL``) and that matches a
+  filter (any, when there are some) reaches that connection as ``text/event-plain``;
 * ``exit``: ``+OK bye``, a disconnect notice, close.
 
 ``uuid_record`` behaves like mod_commands on a FreeSWITCH whose channels and running recordings
@@ -20,10 +23,13 @@ rejection: ``text/rude-rejection``), ``"mute_api"`` (authenticates, never answer
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import gevent
+import gevent.lock
 from gevent.server import StreamServer
+
+from fsguard_testing.wire import event_frame
 
 DISCONNECT_BODY = "Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
 
@@ -33,6 +39,33 @@ class FakeChannel:
     uuid: str
     #: recording path -> masked?
     recordings: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Listener:
+    """One authenticated connection's subscription, as mod_event_socket keeps it."""
+
+    sock: Any
+    names: set[str] = field(default_factory=set)
+    filters: list[tuple[str, str]] = field(default_factory=list)
+    #: a connection's frames are written whole, one at a time (an event never splits a reply)
+    lock: gevent.lock.Semaphore = field(default_factory=gevent.lock.Semaphore)
+
+    def send(self, data: bytes) -> None:
+        with self.lock:
+            self.sock.sendall(data)
+
+    def reply(self, text: str) -> None:
+        self.send(f"Content-Type: command/reply\nReply-Text: {text}\n\n".encode())
+
+    def disconnect(self) -> None:
+        self.send(f"Content-Type: text/disconnect-notice\nContent-Length: {len(DISCONNECT_BODY)}\n\n"
+                  f"{DISCONNECT_BODY}".encode())
+
+    def wants(self, headers: Mapping[str, str]) -> bool:
+        if not ({"ALL", headers.get("Event-Name", "")} & self.names):
+            return False
+        return not self.filters or any(headers.get(name) == value for name, value in self.filters)
 
 
 class FakeInboundESL:
@@ -48,6 +81,7 @@ class FakeInboundESL:
         #: every command block received, first line only ("auth ClueCon", "api uuid_record ...")
         self.commands: list[str] = []
         self.connections = 0
+        self.listeners: list[Listener] = []
         self.server = StreamServer(("127.0.0.1", 0), self._handle)
 
     # ------------------------------------------------------------------ setup
@@ -74,6 +108,18 @@ class FakeInboundESL:
     def hangup(self, uuid: str) -> None:
         self.channels.pop(uuid, None)
 
+    def emit(self, headers: Mapping[str, str]) -> int:
+        """Send an event to every connection that subscribed to it; how many got it."""
+        frame = event_frame(dict(headers))
+        sent = 0
+        for listener in [lst for lst in self.listeners if lst.wants(headers)]:
+            try:
+                listener.send(frame)
+                sent += 1
+            except OSError:
+                pass
+        return sent
+
     @property
     def api_commands(self) -> list[str]:
         return [c[4:] for c in self.commands if c.startswith("api ")]
@@ -82,15 +128,16 @@ class FakeInboundESL:
 
     def _handle(self, sock, address) -> None:  # type: ignore[no-untyped-def]
         self.connections += 1
+        conn = Listener(sock)
         try:
             if self.behaviour == "silent":
                 gevent.sleep(3600)
                 return
             if self.behaviour == "deny":
                 body = "Access Denied, go away.\n"
-                sock.sendall(f"Content-Type: text/rude-rejection\nContent-Length: {len(body)}\n\n{body}".encode())
+                conn.send(f"Content-Type: text/rude-rejection\nContent-Length: {len(body)}\n\n{body}".encode())
                 return
-            sock.sendall(b"Content-Type: auth/request\n\n")
+            conn.send(b"Content-Type: auth/request\n\n")
             authed = False
             buf = b""
             while True:
@@ -107,38 +154,41 @@ class FakeInboundESL:
                 if not authed:
                     if line.startswith("auth ") and line[5:].strip() == self.password:
                         authed = True
-                        self._reply(sock, "+OK accepted")
+                        self.listeners.append(conn)
+                        conn.reply("+OK accepted")
                         continue
-                    self._reply(sock, "-ERR invalid")
-                    self._disconnect(sock)
+                    conn.reply("-ERR invalid")
+                    conn.disconnect()
                     return
                 if line == "exit":
-                    self._reply(sock, "+OK bye")
-                    self._disconnect(sock)
+                    conn.reply("+OK bye")
+                    conn.disconnect()
                     return
                 if line.startswith("api "):
                     if self.behaviour == "mute_api":
                         continue
                     body = self._api(line[4:].strip())
-                    sock.sendall(f"Content-Type: api/response\nContent-Length: {len(body.encode())}\n\n{body}".encode())
+                    conn.send(f"Content-Type: api/response\nContent-Length: {len(body.encode())}\n\n{body}".encode())
                     continue
-                self._reply(sock, "-ERR command not found")
+                words = line.split()
+                if words[0] == "event" and len(words) > 2 and words[1] == "plain":
+                    conn.names.update(words[2:])
+                    conn.reply("+OK event listener enabled plain")
+                    continue
+                if words[0] == "filter" and len(words) == 3:
+                    conn.filters.append((words[1], words[2]))
+                    conn.reply(f"+OK filter added. [{words[1]}]=[{words[2]}]")
+                    continue
+                conn.reply("-ERR command not found")
         except OSError:
             return
         finally:
+            if conn in self.listeners:
+                self.listeners.remove(conn)
             try:
                 sock.close()
             except OSError:
                 pass
-
-    @staticmethod
-    def _reply(sock, text: str) -> None:  # type: ignore[no-untyped-def]
-        sock.sendall(f"Content-Type: command/reply\nReply-Text: {text}\n\n".encode())
-
-    @staticmethod
-    def _disconnect(sock) -> None:  # type: ignore[no-untyped-def]
-        sock.sendall(f"Content-Type: text/disconnect-notice\nContent-Length: {len(DISCONNECT_BODY)}\n\n"
-                     f"{DISCONNECT_BODY}".encode())
 
     def _api(self, command: str) -> str:
         if self.api_handler is not None:

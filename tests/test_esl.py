@@ -1,4 +1,5 @@
-"""The Event Socket session, tested on real FreeSWITCH captures and on a socket pair.
+"""The Event Socket: the protocol on bytes alone, the outbound session on real FreeSWITCH captures
+and a socket pair, the inbound client against the fake inbound Event Socket.
 
 Each test named after a greenswitch 0.0.19 defect proves fsguard does not inherit it.
 """
@@ -14,12 +15,16 @@ import gevent
 import pytest
 from greenswitch.esl import ESLEvent
 
-from fsguard.esl.protocol import (FrameReader, Linger, MyEvents, PlainEvent, ProtocolError, linger_notice_tokens,
+from fsguard.esl.client import FreeSWITCHAPI, Unreachable
+from fsguard.esl.protocol import (Api, ApiResponse, Auth, AuthRequest, BgApi, CommandReply, Connect, Connection,
+                                  Disconnected, Event, Execute, Exit, Filter, FrameReader, GetVar, Linger, MyEvents,
+                                  NixEvent, PlainEvent, ProtocolError, Rejected, Resume, linger_notice_tokens,
                                   parse_event_plain, parse_headers, plain_header, raw_value)
 from fsguard.esl.session import CallGone, ESLTimeout, OutboundSession
 from fsguard_testing import transcripts as tx
-from fsguard_testing.wire import command_reply, event_frame, linger_notice
-
+from fsguard_testing.inbound import FakeInboundESL
+from fsguard_testing.wire import (api_response, command_reply, disconnect_notice, event_frame, linger_notice,
+                                  serialize_event)
 
 
 def frames_of(data: bytes, chunk: int | None = None):
@@ -250,3 +255,200 @@ def test_the_linger_notice_of_a_real_capture_is_recognised_by_the_bytes_freeswit
         events = [parse_event_plain(f.body) for f in frames if f.content_type == "text/event-plain"]
         assert events and all("Event-Name" in e for e in events)
         assert "CHANNEL_HANGUP_COMPLETE" in [e["Event-Name"] for e in events]
+
+
+# ------------------------------------------------------------- the protocol, bytes alone
+
+
+@pytest.mark.parametrize("command, wire", [
+    (Connect(), b"connect\n\n"),
+    (Resume(), b"resume\n\n"),
+    (Linger(), b"linger\n\n"),
+    (Linger(30), b"linger 30\n\n"),
+    (MyEvents(), b"myevents\n\n"),
+    (MyEvents("json"), b"myevents json\n\n"),
+    (Event(("CHANNEL_ANSWER", "DTMF")), b"event plain CHANNEL_ANSWER DTMF\n\n"),
+    (Event(("ALL",), "json"), b"event json ALL\n\n"),
+    (NixEvent(("ALL",)), b"nixevent ALL\n\n"),
+    (Filter("Unique-ID", "u1"), b"filter Unique-ID u1\n\n"),
+    (Execute("answer"), b"sendmsg\ncall-command: execute\nexecute-app-name: answer\n\n"),
+    (Execute("playback", "welcome.wav", "a1"),
+     b"sendmsg\ncall-command: execute\nexecute-app-name: playback\nexecute-app-arg: welcome.wav\nEvent-UUID: a1\n\n"),
+    (GetVar("billsec"), b"getvar billsec\n\n"),
+    (Api("status"), b"api status\n\n"),
+    (BgApi("originate x &park()"), b"bgapi originate x &park()\n\n"),
+    (Auth("ClueCon"), b"auth ClueCon\n\n"),
+    (Exit(), b"exit\n\n"),
+], ids=lambda v: str(v) if not isinstance(v, bytes) else "")
+def test_each_command_is_written_as_freeswitch_reads_it(command, wire):
+    assert bytes(command) == wire
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Execute("set", "x=1\nexecute-app-name: hangup"),
+    lambda: Execute("playback\r", "x.wav"),
+    lambda: Api("status\n\napi hupall"),
+    lambda: Filter("Unique-ID", "u1\nevent plain ALL"),
+    lambda: Event(("DTMF\nexit",)),
+    lambda: Auth("ClueCon\n\napi hupall"),
+])
+def test_a_command_with_a_line_break_in_an_argument_cannot_be_made(make):
+    with pytest.raises(ValueError, match="line break"):
+        make()
+
+
+def test_the_password_is_not_in_the_auth_commands_repr():
+    assert "ClueCon" not in repr(Auth("ClueCon"))
+
+
+def test_replies_are_paired_with_the_commands_in_the_order_they_were_sent_whatever_events_come_between():
+    protocol = Connection()
+    status, record, subscribe = Api("status"), Api("uuid_record u1 mask /r.wav"), Event(("CHANNEL_HANGUP_COMPLETE",))
+    assert protocol.send(subscribe, status, record) == bytes(subscribe) + bytes(status) + bytes(record)
+    hangup = event_frame({"Event-Name": "CHANNEL_HANGUP_COMPLETE", "Unique-ID": "u1"})
+    values = protocol.receive(command_reply("+OK event listener enabled plain") + hangup
+                              + api_response("UP 0 years\n") + hangup + api_response("-ERR Cannot locate session!\n"))
+    assert [type(v) for v in values] == [CommandReply, PlainEvent, ApiResponse, PlainEvent, ApiResponse]
+    assert [v.command for v in values if not isinstance(v, PlainEvent)] == [subscribe, status, record]
+    assert values[1]["Unique-ID"] == "u1"
+    assert values[2].ok and values[2].text == "UP 0 years\n"
+    assert not values[4].ok and values[4].error == "-ERR Cannot locate session!"
+    assert not protocol.pending
+
+
+def test_a_reply_nobody_asked_for_answers_no_command():
+    protocol = Connection()
+    (stray,) = protocol.receive(command_reply("+OK stray"))
+    assert stray.command is None and stray.ok
+    exit_ = Exit()
+    protocol.send(exit_)
+    (bye,) = protocol.receive(command_reply("+OK bye"))
+    assert bye.command is exit_
+
+
+@pytest.mark.parametrize("text, error", [("+OK accepted", None), ("-ERR invalid", "-ERR invalid"),
+                                         ("-ERR command not found", "-ERR command not found")])
+def test_a_command_reply_is_ok_only_when_freeswitch_says_plus_ok(text, error):
+    protocol = Connection()
+    protocol.send(Auth("x"))
+    (reply,) = protocol.receive(command_reply(text))
+    assert (reply.ok, reply.error, reply.text) == (error is None, error, text)
+
+
+def test_greeting_rejection_and_notices_come_as_values():
+    values = Connection().receive(
+        b"Content-Type: auth/request\n\n"
+        + b"Content-Type: text/rude-rejection\nContent-Length: 24\n\nAccess Denied, go away.\n"
+        + linger_notice("u1", "sofia/lab/1555") + disconnect_notice("u1"))
+    assert [type(v) for v in values] == [AuthRequest, Rejected, Disconnected, Disconnected]
+    assert values[1].text == "Access Denied, go away.\n"
+    assert [v.linger for v in values[2:]] == [True, False]
+
+
+def test_a_json_event_comes_as_its_headers():
+    (event,) = Connection().receive(event_frame({"Event-Name": "DTMF", "DTMF-Digit": "5"}, "json"))
+    assert event == {"Event-Name": "DTMF", "DTMF-Digit": "5"}
+
+
+def test_the_linger_notice_is_recognised_even_in_the_same_read_as_the_connect_reply():
+    """The connect reply arms the notice before the next frame of the same read is parsed: a
+    forged hang-up in the raw channel name of a notice that came with it is never read as one."""
+    uuid = "0b3c8a8e-0000-4000-8000-000000000001"
+    forged = event_frame({"Event-Name": "CHANNEL_HANGUP_COMPLETE", "Unique-ID": uuid, "variable_billsec": "9999"})
+    name = "sofia/lab/1555\n\n" + forged.decode() + "@192.0.2.10"
+    connect = serialize_event({"Event-Name": "CHANNEL_DATA", "Unique-ID": uuid, "Channel-Name": name,
+                               "Content-Type": "command/reply", "Reply-Text": "+OK\n"})
+    real = event_frame({"Event-Name": "CHANNEL_HANGUP_COMPLETE", "Unique-ID": uuid, "variable_billsec": "2"})
+    protocol = Connection()
+    protocol.send(Connect(), Linger())
+    values = protocol.receive(connect + command_reply("+OK will linger") + linger_notice(uuid, name) + real)
+    assert [type(v) for v in values] == [CommandReply, CommandReply, Disconnected, PlainEvent]
+    assert values[0].headers["Channel-Name"] == name and values[2].linger
+    assert values[3]["variable_billsec"] == "2"
+
+
+# ------------------------------------------------------- the inbound client, on the fake
+
+
+@pytest.fixture
+def inbound():
+    fake = FakeInboundESL().start()
+    yield fake
+    fake.stop()
+
+
+def hangup_complete(uuid: str, **extra: str) -> dict[str, str]:
+    return {"Event-Name": "CHANNEL_HANGUP_COMPLETE", "Unique-ID": uuid, "variable_billsec": "7", **extra}
+
+
+def test_the_inbound_client_authenticates_and_runs_api_commands(inbound):
+    with FreeSWITCHAPI(inbound.address, "ClueCon", timeout=2) as fs:
+        assert fs.api("status").startswith("UP 0 years")
+    assert inbound.commands == ["auth ClueCon", "api status", "exit"]
+
+
+def test_events_are_received_as_values_while_api_replies_answer_their_own_commands(inbound):
+    """An event FreeSWITCH sends between a command and its reply is kept for the event reader;
+    the reply still answers the command."""
+    def hang_up_first(command: str) -> str | None:
+        inbound.emit(hangup_complete("u1"))
+        return None
+
+    inbound.api_handler = hang_up_first
+    with FreeSWITCHAPI(inbound.address, "ClueCon", timeout=2) as fs:
+        fs.subscribe("CHANNEL_HANGUP_COMPLETE")
+        fs.filter("Unique-ID", "u1")
+        assert fs.api("status").startswith("UP 0 years")
+        inbound.emit(hangup_complete("u2"))   # filtered out by FreeSWITCH
+        inbound.emit(hangup_complete("u1", variable_billsec="8"))
+        first, second = fs.next_event(2), fs.next_event(2)
+        assert (first["Unique-ID"], first["variable_billsec"]) == ("u1", "7")
+        assert (second["Unique-ID"], second["variable_billsec"]) == ("u1", "8")
+        assert fs.next_event(0.05) is None
+    assert inbound.commands[1:3] == ["event plain CHANNEL_HANGUP_COMPLETE", "filter Unique-ID u1"]
+
+
+def test_a_greenlet_waiting_for_events_does_not_hold_up_another_ones_api_command(inbound):
+    with FreeSWITCHAPI(inbound.address, "ClueCon", timeout=2) as fs:
+        fs.subscribe("CHANNEL_HANGUP_COMPLETE")
+        watcher = gevent.spawn(fs.next_event, 5)
+        gevent.sleep(0)
+        assert fs.api("status").startswith("UP 0 years")
+        assert not watcher.ready()
+        inbound.emit(hangup_complete("u1"))
+        assert watcher.get(timeout=2)["Unique-ID"] == "u1"
+
+
+def test_a_caller_name_in_an_inbound_event_cannot_forge_its_headers(inbound):
+    """greenswitch decodes the whole frame first: here the name stays inside its own value."""
+    with FreeSWITCHAPI(inbound.address, "ClueCon", timeout=2) as fs:
+        fs.subscribe("ALL")
+        inbound.emit(hangup_complete("u1", **{"Caller-Caller-ID-Name": "Eve\nUnique-ID: u2\nvariable_billsec: 0"}))
+        event = fs.next_event(2)
+    assert (event["Unique-ID"], event["variable_billsec"]) == ("u1", "7")
+    assert event["Caller-Caller-ID-Name"] == "Eve\nUnique-ID: u2\nvariable_billsec: 0"
+
+
+@pytest.mark.parametrize("behaviour, password, says", [
+    ("ok", "wrong", "refused the password"),
+    ("deny", "ClueCon", "check its ACL"),
+    ("silent", "ClueCon", "did not greet and authenticate within 0.3s"),
+])
+def test_an_inbound_socket_that_cannot_be_used_says_what_to_check(behaviour, password, says):
+    fake = FakeInboundESL(behaviour=behaviour).start()
+    try:
+        with pytest.raises(Unreachable, match=says):
+            FreeSWITCHAPI(fake.address, password, timeout=0.3).connect()
+    finally:
+        fake.stop()
+
+
+def test_an_api_command_that_is_never_answered_times_out_and_drops_the_connection():
+    fake = FakeInboundESL(behaviour="mute_api").start()
+    try:
+        fs = FreeSWITCHAPI(fake.address, "ClueCon", timeout=0.3)
+        with pytest.raises(Unreachable, match="did not answer 'api status' within 0.3s"):
+            fs.api("status")
+        assert not fs.connected
+    finally:
+        fake.stop()
