@@ -17,11 +17,11 @@ FreeSWITCH's source and the byte-exact captures in ``tests/captures/``:
 * event frames: ``Content-Length: N`` then ``Content-Type: text/event-plain|json`` then a
   blank line, then the serialised event.
 
-Besides the encoders there is a small, *safe* frame reader (:class:`FrameReader`) for
-tests: lines are split first and values decoded one by one, and when a header block
-carries several ``Content-Length`` headers the LAST one is trusted, because in a linger
-disconnect-notice FreeSWITCH's own ``Content-Length: 0`` always comes last and a forged
-one (from a raw caller-controlled channel name) comes before it.
+Besides the encoders there is a frame reader for tests (:class:`FrameReader`): frames are cut
+from the stream by fsguard's own reader (:class:`fsguard.esl.protocol.FrameReader`: lines split
+first, the LAST ``Content-Length`` of a block trusted, none in a command reply), and each keeps
+its header values as FreeSWITCH wrote them, in order, duplicates included, so that a test can
+compare the wire form of a capture and of the simulator.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ import re
 from functools import lru_cache
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from fsguard.esl import protocol
 
 #: SWITCH_URL_UNSAFE from switch_utils.h.
 URL_UNSAFE = frozenset(b'\r\n #%&+:;<=>?@[\\]^`{|}"')
@@ -334,46 +336,21 @@ def _atoi(text: str) -> int:
 class FrameReader:
     """Sans-IO reader for the FreeSWITCH -> target byte stream (for tests and tools).
 
-    ``feed()`` bytes in any chunking, get complete :class:`Frame` objects back.  The body
-    length comes from the LAST ``Content-Length`` header of the block (see module doc).
+    ``feed()`` bytes in any chunking, get complete :class:`Frame` objects back; the frames are
+    the ones fsguard itself reads from the same bytes.
     """
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pending: list[tuple[str, str]] | None = None
-        self._pending_raw = b""
-        self._need = 0
+        self._reader = protocol.FrameReader(max_bytes=1 << 30)
 
     def feed(self, data: bytes) -> list[Frame]:
-        self._buf += data
-        frames: list[Frame] = []
-        while True:
-            if self._pending is None:
-                # A frame's header block ends at the first blank line.
-                end = self._buf.find(b"\n\n")
-                if end < 0:
-                    break
-                block = bytes(self._buf[:end])
-                del self._buf[: end + 2]
-                if not block.strip(b"\r\n"):
-                    continue
-                headers = parse_header_block(block)
-                lengths = [v for k, v in headers if k.lower() == "content-length"]
-                self._need = _atoi(lengths[-1]) if lengths else 0
-                self._pending = headers
-                self._pending_raw = block + b"\n\n"
-            if len(self._buf) < self._need:
-                break
-            body = bytes(self._buf[: self._need])
-            del self._buf[: self._need]
-            frames.append(Frame(self._pending, body, self._pending_raw + body))
-            self._pending = None
-            self._need = 0
-        return frames
+        return [Frame(parse_header_block(f.raw or b""), f.body, (f.raw or b"") + b"\n\n" + f.body)
+                for f in self._reader.feed(data)]
 
     @property
     def leftover(self) -> bytes:
-        return bytes(self._buf)
+        """The bytes of a frame not complete yet."""
+        return self._reader.unfinished()
 
 
 def parse_stream(data: bytes) -> list[Frame]:

@@ -293,6 +293,11 @@ class FrameReader:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def unfinished(self) -> bytes:
+        """The bytes read of a frame not complete yet (what a peer that went away left behind)."""
+        head = self._pending_raw + b"\n\n" if self._pending is not None else b""
+        return head + bytes(self._buf)
+
     def _linger_notice(self) -> int | None:
         """The length of the linger notice at the start of the buffer (-1: more bytes needed)."""
         assert self.notice is not None

@@ -171,8 +171,9 @@ class OutboundSession:
             raise CallGone(f"read failed: {exc}") from None
         if not data:
             self.eof = True
-            if self.protocol.reader.buffered:
-                self.log.warning("esl.truncated_frame", buffered=self.protocol.reader.buffered)
+            unfinished = self.protocol.reader.unfinished()
+            if unfinished:
+                self.log.warning("esl.truncated_frame", buffered=len(unfinished))
             raise CallGone("socket closed by FreeSWITCH")
         for frame in self.protocol.reader.frames(data):
             self._dispatch(frame)
