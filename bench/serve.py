@@ -109,13 +109,13 @@ def all_events_variant() -> None:
     from fsguard.esl import protocol
 
     def start(self: OutboundSession) -> Any:
-        self.send(protocol.Connect(), protocol.Resume(), protocol.MyEvents(self.event_format), protocol.Linger())
+        commands = [protocol.Resume(), protocol.MyEvents(self.event_format), protocol.Linger()]
+        self.send(protocol.Connect(), *commands)
         connect = self.reply()
         if "Unique-ID" not in connect.headers:
             raise protocol.ProtocolError("connect reply carries no channel data")
         self.channel = connect.headers
-        for _ in range(3):
-            self._expect_ok()
+        self._check_replies(commands)
         return self.channel
 
     def _dispatch(self: OutboundSession, frame: Any) -> None:
@@ -143,12 +143,12 @@ def longnix_variant() -> None:
     """fsguard's start and instructions with the byte counts they had before (see the docstring)."""
     import uuid
 
-    from fsguard.esl import protocol
-    from fsguard.esl import session as esl
+    from fsguard.esl import channel, protocol, session
 
     def subscription(self: OutboundSession) -> tuple[protocol.Command, ...]:
         # CHANNEL_ANSWER is already subscribed by myevents: the same subscription
-        return (protocol.MyEvents(self.event_format), protocol.NixEvent(esl.EVENTS_NOT_READ + (esl.COMPLETION,)),
+        return (protocol.MyEvents(self.event_format),
+                protocol.NixEvent(channel.EVENTS_NOT_READ + (channel.COMPLETION,)),
                 protocol.Event(("CHANNEL_ANSWER",), self.event_format))
 
     class Execute(protocol.Execute):
@@ -158,7 +158,8 @@ def longnix_variant() -> None:
             super().__init__(app, arg, event_uuid or str(uuid.uuid4()))
 
     OutboundSession.subscription = subscription  # type: ignore[method-assign]
-    esl.Execute = Execute  # type: ignore[misc]  # the name the session builds its applications with
+    # the names the channel and the session build applications with
+    channel.Execute = session.Execute = Execute  # type: ignore[misc]
 
 
 def letgo_variant() -> None:

@@ -332,7 +332,8 @@ def every_event(enabled: bool = True) -> Iterator[None]:
     with three commands that leave ``myevents``'s subscription as it is; ``enabled=False``: as shipped.
     """
     from fsguard.esl.protocol import Command, Event, MyEvents, NixEvent
-    from fsguard.esl.session import COMPLETION, OutboundSession
+    from fsguard.esl.channel import COMPLETION
+    from fsguard.esl.session import OutboundSession
 
     if not enabled:
         yield

@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from fsguard.ops import cli
 from fsguard.store import records
-from fsguard.esl.session import COMPLETION, EVENTS_NOT_READ, EVENTS_READ, OutboundSession
+from fsguard.esl.channel import COMPLETION, EVENTS_NOT_READ, EVENTS_READ
+from fsguard.esl.session import OutboundSession
 from fsguard.store.models import CallRecord
 from fsguard.call.pipeline import STAGES, Stage, Verdict
 from fsguard_testing import transcripts as tx

@@ -15,6 +15,7 @@ import gevent
 import pytest
 from greenswitch.esl import ESLEvent
 
+from fsguard.esl.channel import COMPLETION, OutboundChannel
 from fsguard.esl.client import FreeSWITCHAPI, Unreachable
 from fsguard.esl.protocol import (Api, ApiResponse, Auth, AuthRequest, BgApi, CommandReply, Connect, Connection,
                                   Disconnected, Event, Execute, Exit, Filter, FrameReader, GetVar, Linger, MyEvents,
@@ -365,6 +366,65 @@ def test_the_linger_notice_is_recognised_even_in_the_same_read_as_the_connect_re
     assert [type(v) for v in values] == [CommandReply, CommandReply, Disconnected, PlainEvent]
     assert values[0].headers["Channel-Name"] == name and values[2].linger
     assert values[3]["variable_billsec"] == "2"
+
+
+# -------------------------------------------------------------- the channel, bytes alone
+
+
+def connected_channel(uuid: str = "u1") -> OutboundChannel:
+    channel = OutboundChannel()
+    channel.protocol.send(Connect())
+    channel.receive(serialize_event({"Content-Type": "command/reply", "Reply-Text": "+OK", "Unique-ID": uuid,
+                                     "Channel-Name": "sofia/lab/1555"}))
+    channel.channel = channel.replies.popleft().headers
+    return channel
+
+
+def test_the_channel_ends_only_with_its_own_hangup():
+    channel = connected_channel("u1")
+    channel.receive(event_frame({"Event-Name": "CHANNEL_HANGUP_COMPLETE", "Unique-ID": "u2",
+                                 "variable_hangup_cause": "FORGED"}))
+    assert not channel.hungup
+    channel.receive(event_frame({"Event-Name": "CHANNEL_ANSWER", "Unique-ID": "u1"})
+                    + event_frame({"Event-Name": "CHANNEL_HANGUP_COMPLETE", "Unique-ID": "u1",
+                                   "variable_hangup_cause": "NORMAL_CLEARING"}))
+    assert channel.answered and channel.hungup and channel.hangup_cause == "NORMAL_CLEARING"
+
+
+def test_a_completion_is_kept_only_for_the_application_waited_for():
+    channel = connected_channel()
+    channel.completions_subscribed = False
+    playback = Execute("playback", "b.wav", "a2")
+    assert channel.commands_to_run(playback) == [Event((COMPLETION,)), playback]
+    assert channel.commands_to_run(Execute("playback", "c.wav", "a3"))[0].app == "playback"  # subscribed once
+    complete = {"Event-Name": COMPLETION, "Unique-ID": "u1", "Application": "playback"}
+    channel.receive(event_frame({**complete, "Application-UUID": "a1"}))
+    assert not channel.completions and channel.events_skipped == 1   # not even parsed
+    channel.receive(event_frame({**complete, "Application-UUID": "a2", "Application-Response": "FILE PLAYED"}))
+    assert channel.completions["a2"]["Application-Response"] == "FILE PLAYED"
+
+
+def test_completions_are_unsubscribed_with_the_first_queued_applications_once_nobody_waits():
+    channel = connected_channel()
+    channel.awaiting.add("a1")
+    assert [str(c) for c in channel.commands_to_queue([("set", "x=1")])] == ["sendmsg"]
+    channel.awaiting.clear()
+    commands = channel.commands_to_queue([("set", "x=1"), ("transfer", "default XML queues")])
+    assert commands == [NixEvent((COMPLETION,)), Execute("set", "x=1"), Execute("transfer", "default XML queues")]
+    assert not channel.completions_subscribed
+    assert len(channel.commands_to_queue([("set", "y=2")])) == 1
+
+
+def test_digits_are_kept_in_the_order_pressed():
+    channel = connected_channel()
+    channel.receive(b"".join(event_frame({"Event-Name": "DTMF", "Unique-ID": "u1", "DTMF-Digit": d}) for d in "42#"))
+    assert channel.dtmf == ["4", "2", "#"]
+
+
+@pytest.mark.parametrize("name", ["caller_id_name", "sip_from_user", "sip_h_X-Evil", "sip_req_uri"])
+def test_a_caller_controlled_variable_is_never_asked_for_with_getvar(name):
+    with pytest.raises(ValueError, match="caller-controlled"):
+        OutboundChannel.getvar_command(name)
 
 
 # ------------------------------------------------------- the inbound client, on the fake
