@@ -119,7 +119,7 @@ class FreeSWITCHAPI:
         except TimeoutError:
             self.close(polite=False)
             raise Unreachable(f"{where} did not greet and authenticate within {self.timeout:g}s") from None
-        except _Closed as exc:
+        except (_Closed, OSError) as exc:
             self.close(polite=False)
             raise Unreachable(f"{where} closed the connection ({exc or 'no reason given'}); "
                               "check its ACL (apply-inbound-acl) and listen-ip") from None
