@@ -36,8 +36,6 @@ class ChallengeRequest:
     label: str
     #: soft_block: the block level (list entry or automatic block)
     level: int = 0
-    #: soft_block: blocked automatically (flood) rather than by a list entry
-    automatic: bool = False
     #: stir: the verification outcome and, when it failed, the failure ("A", "failed", "invalid_signature")
     stir: tuple[str, ...] = ()
 

@@ -395,7 +395,7 @@ def _request(signal: Signal, stir: stirshaken.StirResult, risk: int) -> Challeng
         return ChallengeRequest("soft_block", f"soft block level {signal.level}", level=signal.level)
     if code.startswith("flood."):
         return ChallengeRequest("soft_block", f"blocked automatically ({code}) at level {signal.level}",
-                                level=signal.level, automatic=True)
+                                level=signal.level)
     if code == "anonymous":
         return ChallengeRequest("anonymous", "no caller number")
     if code == "invalid_number":

@@ -199,7 +199,7 @@ class VerificationStage(Stage):
         """Whether this stage's filters let a request through (block level, STIR/SHAKEN outcomes)."""
         cfg = self.cfg
         if request.trigger == "soft_block":
-            return request.level >= cfg.min_block_level and (request.level > 0 or not request.automatic)
+            return request.level >= cfg.min_block_level
         if request.trigger == "stir":
             return any(outcome in cfg.stir_outcomes for outcome in request.stir)
         return True
