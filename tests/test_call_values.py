@@ -101,6 +101,7 @@ def test_a_live_call_records_what_the_port_returned():
         == {"*": (3, 9)}
     assert inputs.fact("recording_queue", lambda: "", keep_empty=False) == ""
     assert inputs.fact("verified", lambda: True, record=False) is True
+    assert inputs.effect(lambda: 41, replayed=None) == 41
     inputs.now("routed_at")
     assert inputs.recorded == {"screening": {"flood": {"*": [3, 9]}}, "routed_at": "2026-01-05T20:00:00+00:00"}
 
@@ -116,6 +117,7 @@ def test_a_replayed_call_is_given_back_what_was_recorded_and_asks_nothing_again(
     assert inputs.fact("verified", never, record=False) is False
     assert inputs.fact("crm_customer", never, offline=None) is None
     assert inputs.fact("outbound_freeze", lambda: None) is None     # not in the record: today's table
+    assert inputs.effect(never, replayed=None) is None               # a write is not done again
     assert inputs.now("routed_at") == started
 
 

@@ -8,8 +8,9 @@ the time) and gives it the way to fetch it live::
 A live call fetches it and the port records what it returned (stored with the call as its
 ``inputs``); a replayed call (``fsguard replay``) is given back what was recorded then, and fetches
 live only what the record does not hold (today's lists and tables), or, for what must never be
-asked again (the CRM, the caller), takes the ``offline`` stand-in. So stages have no replay branch:
-the port they are handed is live or replayed.
+asked again (the CRM, the caller), takes the ``offline`` stand-in. A write a replay must not repeat
+goes through :meth:`LiveInputs.effect`. So stages have no replay branch: the port they are handed
+is live or replayed.
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ class LiveInputs:
                 _put(self.recorded, name, kept)
         return value
 
+    def effect(self, do: Callable[[], T], replayed: T) -> T:
+        """A write a replay must not repeat (a recording's row, an automatic block): done on a live
+        call; a replayed call gets ``replayed`` instead."""
+        return do()
+
     def note(self, name: str, value: Any) -> None:
         """Record something for the call's record that no stage decides on again (e.g. a verstat's text)."""
         _put(self.recorded, name, value)
@@ -102,6 +108,9 @@ class ReplayedInputs(LiveInputs):
         if offline is not MISSING:
             return offline
         return super().fact(name, fetch, encode=encode, record=record, keep_empty=keep_empty)
+
+    def effect(self, do: Callable[[], T], replayed: T) -> T:
+        return replayed
 
     def now(self, name: str | None = None) -> datetime:
         """The time the call was decided at: as recorded, else when it started."""

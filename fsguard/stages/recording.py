@@ -192,14 +192,13 @@ class RecordingStage(Stage):
         started = utcnow()
         until = retain_until(self.cfg, rule.purpose, started)
         details.update(path=path, retain_until=until.isoformat())
-        # the row is the one thing here a replay must not write again (the call has one): the port
-        # opens it live and gives a replay no row
-        recording_id = call.inputs.fact("recording_id", lambda: open_recording(
+        # a replay must not open the row again (the call has one)
+        recording_id = call.inputs.effect(lambda: open_recording(
             self.db, call_uuid=call.uuid, path=path, node=self.settings.node.id, direction=call.direction,
             number=party_number(call.direction, call.ani, call.dnis, self.region), mode=rule.mode, rule=rule.name,
             purpose=rule.purpose, consent=bool(details["consent"]), stereo=self.cfg.stereo, started_by="policy",
             status="recording", started_at=started, retain_until=until, legal_hold=False, hold_reason="", error=""),
-            offline=None, record=False)
+            replayed=None)
         call.set(recording_follow_transfer="true")
         call.export(fsguard_recording="on")
         call.record(path, stereo=self.cfg.stereo)

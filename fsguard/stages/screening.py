@@ -252,8 +252,9 @@ class ScreeningStage(Stage):
             # In shadow mode the block is what the stage WOULD do: writing it would make it bite the
             # day the rule is enforced, for traffic that was only being observed.
             enforced = self.settings.policy.enforced(self.name)
-            if enforced and lists.auto_block(session, number, level=level, reason=reason, code=code,
-                                                    ttl_seconds=ttl, dnis=scope, added_by=self.settings.node.id):
+            if enforced and call.inputs.effect(lambda: lists.auto_block(
+                    session, number, level=level, reason=reason, code=code, ttl_seconds=ttl, dnis=scope,
+                    added_by=self.settings.node.id), replayed=None):
                 self.app.metrics.auto_blocks.labels(reason=code).inc()
                 log.warning("screening.auto_block", code=code, calls=seen, limit=limit, level=level,
                             ttl_seconds=ttl, dnis=scope)
