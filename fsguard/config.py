@@ -261,40 +261,8 @@ class PolicySettings:
     def enforced(self, stage: str) -> bool:
         return self.enforce_stages.get(stage, self.enforce)
 
-    def fail_open_for(self, direction: str, dnis: str, outbound: OutboundSettings, region: str = "US") -> str:
-        """The instruction for a call fsguard lets go of without a decision (a failure, over
-        capacity, shutdown): ``fail_open_route`` for an inbound call; for an agent's outbound call
-        (``direction`` as :func:`fsguard.call.direction_of` says) the dialled number ``dnis``,
-        dialled with ``fail_open_route_outbound`` - the agent's call goes where it was going, not
-        into the inbound queue.
-
-        The number goes into the dial string the way the outbound stage puts it there: in E.164
-        when it can be read (``region`` for national numbers), plain digits as they are; any other
-        dialled string (letters, URI syntax) never reaches a dial string: ``hangup
-        INVALID_NUMBER_FORMAT``, what the outbound stage answers to it too.
-        """
-        if direction != "outbound":
-            return self.fail_open_route
-        template = outbound.dial_target if self.fail_open_route_outbound == "dial" else self.fail_open_route_outbound
-        from fsguard.rules.freeze import dial_parts, dialled_number  # here: fsguard.rules.freeze imports this module
-
-        number, plain = dialled_number(dnis, region), dnis.strip()
-        if number is not None:
-            parts = dial_parts(number)
-        elif _PLAIN_DIGITS.match(plain):
-            parts = (plain, plain.lstrip("+"), plain.lstrip("+"))
-        elif template.format(number="", digits="", national="") == template.format(number="1", digits="1",
-                                                                                    national="1"):
-            parts = ("", "", "")  # a route that does not name the number: nothing unsafe goes into it
-        else:
-            return "hangup INVALID_NUMBER_FORMAT"
-        return template.format(number=parts[0], digits=parts[1], national=parts[2])
-
 
 ROUTE_APPS = ("transfer", "callcenter", "bridge")
-#: a dialled string that may go into a dial string as it is (no gateway/URI syntax); the outbound
-#: stage dials such a string unchecked when it is not a number it can read
-_PLAIN_DIGITS = re.compile(r"^\+?[0-9]{1,20}\Z")
 
 
 def validate_target(target: str, key: str) -> None:

@@ -16,6 +16,7 @@ import pytest
 from fsguard.store import records
 from fsguard.service.app import App
 from fsguard.call.call import direction_of
+from fsguard.call.failopen import fail_open_for
 from fsguard.config import ConfigError, Settings, load_settings
 from fsguard.call.pipeline import STAGES, Pipeline, Stage, Verdict
 from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
@@ -262,10 +263,10 @@ def test_the_default_dials_with_outbound_dial_target():
     assert s.policy.fail_open_route_outbound == "dial"
     s.outbound.dial_target = "bridge sofia/gateway/backup/{digits}"
     s.validate()
-    assert s.policy.fail_open_for("outbound", NUMBER, s.outbound) == "bridge sofia/gateway/backup/15557654321"
-    assert s.policy.fail_open_for("inbound", NUMBER, s.outbound) == QUEUE
+    assert str(fail_open_for(s.policy, "outbound", NUMBER, s.outbound)) == "bridge sofia/gateway/backup/15557654321"
+    assert str(fail_open_for(s.policy, "inbound", NUMBER, s.outbound)) == QUEUE
     s.node.default_region = "GB"
-    assert s.policy.fail_open_for("outbound", "020 7946 0000", s.outbound, "GB") == \
+    assert str(fail_open_for(s.policy, "outbound", "020 7946 0000", s.outbound, "GB")) == \
         "bridge sofia/gateway/backup/442079460000"
 
 
@@ -283,4 +284,4 @@ def test_a_bad_outbound_route_is_refused_at_start_naming_the_key(value, message)
 
 def test_the_outbound_route_can_be_set_from_the_environment():
     settings = load_settings(env={"FSGUARD_POLICY_FAIL_OPEN_ROUTE_OUTBOUND": "transfer {digits} XML direct"})
-    assert settings.policy.fail_open_for("outbound", NUMBER, settings.outbound) == "transfer 15557654321 XML direct"
+    assert str(fail_open_for(settings.policy, "outbound", NUMBER, settings.outbound)) == "transfer 15557654321 XML direct"

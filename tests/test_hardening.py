@@ -501,7 +501,7 @@ class Prompting(Stage):
     def run(self, call):
         call.pre_answer()
         call.play("ivr/welcome.wav")
-        digits = call.collect(max_digits=2, timeout=20.0)
+        digits = call.collect(max_digits=2, timeout=20.0).digits
         return Verdict.carry_on("the caller heard the prompt", "probe.prompted", digits=digits)
 
 

@@ -24,7 +24,8 @@ from fsguard.service.app import App
 from fsguard.config import ConfigError, OutboundSettings, Settings, load_settings
 from fsguard.store.db import Database
 from fsguard.store.models import OutboundAttempt, OutboundFreeze, utcnow
-from fsguard.call.pipeline import CallEnd
+from fsguard.call.results import CallEnd
+from fsguard.ops.replay import ReplayCall
 from fsguard.stages.outbound import OutboundStage, far_end
 from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 from fsguard_testing.waiting import settle, wait_for
@@ -464,26 +465,20 @@ def test_classify(answered, talk, cause, expected):
     assert freeze.classify(answered=answered, talk_seconds=talk, cause=cause, rules=OutboundSettings()) == expected
 
 
-class _Session:
-    def __init__(self, event):
-        self.hangup_complete = event
-
-
-class _Call:
-    def __init__(self, event):
-        self.session = _Session(event)
+def _end(event, cause="NORMAL_CLEARING", answered=True):
+    return CallEnd.from_event(event, hangup_cause=cause, answered=answered)
 
 
 def test_far_end_reads_the_bridge_not_the_agent_leg():
     # the agent's leg was answered by the dialplan before the socket; the far end never answered
     event = {"variable_bridge_uepoch": "0", "variable_end_uepoch": "1700000030000000",
-             "variable_originate_disposition": "NO_ANSWER"}
-    end = CallEnd(hangup_cause="NORMAL_CLEARING", duration=30, billsec=30, answered=True)
-    assert far_end(_Call(event), end) == (False, None, "NO_ANSWER")
-    event = {"variable_bridge_uepoch": "1700000010000000", "variable_end_uepoch": "1700000024500000"}
-    assert far_end(_Call(event), end) == (True, 14.5, "NORMAL_CLEARING")
+             "variable_originate_disposition": "NO_ANSWER", "variable_billsec": "30", "variable_duration": "30"}
+    assert far_end(_end(event)) == (False, None, "NO_ANSWER")
+    event = {"variable_bridge_uepoch": "1700000010000000", "variable_end_uepoch": "1700000024500000",
+             "variable_billsec": "30"}
+    assert far_end(_end(event)) == (True, 14.5, "NORMAL_CLEARING")
     # no final event (no linger): the leg's own flags
-    assert far_end(_Call(None), CallEnd("NORMAL_CLEARING", 9, 8, True)) == (True, 8.0, "NORMAL_CLEARING")
+    assert far_end(CallEnd("NORMAL_CLEARING", 9, 8, True)) == (True, 8.0, "NORMAL_CLEARING")
 
 
 def test_window_and_strike_reset_with_a_shifted_now(db):
@@ -556,34 +551,22 @@ def test_fsguard_erase_runs_the_outbound_eraser(db, settings):
 
 def test_replay_reuses_the_stored_freeze_and_does_not_touch_the_database():
     settings = Settings()  # app.db is None below: any query would fail
-
-    class ReplayCall:
-        replay = True
-        dnis, region, direction = NUMBER, "US", "outbound"
-        presented_number = network_number = "1001"
-
-        def __init__(self, stored):
-            self.facts, self.stored, self.actions = {}, stored, []
-
-        def describe(self):
-            return dict(self.stored)
-
-        def play(self, sound):
-            self.actions.append(("play", sound))
-
-        def answer(self):
-            self.actions.append(("answer", ""))
-
     app = App.__new__(App)
     app.settings, app.db, app.metrics = settings, None, None
     stage = OutboundStage(app)
     now = utcnow()
     frozen = {"id": 7, "number": NUMBER, "created_at": now.isoformat(), "until": (now + timedelta(days=1)).isoformat(),
               "source": "auto", "reason": "3 rejected or short calls", "created_by": "node-1"}
-    verdict = stage.run(ReplayCall({"outbound_freeze": frozen}))
+
+    def replayed(stored):
+        record = {"uuid": "r1", "dnis": NUMBER, "ani_raw": "1001",
+                  "inputs": {"dnis": NUMBER, "presented": "1001", "direction": "outbound", "outbound_freeze": stored}}
+        return ReplayCall(record, settings)
+
+    verdict = stage.run(replayed(frozen))
     assert verdict.outcome.value == "reject" and verdict.details["freeze_id"] == 7
-    verdict = stage.run(ReplayCall({"outbound_freeze": None}))
-    assert verdict.outcome.value == "route" and verdict.action == DIAL.format(NUMBER)
+    verdict = stage.run(replayed(None))
+    assert verdict.outcome.value == "route" and str(verdict.action) == DIAL.format(NUMBER)
 
 
 # ------------------------------------------------------------ settings and CLI

@@ -19,6 +19,7 @@ from fsguard.ops import cli, replay
 from fsguard.config import Settings
 from fsguard.store.models import CallRecord, StageVerdict
 from fsguard.call.pipeline import STAGES, Stage, Verdict
+from fsguard.call.inputs import ReplayedInputs
 from fsguard.ops.replay import ProgressBar, ReplayCall, ReplaySession
 from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 
@@ -45,16 +46,15 @@ class FloodRejects(Stage):
 
 
 class Verstat(Stage):
-    """Keeps the channel fact it decides on in the call's stored inputs (the replay contract)."""
+    """Gets the channel fact it decides on through the input port (recorded live, given back in replay)."""
 
     name = "verstat"
 
     def run(self, call):
-        verstat = call.var("sip_verstat")
-        call.facts.setdefault("inputs", {})["sip_verstat"] = verstat
+        verstat = call.inputs.fact("sip_verstat", lambda: call.var("sip_verstat"))
         if self.settings.policy.unverified_action == "reject" and verstat == "TN-Validation-Failed":
             return Verdict.reject("STIR/SHAKEN verification failed", "stir.failed", verstat=verstat)
-        return Verdict.carry_on(f"verstat {verstat or 'none'}", "stir.seen", replay=call.replay)
+        return Verdict.carry_on(f"verstat {verstat or 'none'}", "stir.seen")
 
 
 class Writer(Stage):
@@ -331,22 +331,24 @@ def test_replay_call_is_rebuilt_from_the_record_and_does_nothing():
                          "privacy": True, "anonymous": False, "ani_valid": True,
                          "sip_verstat": "TN-Validation-Passed", "sip_h_Identity": "eyJ..."}}
     call = ReplayCall(record, settings)
-    assert call.replay is True and isinstance(call.session, ReplaySession)
+    assert isinstance(call.session, ReplaySession) and isinstance(call.inputs, ReplayedInputs)
     assert (call.uuid, call.ani, call.presented_number, call.caller_name) == (
         "abc-123456", "+442079460000", "anonymous", "Eve")
     assert (call.dnis, call.direction, call.context, call.privacy) == ("5000", "inbound", "public", True)
-    assert call.var("sip_verstat") == "TN-Validation-Passed" and call.sip_headers == {"Identity": "eyJ..."}
-    assert call.facts["inputs"] == {"sip_verstat": "TN-Validation-Passed", "sip_h_Identity": "eyJ..."}
-    assert call.facts["replay_verified"] is True
-    assert call.started_at == record["started_at"]
+    # the stages' facts come back through the port, not as forged channel variables
+    assert call.variables == {} and call.channel == {}
+    assert call.inputs.fact("sip_verstat", lambda: "asked again") == "TN-Validation-Passed"
+    assert call.inputs.fact("verified", lambda: "asked again", record=False) is True
+    assert call.inputs.fact("crm_customer", lambda: "asked again", offline=None) is None
+    assert call.inputs.now() == record["started_at"]      # business hours are read when the call was taken
     assert call.describe()["sip_verstat"] == "TN-Validation-Passed"
     call.pre_answer()
     call.answer()
-    call.play("ivr/welcome.wav")
-    assert call.collect(max_digits=2) == ""
+    assert call.play("ivr/welcome.wav").ok
+    assert call.collect(max_digits=2).digits == ""
     call.export(fsguard_risk="3")
     call.route("transfer 5000 XML default")
-    assert call.final_action == "transfer 5000 XML default"
+    assert str(call.final_action) == "transfer 5000 XML default"
 
 
 def test_cli_errors_are_one_clear_line(settings, db, cli_env, tmp_path, capsys):

@@ -465,6 +465,7 @@ def test_shadow_mode_prompts_nobody(start_line):
 
 
 def test_replay_reuses_the_stored_outcome(start_line):
+    from fsguard.call.verdict import ChallengeRequest
     from fsguard.ops.replay import ReplayCall
 
     line = start_line()
@@ -473,7 +474,7 @@ def test_replay_reuses_the_stored_outcome(start_line):
     outcomes = {}
     for stored in (True, False, None):
         call = ReplayCall({**record, "verified": stored}, line.settings)
-        call.challenges.append("test: every caller must verify")
+        call.challenges.append(ChallengeRequest.other("test: every caller must verify"))
         verdict = stage.run(call)
         outcomes[stored] = (verdict.outcome.value, verdict.code)
     assert outcomes == {True: ("verified", "verification.passed"), False: ("reject", "verification.failed"),

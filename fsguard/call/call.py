@@ -3,21 +3,29 @@
 A stage reads like the call flow::
 
     call.pre_answer()
-    call.play(prompt)
-    digits = call.collect(max_digits=2, timeout=4.0)
+    played = call.play(prompt)          # Played(ok, reason)
+    keyed = call.collect(max_digits=2, timeout=4.0).digits
 
 Every action raises CallGone once the caller has hung up, so a stage never has to check; the
-pipeline records the hang-up as the caller abandoning during that stage.
+pipeline records the hang-up as the caller abandoning during that stage. The facts a stage
+decides on that come from outside the call (lists, customers, the time) it asks of
+``call.inputs``, the input port (fsguard/call/inputs.py), live or replayed.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fsguard.rules import numbers
+from fsguard.call.clock import ChannelClock
+from fsguard.call.inputs import LiveInputs
+from fsguard.call.instructions import Hangup, Instruction
+from fsguard.call.results import Collected, Played
+from fsguard.call.verdict import ChallengeRequest
 from fsguard.esl.session import CallGone, Headers, OutboundSession
+from fsguard.rules import numbers
 
 __all__ = ["Call", "CallGone", "IdentityTrust", "direction_of"]
 
@@ -144,7 +152,7 @@ class Call:
 
     def __init__(self, session: OutboundSession, *, default_region: str = "US",
                  outbound_contexts: tuple[str, ...] | list[str] = ("default",), log: Any = None,
-                 trust: IdentityTrust | None = None) -> None:
+                 trust: IdentityTrust | None = None, inputs: LiveInputs | None = None) -> None:
         self.session = session
         self.log = log
         ch = session.channel
@@ -161,41 +169,49 @@ class Call:
                               or "number" in self.variables.get("privacy", "").lower()
                               or "id" in self.variables.get("sip_Privacy", "").lower().split(";"))
         self.privacy_name: bool = _flag(ch.get("Caller-Privacy-Hide-Name"))
-        region = default_region
-        self.region = region
+        self.region = default_region
         #: the number a network asserts (P-Asserted-Identity, Remote-Party-ID), '' when none does
         self.asserted_number: str = self._asserted_number()
         #: whether that assertion comes from a trusted peer (see IdentityTrust)
         self.identity_trusted: bool = bool(self.asserted_number) and trust is not None and trust.trusts(self.variables)
-        asserted = numbers.parse(self.asserted_number, region) if self.asserted_number else None
+        asserted = numbers.parse(self.asserted_number, default_region) if self.asserted_number else None
         self.asserted_e164: str | None = asserted.e164 if asserted is not None else None
         #: the network's number for the caller: a trusted peer's asserted identity, else the ANI,
         #: else the caller id
         self.network_number: str = self._network_number()
-        number = numbers.parse(self.network_number, region)
+        self._read_numbers()
+        self.direction: str = direction_of(ch, outbound_contexts)
+        self._begin(inputs or LiveInputs())
+
+    def _read_numbers(self) -> None:
+        """The caller's, the caller id's and the dialled number as numbers (``self.region`` for national ones)."""
+        number = numbers.parse(self.network_number, self.region)
         self.number = number
         #: the caller in E.164, or None when there is no usable number
         self.ani: str | None = number.e164
         self.anonymous: bool = number.anonymous
         self.ani_valid: bool = number.valid
-        presented = numbers.parse(self.presented_number, region)
-        self.presented_e164: str | None = presented.e164
-        dialled = numbers.parse(self.dnis, region)
+        self.presented_e164: str | None = numbers.parse(self.presented_number, self.region).e164
+        dialled = numbers.parse(self.dnis, self.region)
         self.dnis_e164: str | None = dialled.e164 if dialled.valid else None
-        self.direction: str = direction_of(ch, outbound_contexts)
 
-        # What the stages learn, for the stages after them and for the agent's screen.
+    def _begin(self, inputs: LiveInputs) -> None:
+        """What the stages learn, for the stages after them and for the agent's screen."""
+        #: the input port: the facts from outside the call, live or replayed
+        self.inputs = inputs
         self.risk: int = 0
         self.risk_reasons: list[str] = []
         self.verified: bool | None = None
-        self.challenges: list[str] = []
+        #: why stages asked that the caller prove they are a person (the verification stage reads them)
+        self.challenges: list[ChallengeRequest] = []
         self.facts: dict[str, Any] = {}
         self.exports: dict[str, str] = {}
-        #: the final instruction given to FreeSWITCH, e.g. "transfer default XML queues"
-        self.final_action: str | None = None
+        #: the final instruction given to FreeSWITCH, e.g. transfer default XML queues
+        self.final_action: Instruction | None = None
         self.answered_by_us: bool = False
-        #: true when a stored call is re-evaluated by ``fsguard replay``: no channel, no writes
-        self.replay: bool = False
+        #: when fsguard's answer completed (monotonic), for the clock's floor
+        self._answered_at: float | None = None
+        self._clock: ChannelClock | None = None
         #: variables and applications queued for the next write to FreeSWITCH
         self._pending: list[tuple[str, str]] = []
         #: the channel's export_vars as fsguard has left it (the dialplan's, then fsguard's exports)
@@ -223,9 +239,21 @@ class Call:
         return self.session.hungup
 
     @property
+    def answered(self) -> bool:
+        """Whether the leg is answered (by fsguard, or by the dialplan before the socket)."""
+        return self.answered_by_us or self.session.answered
+
+    @property
     def dtmf(self) -> list[str]:
         """Digits the caller pressed so far, as DTMF events reported them."""
         return self.session.dtmf
+
+    @property
+    def clock(self) -> ChannelClock:
+        """The channel's clock, FreeSWITCH's time (started at the first use: it follows events from then on)."""
+        if self._clock is None:
+            self._clock = ChannelClock(self.session, lambda: self._answered_at)
+        return self._clock
 
     def var(self, name: str, default: str = "") -> str:
         """A channel variable as it was when the call reached fsguard."""
@@ -236,17 +264,14 @@ class Call:
         self.risk_reasons.append(reason)
 
     def describe(self) -> dict[str, Any]:
-        """The inputs the stages saw, for the call record and for ``fsguard replay``.
-
-        Stages add the channel facts they decide on (e.g. STIR/SHAKEN verstat) to
-        ``facts["inputs"]`` so that a replay can decide again from the record alone.
-        """
+        """The inputs the stages saw, for the call record and for ``fsguard replay``: the caller as
+        read from the channel, and what the stages were given through the input port."""
         asserted = {"asserted": self.asserted_number, "peer": self.variables.get("sip_network_ip", "")} \
             if self.asserted_number and not self.identity_trusted else {}
         return {"ani": self.ani, "presented": self.presented_number, "network": self.network_number, **asserted,
                 "caller_name": self.caller_name, "dnis": self.dnis, "direction": self.direction,
                 "context": self.context, "privacy": self.privacy, "anonymous": self.anonymous,
-                "ani_valid": self.ani_valid, **self.facts.get("inputs", {})}
+                "ani_valid": self.ani_valid, **self.inputs.recorded}
 
     def forget_channel_data(self) -> None:
         """Let go of the channel's variables once the call is decided and written down.
@@ -276,14 +301,17 @@ class Call:
         """Answer: from here the call is billed."""
         self._run("answer")
         self.answered_by_us = True
+        self._answered_at = time.monotonic()
 
     def pre_answer(self) -> None:
         """Early media (SIP 183): the caller hears us, nobody pays yet."""
         self._run("pre_answer")
 
-    def play(self, sound: str, *, timeout: float = 120.0) -> None:
-        """Play a file, ``say:`` phrase or tone stream to the caller and wait for it to end."""
-        self._run("playback", sound, timeout=timeout)
+    def play(self, sound: str, *, timeout: float = 120.0) -> Played:
+        """Play a file, ``say:`` phrase or tone stream to the caller and wait for it to end.
+
+        Played or not, and FreeSWITCH's reason when not (FILE NOT FOUND, PLAYBACK ERROR)."""
+        return Played.from_completion(self._run("playback", sound, timeout=timeout))
 
     def say(self, text: str, *, lang: str = "en", kind: str = "number", method: str = "iterated",
             timeout: float = 60.0) -> None:
@@ -292,8 +320,8 @@ class Call:
 
     def collect(self, *, min_digits: int = 1, max_digits: int = 1, timeout: float = 5.0, prompt: str = "silence_stream://250",
                 invalid: str = "silence_stream://250", tries: int = 1, terminators: str = "#",
-                regex: str = "\\d+", digit_timeout: float | None = None, variable: str = "fsguard_digits") -> str:
-        """Play ``prompt`` and collect digits (play_and_get_digits); '' when the caller keys nothing.
+                regex: str = "\\d+", digit_timeout: float | None = None, variable: str = "fsguard_digits") -> Collected:
+        """Play ``prompt`` and collect digits (play_and_get_digits); no digits when the caller keys nothing.
 
         Digits pressed while the prompt plays count. ``timeout`` is per try, in seconds.
         """
@@ -302,7 +330,7 @@ class Call:
         if digit_timeout is not None:
             args.append(str(int(digit_timeout * 1000)))
         event = self._run("play_and_get_digits", " ".join(args), timeout=tries * timeout + APP_MARGIN)
-        return event.get(f"variable_{variable}", "")
+        return Collected(event.get(f"variable_{variable}", ""))
 
     def set(self, **variables: str) -> None:
         """Set channel variables. Queued: they reach FreeSWITCH in the same write as the next
@@ -337,19 +365,27 @@ class Call:
         self.session.break_media()
         self.session.send_apps(fold_variables(pending, self._export_vars))
 
-    def route(self, target: str) -> None:
+    def route(self, target: Instruction | str) -> None:
         """Send the call on: ``transfer default XML queues``, ``callcenter support@default``, ``bridge ...``."""
-        app, _, arg = target.strip().partition(" ")
-        self.final_action = target
-        if app == "bridge" and not any(a == "set" and v.startswith("hangup_after_bridge=") for a, v in self._pending):
+        instruction = Instruction.parse(target) if isinstance(target, str) else target
+        self.final_action = instruction
+        if instruction.app == "bridge" and not any(a == "set" and v.startswith("hangup_after_bridge=")
+                                                   for a, v in self._pending):
             # a bridge ends back in the socket application: without this the caller's (or the
             # agent's) leg stays up, silent, after the far end hangs up (seen on FreeSWITCH 1.10.12)
             self._pending.append(("set", "hangup_after_bridge=true"))
-        self._pending.append((app, arg))
+        self._pending.append((instruction.app, instruction.arg))
         self.flush()
 
     def hangup(self, cause: str = "NORMAL_CLEARING") -> None:
         """Hang the call up with a cause FreeSWITCH sends back to the carrier."""
-        self.final_action = f"hangup {cause}"
+        self.final_action = Hangup(cause)
         self._pending.append(("hangup", cause))
         self.flush()
+
+    def instruct(self, instruction: Instruction) -> None:
+        """Give FreeSWITCH the call's final instruction: a hang-up or a route."""
+        if isinstance(instruction, Hangup) or instruction.hangs_up:
+            self.hangup(instruction.arg or "NORMAL_CLEARING")
+        else:
+            self.route(instruction)

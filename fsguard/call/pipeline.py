@@ -9,88 +9,21 @@ the product's first promise: a call is never stranded.
 
 from __future__ import annotations
 
-import enum
 import time
-from dataclasses import dataclass, field
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import ClassVar
 
 from fsguard.call.call import Call
-from fsguard.store.db import DatabaseError
+from fsguard.call.failopen import on_failure
+from fsguard.call.ports import AppPort
+from fsguard.call.results import CallEnd
+from fsguard.call.verdict import FINAL, Outcome, Verdict
 from fsguard.esl.session import CallGone, ESLError
-
-if TYPE_CHECKING:
-    from fsguard.service.app import App
-
-
-class Outcome(str, enum.Enum):
-    CONTINUE = "continue"     # nothing to object to; next stage
-    CHALLENGE = "challenge"   # the caller must prove they are a person (verification stage)
-    VERIFIED = "verified"     # the caller passed the challenge
-    ROUTE = "route"           # send the call to a target; the chain ends
-    REJECT = "reject"         # refuse the call; the chain ends
-    ABANDONED = "abandoned"   # the caller hung up while this stage worked
-    ERROR = "error"           # the stage failed; the call takes the fail-open (or closed) path
-
-
-FINAL = (Outcome.ROUTE, Outcome.REJECT)
+from fsguard.store.db import DatabaseError
 
 
 class ShuttingDown(Exception):
     """Raised into a call's greenlet when fsguard stops and the drain time is over."""
-
-
-@dataclass
-class Verdict:
-    """A stage's decision about a call, with the reason an operator will read."""
-
-    outcome: Outcome
-    reason: str = ""
-    #: short machine-readable code for counting and replay ("blocklist.hard", "flood.hour")
-    code: str = ""
-    #: the instruction for ROUTE / REJECT: "<application> <argument>", e.g. "hangup CALL_REJECTED".
-    #: None on a REJECT means the stage already acted on the channel itself (e.g. hung up).
-    action: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-    stage: str = ""
-    enforced: bool = True
-    elapsed_ms: float = 0.0
-
-    @classmethod
-    def carry_on(cls, reason: str = "", code: str = "", **details: Any) -> Verdict:
-        return cls(Outcome.CONTINUE, reason, code, details=details)
-
-    @classmethod
-    def challenge(cls, reason: str, code: str = "", **details: Any) -> Verdict:
-        return cls(Outcome.CHALLENGE, reason, code, details=details)
-
-    @classmethod
-    def verified(cls, reason: str = "caller passed the challenge", code: str = "verified", **details: Any) -> Verdict:
-        return cls(Outcome.VERIFIED, reason, code, details=details)
-
-    @classmethod
-    def route(cls, target: str, reason: str = "", code: str = "", **details: Any) -> Verdict:
-        return cls(Outcome.ROUTE, reason, code, action=target, details=details)
-
-    @classmethod
-    def reject(cls, reason: str, code: str = "", action: str | None = "hangup CALL_REJECTED",
-               **details: Any) -> Verdict:
-        return cls(Outcome.REJECT, reason, code, action=action, details=details)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "outcome": self.outcome.value, "code": self.code, "reason": self.reason,
-                "action": self.action, "enforced": self.enforced, "details": self.details,
-                "elapsed_ms": round(self.elapsed_ms, 3)}
-
-
-@dataclass
-class CallEnd:
-    """How the call ended, from CHANNEL_HANGUP_COMPLETE."""
-
-    hangup_cause: str | None
-    duration: int | None
-    billsec: int | None
-    answered: bool
 
 
 class Stage:
@@ -104,7 +37,7 @@ class Stage:
     #: true for a stage that settles CHALLENGE verdicts (verification)
     resolves_challenges: ClassVar[bool] = False
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: AppPort) -> None:
         self.app = app
         self.settings = app.settings
         self.db = app.db
@@ -146,6 +79,7 @@ class Decision:
         self.verdicts: list[Verdict] = []
         #: the stages that took part (their after_call hooks run at hang-up)
         self.ran: list[Stage] = []
+        #: the instruction FreeSWITCH was given, as the call record writes it
         self.action: str | None = None
         self.outcome: str = ""
         self.started = time.perf_counter()
@@ -159,13 +93,13 @@ class Decision:
 class Pipeline:
     """Runs the configured stages over a call and guarantees a final instruction."""
 
-    def __init__(self, app: App, stages: list[Stage]) -> None:
+    def __init__(self, app: AppPort, stages: list[Stage]) -> None:
         self.app = app
         self.stages = stages
         self.policy = app.settings.policy
 
     @classmethod
-    def from_settings(cls, app: App) -> Pipeline:
+    def from_settings(cls, app: AppPort) -> Pipeline:
         return cls(app, [load_stage(name)(app) for name in app.settings.policy.stages])
 
     def decide(self, call: Call) -> Decision:
@@ -196,13 +130,12 @@ class Pipeline:
         dialplan's fallback takes it."""
         verdict = self._failure(call, decision, exc, stage="instruct")
         decision.outcome = "failed_closed" if self.policy.on_error == "closed" else "failed_open"
-        decision.action = verdict.action
+        assert verdict.action is not None
+        decision.action = str(verdict.action)
         call._pending.clear()
         call.final_action = verdict.action
-        assert verdict.action is not None
-        app, _, arg = verdict.action.partition(" ")
         try:
-            call.session.send_apps([(app, arg)])
+            call.session.send_apps([(verdict.action.app, verdict.action.arg)])
         except CallGone:
             decision.outcome = "abandoned"
         except Exception as again:  # noqa: BLE001 - resume was sent: closing hands the call back
@@ -241,7 +174,7 @@ class Pipeline:
             if verdict.outcome is Outcome.VERIFIED:
                 call.verified = True
             elif verdict.outcome is Outcome.CHALLENGE:
-                call.challenges.append(verdict.reason)
+                call.challenges.extend(verdict.challenge_requests())
                 if not any(s.resolves_challenges and s.applies(call) for s in remaining):
                     if self.policy.unverified_action == "reject":
                         return self._record(decision, "pipeline", Verdict.reject(
@@ -273,13 +206,10 @@ class Pipeline:
             kind, code = "internal error", "error.internal"
         call.log.error("stage.failed", stage=stage, error=f"{type(exc).__name__}: {exc}", kind=kind,
                        exc_info=not isinstance(exc, (DatabaseError, ESLError, ShuttingDown)))
-        if self.policy.on_error == "closed":
-            verdict = Verdict(Outcome.ERROR, f"{kind} in {stage}: failing closed", code,
-                              action=f"hangup {self.policy.fail_closed_cause}")
-        else:
-            # an agent's outbound call fails open by going out as dialled, not into the inbound queue
-            route = self.policy.fail_open_for(call.direction, call.dnis, self.app.settings.outbound, call.region)
-            verdict = Verdict(Outcome.ERROR, f"{kind} in {stage}: failing open", code, action=route)
+        # an agent's outbound call fails open by going out as dialled, not into the inbound queue
+        action = on_failure(self.policy, call.direction, call.dnis, self.app.settings.outbound, call.region)
+        failing = "failing closed" if self.policy.on_error == "closed" else "failing open"
+        verdict = Verdict(Outcome.ERROR, f"{kind} in {stage}: {failing}", code, action=action)
         verdict.details = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         return self._record(decision, stage, verdict, started or time.perf_counter())
 
@@ -296,11 +226,7 @@ class Pipeline:
         else:
             decision.outcome = "routed"
         if call.final_action is not None or final.action is None:
-            decision.action = call.final_action
+            decision.action = None if call.final_action is None else str(call.final_action)
             return
-        decision.action = final.action
-        app, _, arg = final.action.partition(" ")
-        if app == "hangup":
-            call.hangup(arg or "NORMAL_CLEARING")
-        else:
-            call.route(final.action)
+        decision.action = str(final.action)
+        call.instruct(final.action)

@@ -8,15 +8,15 @@ verdict given now (outcome and rule code, and whether it was enforced), and the 
 
 Nothing is done to anyone and nothing is kept:
 
-* the call is a :class:`ReplayCall`: ``call.replay`` is true and its channel is a stand-in on
+* the call is a :class:`ReplayCall`: built from the record's values, its channel a stand-in on
   which every action (answer, play, collect, route, hang-up) does nothing;
+* the facts the stages were given then (counters, the STIR/SHAKEN result, what the CRM said, the
+  time, the caller's answer to a challenge) come back through the call's input port
+  (:class:`fsguard.call.inputs.ReplayedInputs`); what the record does not hold is fetched live;
 * each call's database work runs in a transaction of its own that is rolled back when the call
   is done, so stages read today's lists and tables and their writes vanish.
 
-Stages follow the replay contract (see docs/operations.rst): channel facts they decide on go into
-``call.facts["inputs"]`` (stored with the call, and given back by ``call.var(name)`` in replay),
-and with ``call.replay`` they do not prompt anyone (verification reuses
-``call.facts["replay_verified"]``, the stored outcome).
+Stages have no replay branch: they ask ``call.inputs`` for their facts (see docs/operations.rst).
 """
 
 from __future__ import annotations
@@ -35,17 +35,21 @@ from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fsguard.call.call import Call
+from fsguard.call.inputs import ReplayedInputs
+from fsguard.call.pipeline import Decision, Pipeline
+from fsguard.call.results import Collected, Played
+from fsguard.call.verdict import Verdict
 from fsguard.config import Settings
-from fsguard.store.db import Database
+from fsguard.rules import numbers
 from fsguard.service.metrics import Metrics
+from fsguard.store.db import Database
 from fsguard.store.models import CallRecord, StageVerdict
-from fsguard.call.pipeline import Decision, Pipeline, Verdict
 
 log = structlog.get_logger("fsguard.ops.replay")
 
 #: the keys of Call.describe() itself; anything else in ``inputs`` was stored by a stage
-BASE_INPUTS = frozenset({"ani", "presented", "network", "caller_name", "dnis", "direction", "context", "privacy",
-                         "anonymous", "ani_valid"})
+BASE_INPUTS = frozenset({"ani", "presented", "network", "asserted", "peer", "caller_name", "dnis", "direction",
+                         "context", "privacy", "anonymous", "ani_valid"})
 #: calls read per query (and verdicts fetched per IN list)
 BATCH = 1000
 #: example calls kept per difference
@@ -62,30 +66,17 @@ class ReplaySession:
     eof = False
     closed = False
     answered = False
-    running = None
-    hangup_cause = None
-    hangup_event = None
-    hangup_complete = None
+    on_event = None
 
-    def __init__(self, channel: dict[str, str], log: Any) -> None:
-        self.channel = channel
+    def __init__(self, log: Any) -> None:
+        self.channel: dict[str, str] = {}
         self.log = log
         self.dtmf: list[str] = []
-
-    @property
-    def uuid(self) -> str:
-        return self.channel.get("Unique-ID", "")
 
     def execute(self, app: str, arg: str = "", *, wait: bool = True, timeout: float | None = None) -> dict[str, str]:
         return {}
 
     def send_apps(self, apps: list[tuple[str, str]]) -> None:
-        pass
-
-    def getvar(self, name: str) -> str:
-        return ""
-
-    def poll(self) -> None:
         pass
 
     def break_media(self) -> None:
@@ -96,42 +87,47 @@ class ReplaySession:
 
 
 class ReplayCall(Call):
-    """A stored call, built again from its record as the stages saw it, with ``replay = True``.
+    """A stored call, built again from its record as the stages saw it.
 
-    It goes through :class:`Call`'s own constructor (the same parsing as a live call) from a
-    channel rebuilt out of the stored inputs; stage inputs come back both in ``facts["inputs"]``
-    and as channel variables, so ``call.var("sip_verstat")`` answers what the live call carried.
+    The caller comes from the record's values (no channel is rebuilt); the facts the stages were
+    given then come back through a :class:`ReplayedInputs` port (the verification outcome as
+    ``verified``); every action does nothing, and a sound "plays".
     """
 
     def __init__(self, record: Mapping[str, Any], settings: Settings, log: Any = None) -> None:
         inputs: dict[str, Any] = dict(record.get("inputs") or {})
-        extra = {k: v for k, v in inputs.items() if k not in BASE_INPUTS}
-        presented = inputs.get("presented", record.get("ani_raw") or "")
-        network = inputs.get("network") or presented
-        channel = {
-            "Unique-ID": record["uuid"],
-            "Caller-Caller-ID-Name": inputs.get("caller_name", record.get("caller_name") or ""),
-            "Caller-Caller-ID-Number": presented,
-            "Caller-ANI": network,
-            "Caller-Destination-Number": inputs.get("dnis", record.get("dnis") or ""),
-            "Caller-Context": inputs.get("context", record.get("context") or ""),
-            "Caller-Privacy-Hide-Number": "true" if inputs.get("privacy") else "false",
-            "variable_fsguard_direction": inputs.get("direction", record.get("direction") or ""),
-        }
-        channel.update({f"variable_{k}": str(v) for k, v in extra.items() if isinstance(v, (str, int, float))
-                        and not isinstance(v, bool)})
-        super().__init__(ReplaySession(channel, log), default_region=settings.node.default_region,  # type: ignore[arg-type]
-                         outbound_contexts=settings.node.outbound_contexts, log=log)
+        self.session = ReplaySession(log)  # type: ignore[assignment]
         self.log = log
-        self.replay = True
-        #: when the call really happened: a stage counting "calls in the last hour" counts back from here
-        self.started_at: datetime | None = record.get("started_at")
+        self.channel = {}
+        self.uuid = record["uuid"]
+        self.caller_name = inputs.get("caller_name", record.get("caller_name") or "")
+        self.presented_number = inputs.get("presented", record.get("ani_raw") or "")
+        self.dnis = inputs.get("dnis", record.get("dnis") or "")
+        self.context = inputs.get("context", record.get("context") or "")
+        self.variables, self.sip_headers = {}, {}
+        self.privacy, self.privacy_name = bool(inputs.get("privacy")), False
+        self.region = settings.node.default_region
+        # an untrusted assertion is screening's input, replayed through the port
+        self.asserted_number, self.identity_trusted, self.asserted_e164 = "", False, None
+        network = inputs.get("network") or ""
+        self.network_number = network if network and not numbers.is_anonymous(network) else self.presented_number
+        self._read_numbers()
         if record.get("ani") and self.ani != record["ani"]:
             # the number as it was decided on, even if the region setting changed since
             self.ani = record["ani"]
-        if extra:
-            self.facts["inputs"] = extra
-        self.facts["replay_verified"] = record.get("verified")
+        direction = str(inputs.get("direction", record.get("direction") or "")).lower()
+        if direction not in ("inbound", "outbound"):
+            direction = "outbound" if self.context in settings.node.outbound_contexts else "inbound"
+        self.direction = direction
+        stored = {k: v for k, v in inputs.items() if k not in BASE_INPUTS}
+        self._begin(ReplayedInputs({**stored, "verified": record.get("verified")},
+                                   started_at=record.get("started_at")))
+
+    def play(self, sound: str, *, timeout: float = 120.0) -> Played:
+        return Played(True)
+
+    def collect(self, **options: Any) -> Collected:
+        return Collected()
 
 
 # ------------------------------------------------------------ the database

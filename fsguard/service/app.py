@@ -13,29 +13,28 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 import gevent
 import structlog
 
-from fsguard.store import records
 from fsguard.call.call import Call, IdentityTrust, direction_of
+from fsguard.call.failopen import fail_open_for
+from fsguard.call.inputs import LiveInputs, utc_now
+from fsguard.call.instructions import Hangup
+from fsguard.call.pipeline import Decision, Pipeline, ShuttingDown
+from fsguard.call.results import CallEnd
 from fsguard.config import Settings
-from fsguard.store.db import Database, DatabaseError
 from fsguard.esl.session import CallGone, ESLError, OutboundSession, ProtocolError
+from fsguard.service import calls
 from fsguard.service.metrics import Metrics
-from fsguard.call.pipeline import CallEnd, Decision, Pipeline, ShuttingDown
+from fsguard.store import records
+from fsguard.store.db import Database, DatabaseError
 from fsguard.store.writer import Ticket
 
 log = structlog.get_logger("fsguard")
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except ValueError:
-        return None
 
 
 class App:
@@ -47,6 +46,8 @@ class App:
                                           on_error=self.metrics.db_errors.inc)
         self.pipeline = Pipeline.from_settings(self)
         self.identity_trust = _identity_trust(settings)
+        #: the time stages decide at (business hours): the wall clock, or a test's
+        self.clock: Callable[[], datetime] = utc_now
         #: calls still being decided / calls routed and followed to their end
         self.deciding: set[gevent.Greenlet] = set()
         self.held: set[gevent.Greenlet] = set()
@@ -103,7 +104,7 @@ class App:
             call = self._call(session)
             decision = self.pipeline.decide(call)
             self.metrics.decision_seconds.observe((decision.decision_ms or 0) / 1000)
-            written = records.record_decision(self.writer, call, decision, self.settings.node.id, started_at)
+            written = calls.record_decision(self.writer, call, decision, self.settings.node.id, started_at)
             call.forget_channel_data()
             self.deciding.discard(me)
             if not self.stopping and (decision.outcome != "abandoned" or not session.hangup_complete):
@@ -118,7 +119,7 @@ class App:
                 except Exception as exc:  # noqa: BLE001
                     session.log.error("stage.after_call_failed", stage=stage.name, error=str(exc), exc_info=True)
             # last: once this row is committed, so is everything the stages queued before it
-            written = records.record_end(self.writer, call.uuid, end)
+            written = calls.record_end(self.writer, call.uuid, end)
         except ShuttingDown:
             self._shutdown(session, call, decision)
         except ProtocolError as exc:
@@ -148,17 +149,15 @@ class App:
     def _call(self, session: OutboundSession) -> Call:
         node = self.settings.node
         call = Call(session, default_region=node.default_region, outbound_contexts=node.outbound_contexts,
-                    trust=self.identity_trust)
+                    trust=self.identity_trust, inputs=LiveInputs(self.clock))
         structlog.contextvars.bind_contextvars(uuid=call.uuid, ani=call.ani or call.presented_number, dnis=call.dnis)
         call.log = session.log = log
         gevent.getcurrent().fsguard_call = weakref.ref(call)   # the console's "live calls" page reads it
         return call
 
     def _end(self, session: OutboundSession) -> CallEnd:
-        event = session.hangup_complete or session.hangup_event or {}
-        return CallEnd(hangup_cause=session.hangup_cause, duration=_int(event.get("variable_duration")),
-                       billsec=_int(event.get("variable_billsec")),
-                       answered=session.answered or bool(_int(event.get("variable_billsec"))))
+        return CallEnd.from_event(session.hangup_complete or session.hangup_event or {},
+                                  hangup_cause=session.hangup_cause, answered=session.answered)
 
     def _shutdown(self, session: OutboundSession, call: Call | None, decision: Decision | None) -> None:
         """The drain time is over: a call still being decided takes the fail-open route (its
@@ -176,17 +175,16 @@ class App:
             else:
                 direction = direction_of(session.channel, settings.node.outbound_contexts)
                 dnis, region = session.channel.get("Caller-Destination-Number", ""), settings.node.default_region
-            route = settings.policy.fail_open_for(direction, dnis, settings.outbound, region)
+            route = fail_open_for(settings.policy, direction, dnis, settings.outbound, region)
             if reason != "shutdown" and settings.policy.on_error == "closed":
-                route = f"hangup {settings.policy.fail_closed_cause}"
+                route = Hangup(settings.policy.fail_closed_cause)
             try:
-                app, _, arg = route.partition(" ")
-                session.send_apps([(app, arg)])
+                session.send_apps([(route.app, route.arg)])
                 if reason == "shutdown":
-                    log.warning("call.released_at_shutdown", action=route, direction=direction)
+                    log.warning("call.released_at_shutdown", action=str(route), direction=direction)
                     self.metrics.over_capacity.labels(reason="shutdown").inc()
                 else:
-                    log.warning("call.released_after_error", action=route, direction=direction)
+                    log.warning("call.released_after_error", action=str(route), direction=direction)
             except (ESLError, OSError) as exc:
                 log.error("call.fail_open_route_failed", reason=reason, error=str(exc))
 
@@ -202,10 +200,10 @@ class App:
                 session.start()
             structlog.contextvars.bind_contextvars(uuid=session.uuid)
             direction = direction_of(session.channel, settings.node.outbound_contexts)
-            route = settings.policy.fail_open_for(direction, session.channel.get("Caller-Destination-Number", ""),
-                                                  settings.outbound, settings.node.default_region)
-            app, _, arg = route.partition(" ")
-            session.send_apps([(app, arg)])
+            instruction = fail_open_for(settings.policy, direction, session.channel.get("Caller-Destination-Number", ""),
+                                        settings.outbound, settings.node.default_region)
+            route = str(instruction)
+            session.send_apps([(instruction.app, instruction.arg)])
             log.warning("call.refused", reason=reason, action=route, direction=direction)
         except (ESLError, OSError) as exc:
             log.error("call.refuse_failed", reason=reason, error=str(exc))

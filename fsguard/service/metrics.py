@@ -20,7 +20,7 @@ from fsguard import __version__
 disable_created_metrics()
 
 if TYPE_CHECKING:
-    from fsguard.call.pipeline import Verdict
+    from fsguard.call.verdict import Verdict
 
 #: how a challenge can end (fsguard_challenges_total{outcome})
 CHALLENGE_OUTCOMES = ("passed", "wrong", "no_input", "abandoned")

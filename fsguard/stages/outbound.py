@@ -26,14 +26,18 @@ a number already frozen gathers no strikes.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
 import structlog
 
-from fsguard.rules import freeze as outbound
 from fsguard.call.call import Call
+from fsguard.call.instructions import Hangup, Instruction
+from fsguard.call.pipeline import Stage
+from fsguard.call.results import CallEnd
+from fsguard.call.verdict import Verdict
+from fsguard.rules import freeze as outbound
 from fsguard.store.db import DatabaseError
-from fsguard.call.pipeline import CallEnd, Stage, Verdict
 
 log = structlog.get_logger("fsguard.rules.freeze")
 
@@ -88,21 +92,18 @@ class OutboundStage(Stage):
 
         facts["prevented"] = True
         self._announce(call)
-        return Verdict.reject(f"not dialled: {why}", "outbound.frozen", action=f"hangup {rules.frozen_cause}",
-                              **details)
+        return Verdict.reject(f"not dialled: {why}", "outbound.frozen", action=Hangup(rules.frozen_cause), **details)
 
     # --------------------------------------------------------------- steps
 
     def _freeze_on(self, call: Call, number: str) -> outbound.Freeze | None:
-        """The freeze in force on the number: one indexed query (a replay reuses the stored answer)."""
-        stored = call.describe() if call.replay else {}
-        if "outbound_freeze" in stored:
-            data = stored["outbound_freeze"]
-            return _freeze_from(data) if data else None
-        with self.db.begin() as session:
-            freeze = outbound.active_freeze(session, number)
-        call.facts.setdefault("inputs", {})["outbound_freeze"] = freeze.as_dict() if freeze else None
-        return freeze
+        """The freeze in force on the number: one indexed query (a replay reuses the recorded answer)."""
+        def active() -> outbound.Freeze | None:
+            with self.db.begin() as session:
+                return outbound.active_freeze(session, number)
+
+        return call.inputs.fact("outbound_freeze", active, encode=lambda f: f.as_dict() if f else None,
+                                decode=lambda data: _freeze_from(data) if data else None)
 
     def _announce(self, call: Call) -> None:
         """Tell the agent why the call does not go out."""
@@ -128,14 +129,14 @@ class OutboundStage(Stage):
                                          "the freeze check", "outbound.unchecked", dnis=dnis)
         log.warning("outbound.invalid_number", dnis=dnis, action="refused")
         return Verdict.reject(f"the dialled number {dnis!r} is not a telephone number", "outbound.invalid_number",
-                              action="hangup INVALID_NUMBER_FORMAT", dnis=dnis)
+                              action=Hangup("INVALID_NUMBER_FORMAT"), dnis=dnis)
 
     # ----------------------------------------------------------- after call
 
     def after_call(self, call: Call, end: CallEnd) -> None:
         """Write the attempt down and apply the freeze rule (off the hot path, one transaction)."""
         facts = call.facts.get("outbound")
-        if call.replay or not facts or not facts.get("number"):
+        if not facts or not facts.get("number"):
             return
         number, node = facts["number"], self.settings.node.id
         agent = call.presented_number or call.network_number
@@ -146,10 +147,10 @@ class OutboundStage(Stage):
             facts["attempt"] = {"id": attempt_id, "outcome": "prevented", "strike": False}
             log.info("outbound.prevented", number=number)
             return
-        if not facts.get("target") or call.final_action != facts["target"]:
+        if not facts.get("target") or call.final_action != Instruction.parse(facts["target"]):
             return  # never dialled (the agent hung up first, or the chain ended elsewhere)
 
-        answered, talk, cause = far_end(call, end)
+        answered, talk, cause = far_end(end)
         rules = self.settings.outbound
         outcome = outbound.classify(answered=answered, talk_seconds=talk, cause=cause, rules=rules)
         with self.db.begin() as session:
@@ -164,43 +165,22 @@ class OutboundStage(Stage):
                         reason=result.froze.reason)
 
 
-def far_end(call: Call, end: CallEnd) -> tuple[bool, float | None, str | None]:
-    """(answered by the far end, seconds of conversation, cause) from CHANNEL_HANGUP_COMPLETE.
+def far_end(end: CallEnd) -> tuple[bool, float | None, str | None]:
+    """(answered by the far end, seconds of conversation, cause) from the call's end.
 
-    The bridge timestamps say whether the called person answered even when the agent's leg was
-    answered earlier (a dialplan that answers before the socket): ``bridge_uepoch`` is 0 on a leg
-    that was never bridged, and end - bridge is the conversation, to the microsecond. Without the
+    The bridge times say whether the called person answered even when the agent's leg was
+    answered earlier (a dialplan that answers before the socket): a leg that was never bridged
+    has no bridge time, and end - bridge is the conversation, to the microsecond. Without the
     final event (no linger) the leg's own answered flag and billsec are the best there is.
     """
-    event = call.session.hangup_complete or {}
-    cause = end.hangup_cause
-    if "variable_bridge_uepoch" in event:
-        bridged = _int(event.get("variable_bridge_uepoch"))
-        ended = _int(event.get("variable_end_uepoch"))
-        answered = bridged > 0
-        if answered:
-            talk = (ended - bridged) / 1e6 if ended > bridged else float(end.billsec or 0)
-            return True, round(talk, 3), cause
-    else:
-        answered = end.answered
-        if answered:
-            return True, float(end.billsec or 0), cause
-    disposition = (event.get("variable_originate_disposition") or "").upper()
-    if disposition and disposition not in ("SUCCESS", "ANSWER"):
-        cause = disposition
-    return False, None, cause
-
-
-def _int(value: str | None) -> int:
-    try:
-        return int(value or 0)
-    except ValueError:
-        return 0
+    talk = end.talk_seconds
+    if talk is not None:
+        return True, talk, end.hangup_cause
+    failed = end.disposition and end.disposition not in ("SUCCESS", "ANSWER")
+    return False, None, end.disposition if failed else end.hangup_cause
 
 
 def _freeze_from(data: dict[str, Any]) -> outbound.Freeze:
-    from datetime import datetime
-
     def when(key: str) -> datetime | None:
         return datetime.fromisoformat(data[key]) if data.get(key) else None
 

@@ -32,24 +32,21 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-from fsguard.rules import numbers
-from fsguard.call.call import Call, CallGone
+from fsguard.call.call import Call
+from fsguard.call.pipeline import Stage
+from fsguard.call.ports import AppPort
+from fsguard.call.results import CallEnd
+from fsguard.call.verdict import Verdict
 from fsguard.config import RecordingSettings, packaged_sound
-from fsguard.store.models import utcnow
-from fsguard.call.pipeline import CallEnd, Stage, Verdict
+from fsguard.rules import numbers
 from fsguard.rules.recordings import finalize, finalize_queued, open_recording, party_number, recording_path, recording_root, retain_until
-
-if TYPE_CHECKING:
-    from fsguard.service.app import App
+from fsguard.store.models import utcnow
 
 log = structlog.get_logger("fsguard.recording")
-
-#: FreeSWITCH's playback result when the file was played (or the caller skipped it with a key)
-PLAYED = "FILE PLAYED"
 
 
 def in_sample(uuid: str, percent: float) -> bool:
@@ -120,7 +117,7 @@ class RecordingPolicy:
 class RecordingStage(Stage):
     name = "recording"
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: AppPort) -> None:
         super().__init__(app)
         self.cfg = self.settings.recording
         self.region = self.settings.node.default_region
@@ -177,23 +174,15 @@ class RecordingStage(Stage):
         not recorded. On an outbound call the notice is handed to the called party's leg, played
         when they answer.
         """
-        if call.replay:
-            return True
         if call.direction == "outbound":
             call.export(**{"nolocal:execute_on_answer": f"playback {rule.consent_prompt}"})
             return True
-        if rule.consent_media == "answer" and not (call.answered_by_us or call.session.answered):
+        if rule.consent_media == "answer" and not call.answered:
             call.answer()
-        # Played through the session rather than call.play(): the notice only counts if FreeSWITCH
-        # says it was played, and that is in the completion event (Application-Response).
-        call.flush()
-        event = call.session.execute("playback", rule.consent_prompt, timeout=120.0)
-        if call.gone:
-            raise CallGone("caller hung up during the consent notice")
-        result = (event or {}).get("Application-Response", "")
-        if result != PLAYED:
-            call.facts["recording"]["consent_error"] = result or "no result"
-            log.error("recording.consent_not_played", prompt=rule.consent_prompt, result=result,
+        played = call.play(rule.consent_prompt)
+        if not played.ok:
+            call.facts["recording"]["consent_error"] = played.reason
+            log.error("recording.consent_not_played", prompt=rule.consent_prompt, result=played.reason,
                       rule=rule.name, action="call not recorded")
             return False
         return True
@@ -203,14 +192,13 @@ class RecordingStage(Stage):
         started = utcnow()
         until = retain_until(self.cfg, rule.purpose, started)
         details.update(path=path, retain_until=until.isoformat())
-        if call.replay:
-            return Verdict.carry_on(f"would record for {rule.purpose} ({rule.name}: {rule.mode})",
-                                    f"recording.{rule.mode}", **details)
-        recording_id = open_recording(
+        # a replay must not open the row again (the call has one)
+        recording_id = call.inputs.effect(lambda: open_recording(
             self.db, call_uuid=call.uuid, path=path, node=self.settings.node.id, direction=call.direction,
             number=party_number(call.direction, call.ani, call.dnis, self.region), mode=rule.mode, rule=rule.name,
             purpose=rule.purpose, consent=bool(details["consent"]), stereo=self.cfg.stereo, started_by="policy",
-            status="recording", started_at=started, retain_until=until, legal_hold=False, hold_reason="", error="")
+            status="recording", started_at=started, retain_until=until, legal_hold=False, hold_reason="", error=""),
+            replayed=None)
         call.set(recording_follow_transfer="true")
         call.export(fsguard_recording="on")
         call.record(path, stereo=self.cfg.stereo)
@@ -221,7 +209,7 @@ class RecordingStage(Stage):
     def after_call(self, call: Call, end: CallEnd) -> None:
         """Size, duration and SHA-256 of the file, now that FreeSWITCH has closed it."""
         facts = call.facts.get("recording")
-        if call.replay or not facts:
+        if not facts:
             return
         abandoned = call.final_action is None
         if facts.get("recorded"):
@@ -230,8 +218,6 @@ class RecordingStage(Stage):
             finalize(self.db, call.uuid, abandoned=abandoned)
 
     def _queue(self, call: Call) -> str:
-        """The queue named by the dialplan (recording starts before routing picks one)."""
-        queue = call.var(self.cfg.queue_variable) or call.facts.get("inputs", {}).get("recording_queue", "")
-        if queue:  # stored even when no rule asks: a changed policy may, and replay must know
-            call.facts.setdefault("inputs", {})["recording_queue"] = queue
-        return queue
+        """The queue named by the dialplan (recording starts before routing picks one); recorded
+        even when no rule asks: a changed policy may, and replay must know."""
+        return call.inputs.fact("recording_queue", lambda: call.var(self.cfg.queue_variable), keep_empty=False)

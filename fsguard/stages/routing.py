@@ -22,25 +22,28 @@ table says without the agent). Both steps are one instruction (an inline dialpla
 FreeSWITCH moves on by itself (see routing_table.one_after_another).
 
 Facts left for other stages and for the record: ``call.facts["customer"]`` (the customer as a
-dict, or None), ``call.facts["routing"]`` (rule, target, region, CRM outcome), and for replay
-``call.facts["inputs"]["crm_customer"]`` (what the CRM said: a replay never asks it again).
+dict, or None), ``call.facts["routing"]`` (rule, target, region, CRM outcome). What the CRM said
+and the time the call was routed at come through the input port (``crm_customer``,
+``routed_at``): a replay never asks the CRM again, and reads business hours at the time it was routed.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import structlog
 
-from fsguard.rules import customers
 from fsguard.call.call import Call
+from fsguard.call.pipeline import Stage
+from fsguard.call.ports import AppPort
+from fsguard.call.verdict import Verdict
+from fsguard.rules import customers
 from fsguard.rules.crm import Lookup, crm_for
 from fsguard.rules.customers import CustomerInfo
-from fsguard.store.db import DatabaseError
-from fsguard.call.pipeline import Stage, Verdict
 from fsguard.rules.regions import caller_region
 from fsguard.rules.routing import RouteDecision, RouteFacts, build_table
+from fsguard.store.db import DatabaseError
 
 log = structlog.get_logger("fsguard.routing")
 
@@ -52,7 +55,7 @@ EXPORTS = ("fsguard_customer_id", "fsguard_vip", "fsguard_verified", "fsguard_ri
 class RoutingStage(Stage):
     name = "routing"
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: AppPort) -> None:
         super().__init__(app)
         self.rules = self.settings.routing
         self.table = build_table(self.rules)
@@ -65,11 +68,11 @@ class RoutingStage(Stage):
     def run(self, call: Call) -> Verdict:
         found = self.look_up(call)
         customer = found.customer
+        # the time business hours are read at (recorded only when the table has hours: a replay reads them at it)
+        now = call.inputs.now("routed_at" if self.table.hours else None)
         facts = facts_for(call.ani, call.dnis, call.dnis_e164, customer, verified=call.verified, risk=call.risk,
-                          now=self.now(call))
+                          now=now)
         decision = self.table.decide(facts)
-        if self.table.hours:
-            call.facts.setdefault("inputs", {})["routed_at"] = facts.now.isoformat()  # a replay reads hours at it
 
         call.facts["customer"] = customer.as_dict() if customer else None
         call.facts["routing"] = {"rule": decision.rule, "target": decision.target, "queue": decision.queue,
@@ -100,30 +103,23 @@ class RoutingStage(Stage):
             log.error("routing.customer_lookup_failed", error=local_error, action="routed without customer data")
         if local is not None:
             return Lookup(local, "not asked" if self.crm else "not configured")
-        if call.replay:
-            stored = call.facts.get("inputs", {}).get("crm_customer")
-            customer = CustomerInfo.from_inputs(stored, call.ani) if isinstance(stored, dict) else None
-            return Lookup(customer, "not asked (replay)", local_error=local_error)
-        if self.crm is None:
-            return Lookup(None, "not configured", local_error=local_error)
-        if not call.ani_valid:
-            return Lookup(None, "not asked (not a valid number)", local_error=local_error)
-        found = self.crm.lookup(call.ani)
+        number = call.ani
+        found = call.inputs.fact(
+            "crm_customer", lambda: self.ask_crm(number, call.ani_valid),
+            encode=lambda lookup: lookup.customer.routing_inputs() if lookup.customer else None,
+            decode=lambda stored: Lookup(CustomerInfo.from_inputs(stored, number) if isinstance(stored, dict)
+                                         else None, "not asked (replay)"),
+            offline=Lookup(None, "not asked (replay)"), keep_empty=False)
         found.local_error = local_error
-        if found.customer is not None:
-            call.facts.setdefault("inputs", {})["crm_customer"] = found.customer.routing_inputs()
         return found
 
-    def now(self, call: Call) -> datetime:
-        """The time business hours are read against: in a replay the time the call was routed at
-        (or started), else the app's clock when it has one (tests), else now."""
-        if call.replay:
-            stored = call.facts.get("inputs", {}).get("routed_at")
-            started = datetime.fromisoformat(stored) if isinstance(stored, str) else getattr(call, "started_at", None)
-            if isinstance(started, datetime):
-                return started if started.tzinfo else started.replace(tzinfo=timezone.utc)
-        clock = getattr(self.app, "clock", None)
-        return clock() if callable(clock) else datetime.now(timezone.utc)
+    def ask_crm(self, number: str, valid: bool) -> Lookup:
+        """The CRM's answer for a number the customer table does not know."""
+        if self.crm is None:
+            return Lookup(None, "not configured")
+        if not valid:
+            return Lookup(None, "not asked (not a valid number)")
+        return self.crm.lookup(number)
 
     def tell_the_agent(self, call: Call, customer: CustomerInfo | None, facts: RouteFacts,
                        decision: RouteDecision) -> None:

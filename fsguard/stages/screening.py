@@ -31,13 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from fsguard.rules import counters, lists, stirshaken
 from fsguard.call.call import Call
+from fsguard.call.pipeline import Stage
+from fsguard.call.ports import AppPort
+from fsguard.call.results import CallEnd
+from fsguard.call.verdict import ChallengeRequest, Verdict
 from fsguard.config import ConfigError, ScreeningSettings, parse_duration
-from fsguard.call.pipeline import CallEnd, Stage, Verdict
+from fsguard.rules import counters, lists, stirshaken
 
 if TYPE_CHECKING:
-    from fsguard.service.app import App
     from fsguard.store.models.lists import ListEntry
 
 log = structlog.get_logger("fsguard.screening")
@@ -56,6 +58,8 @@ class Signal:
     points: int = 0
     #: the instruction for a reject ("hangup CALL_REJECTED", "transfer 9999 XML announcements")
     instruction: str | None = None
+    #: a block's level (list entry or automatic block), 0 for other signals
+    level: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"code": self.code, "reason": self.reason, "action": self.action, "points": self.points}
@@ -71,8 +75,8 @@ class _Screen:
     signals: list[Signal] = field(default_factory=list)
 
     def add(self, code: str, reason: str, action: str = "pass", points: int = 0,
-            instruction: str | None = None) -> None:
-        self.signals.append(Signal(code, reason, action, points, instruction))
+            instruction: str | None = None, level: int = 0) -> None:
+        self.signals.append(Signal(code, reason, action, points, instruction, level))
 
     @property
     def points(self) -> int:
@@ -86,7 +90,7 @@ class _Screen:
 class ScreeningStage(Stage):
     name = "screening"
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: AppPort) -> None:
         super().__init__(app)
         cfg: ScreeningSettings = self.settings.screening
         self.cfg = cfg
@@ -126,7 +130,6 @@ class ScreeningStage(Stage):
     def run(self, call: Call) -> Verdict:
         cfg = self.cfg
         screen = _Screen()
-        inputs = call.facts.setdefault("inputs", {}).setdefault("screening", {})
         facts: dict[str, Any] = call.facts.setdefault("screening", {})
         number = call.ani   # the network's number: screening sees through privacy
 
@@ -143,11 +146,9 @@ class ScreeningStage(Stage):
         untrusted = self._untrusted_identity(call, number)
         if untrusted is not None:
             screen.add("identity.untrusted", untrusted[1], points=cfg.points("untrusted_identity"))
-            inputs["asserted"] = untrusted[0]
 
         dnis = lists.dnis_key(call.dnis, self.region)
-        match, counts, auto = self._consult_lists(call, number, dnis, inputs,
-                                                  untrusted[0] if untrusted is not None else None)
+        match, counts, auto = self._consult_lists(call, number, dnis, untrusted[0] if untrusted is not None else None)
         entry = match.entry
         facts.update(list=lists.entry_dict(entry) if entry else None, allowed=match.allowed,
                      flood={k: {"hour": c.hour, "day": c.day} for k, c in counts.items()},
@@ -172,9 +173,9 @@ class ScreeningStage(Stage):
 
         if auto is not None:
             code, reason, level = auto
-            screen.add(code, reason, *self._level_action(level))
+            screen.add(code, reason, *self._level_action(level), level=level)
 
-        stir = self._stir(call, number, inputs)
+        stir = self._stir(call, number)
         facts["stir"] = stir.as_dict()
         self._stir_signal(screen, stir)
 
@@ -185,13 +186,13 @@ class ScreeningStage(Stage):
     def _untrusted_identity(self, call: Call, number: str | None) -> tuple[str, str] | None:
         """(asserted number, reason) when a peer that is not trusted asserts an identity other
         than the caller id screened (screening.trusted_networks / trusted_gateways)."""
-        if call.replay:
-            asserted = call.facts.get("inputs", {}).get("screening", {}).get("asserted")
-            return (asserted, f"identity {asserted} asserted by an untrusted peer") if asserted else None
-        if not call.asserted_number or call.identity_trusted:
-            return None
-        asserted = call.asserted_e164
-        if asserted is None or asserted == number:
+        def untrusted() -> str | None:
+            if not call.asserted_number or call.identity_trusted:
+                return None
+            return call.asserted_e164 if call.asserted_e164 not in (None, number) else None
+
+        asserted = call.inputs.fact("screening.asserted", untrusted, keep_empty=False)
+        if asserted is None:
             return None
         peer = call.var("sip_network_ip") or "an unknown peer"
         gateway = call.var("sip_gateway_name")
@@ -200,8 +201,7 @@ class ScreeningStage(Stage):
                           f"(screening.trusted_networks / trusted_gateways): screened on the caller id "
                           f"{number or 'none'}, and on the asserted number as well")
 
-    def _consult_lists(self, call: Call, number: str | None, dnis: str, inputs: dict[str, Any],
-                       also: str | None = None
+    def _consult_lists(self, call: Call, number: str | None, dnis: str, also: str | None = None
                        ) -> tuple[lists.Match, dict[str, counters.Counts], tuple[str, str, int] | None]:
         """Count this call, read the list, and block a flood at once: each statement atomic on its
         own (the count is an upsert, the block a conditional upsert), so no transaction around them."""
@@ -211,18 +211,16 @@ class ScreeningStage(Stage):
             with self.db.autocommit() as session:
                 return lists.match_call(session, None, None, dnis, also=also), {}, None
         keys = ["*", dnis] if dnis in self.flood_dnis and dnis != "*" else ["*"]
-        stored = inputs.get("flood") if call.replay else None
         auto: tuple[str, str, int] | None = None
         with self.db.autocommit() as session:
-            if stored:
-                counts = {k: counters.Counts(*v) for k, v in stored.items()}
-            else:
-                counts = counters.count_call(session, number, keys, now=time.time())
+            counts = call.inputs.fact(
+                "screening.flood", lambda: counters.count_call(session, number, keys, now=time.time()),
+                encode=lambda found: {k: [c.hour, c.day] for k, c in found.items()},
+                decode=lambda stored: {k: counters.Counts(*v) for k, v in stored.items()})
             match = lists.match_call(session, number, call.presented_e164 if call.presented_e164 != number else None,
                                      dnis, also=also)
             if not match.allowed and match.dno is None:
                 auto = self._flood(session, call, number, dnis, counts, match.entry)
-        inputs["flood"] = {k: [c.hour, c.day] for k, c in counts.items()}
         return match, counts, auto
 
     def _flood(self, session: Any, call: Call, number: str, dnis: str, counts: dict[str, counters.Counts],
@@ -254,8 +252,9 @@ class ScreeningStage(Stage):
             # In shadow mode the block is what the stage WOULD do: writing it would make it bite the
             # day the rule is enforced, for traffic that was only being observed.
             enforced = self.settings.policy.enforced(self.name)
-            if not call.replay and enforced and lists.auto_block(session, number, level=level, reason=reason, code=code,
-                                                    ttl_seconds=ttl, dnis=scope, added_by=self.settings.node.id):
+            if enforced and call.inputs.effect(lambda: lists.auto_block(
+                    session, number, level=level, reason=reason, code=code, ttl_seconds=ttl, dnis=scope,
+                    added_by=self.settings.node.id), replayed=None):
                 self.app.metrics.auto_blocks.labels(reason=code).inc()
                 log.warning("screening.auto_block", code=code, calls=seen, limit=limit, level=level,
                             ttl_seconds=ttl, dnis=scope)
@@ -270,7 +269,7 @@ class ScreeningStage(Stage):
                        self.cfg.points("hard_block"), entry.action or self.hard_action)
         elif entry.level > 0:
             screen.add("blocklist.soft", f"{whose}blocked at level {entry.level} (soft){because}",
-                       *self._level_action(entry.level))
+                       *self._level_action(entry.level), level=entry.level)
         else:
             screen.add("blocklist.pass", f"on the block list at level 0 (pass){because}")
 
@@ -282,10 +281,13 @@ class ScreeningStage(Stage):
 
     # ---------------------------------------------------------------- STIR/SHAKEN
 
-    def _stir(self, call: Call, number: str | None, inputs: dict[str, Any]) -> stirshaken.StirResult:
-        """What the network vouches for: a verstat on the channel, else the PASSporT checked here."""
-        if call.replay and isinstance(inputs.get("stir"), dict):
-            return stirshaken.StirResult.from_dict(inputs["stir"])
+    def _stir(self, call: Call, number: str | None) -> stirshaken.StirResult:
+        """What the network vouches for (a replay reuses what was found then)."""
+        return call.inputs.fact("screening.stir", lambda: self._check_stir(call, number),
+                                encode=lambda result: result.as_dict(), decode=stirshaken.StirResult.from_dict)
+
+    def _check_stir(self, call: Call, number: str | None) -> stirshaken.StirResult:
+        """A verstat on the channel, else the PASSporT checked here."""
         variables = call.variables
         identity = stirshaken.find_identity(variables, self.cfg.stir_identity_variables)
         verstat = stirshaken.read_verstat(variables)
@@ -300,12 +302,10 @@ class ScreeningStage(Stage):
                     "none", None, "", "identity",
                     "an Identity header came with the call but no trust store is configured to verify it "
                     "(screening.stir_trust_store)", {"attestation_claimed": _attest_hint(identity)})
-        result = result or stirshaken.StirResult()
-        inputs["stir"] = result.as_dict()
         if verstat is not None:
-            inputs["verstat"] = {"value": verstat[0], "from": verstat[1]}
-        inputs["identity_header"] = bool(identity)
-        return result
+            call.inputs.note("screening.verstat", {"value": verstat[0], "from": verstat[1]})
+        call.inputs.note("screening.identity_header", bool(identity))
+        return result or stirshaken.StirResult()
 
     def _stir_signal(self, screen: _Screen, stir: stirshaken.StirResult) -> None:
         cfg = self.cfg
@@ -351,7 +351,8 @@ class ScreeningStage(Stage):
         reason = strongest.reason + (f"; also: {'; '.join(others)}" if others else "")
         if strongest.action == "reject":
             return Verdict.reject(reason, strongest.code, action=strongest.instruction or self.hard_action, **details)
-        return Verdict.challenge(reason, strongest.code, **details)
+        requests = tuple(_request(s, stir, points) for s in screen.signals if s.action == "challenge")
+        return Verdict.challenge(reason, strongest.code, requests=requests, **details)
 
     def _export(self, call: Call, risk: int, codes: list[str], stir: str | None = None) -> None:
         """For the routing stage and the agent's screen: never a number, only points and codes."""
@@ -367,9 +368,9 @@ class ScreeningStage(Stage):
         facts = call.facts.get("screening")
         number = call.ani
         if (not cfg.nuisance_calls or facts is None or call.direction != "inbound" or number is None
-                or call.replay or facts.get("allowed")
+                or facts.get("allowed")
                 or facts.get("outcome") == "reject" or end.duration is None or end.duration > cfg.nuisance_seconds
-                or (call.final_action or "").startswith("hangup")):
+                or (call.final_action is not None and call.final_action.hangs_up)):
             return   # not a short call the caller made, or one fsguard itself ended
         with self.db.begin() as session:
             short = counters.count_short_call(session, number, window_seconds=self.nuisance_window, now=time.time())
@@ -386,6 +387,28 @@ class ScreeningStage(Stage):
         if blocked:
             self.app.metrics.auto_blocks.labels(reason="nuisance").inc()
             log.warning("screening.auto_block", code="nuisance", short_calls=short, level=cfg.nuisance_level)
+
+
+def _request(signal: Signal, stir: stirshaken.StirResult, risk: int) -> ChallengeRequest:
+    """What a signal that asks for a challenge asks of the verification stage, typed."""
+    code = signal.code
+    if code == "blocklist.soft":
+        return ChallengeRequest("soft_block", f"soft block level {signal.level}", level=signal.level)
+    if code.startswith("flood."):
+        return ChallengeRequest("soft_block", f"blocked automatically ({code}) at level {signal.level}",
+                                level=signal.level)
+    if code == "anonymous":
+        return ChallengeRequest("anonymous", "no caller number")
+    if code == "invalid_number":
+        return ChallengeRequest("invalid", "a caller number that cannot exist")
+    if code == "dno.spoofed":
+        return ChallengeRequest("dno", "presents one of our Do-Not-Originate numbers")
+    if code == "risk":
+        return ChallengeRequest("risk", f"screening risk {risk}")
+    if code == stir.code:
+        outcomes = (stir.outcome, stir.failure) if stir.failure else (stir.outcome,)
+        return ChallengeRequest("stir", f"STIR/SHAKEN {stir.failure or stir.outcome}", stir=outcomes)
+    return ChallengeRequest.other(signal.reason)
 
 
 def _because(entry: ListEntry) -> str:

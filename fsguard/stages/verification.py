@@ -41,25 +41,24 @@ waits.
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from sqlalchemy import func, select
 
-from fsguard.rules import lists
 from fsguard.call.call import Call, CallGone
+from fsguard.call.clock import ChannelClock
+from fsguard.call.instructions import Hangup
+from fsguard.call.pipeline import Stage
+from fsguard.call.ports import AppPort
+from fsguard.call.verdict import ChallengeRequest, Verdict
 from fsguard.config import VerificationSettings, sound_seconds
+from fsguard.rules import lists
 from fsguard.store.db import DatabaseError
-from fsguard.esl.session import Headers, OutboundSession
 from fsguard.store.models.base import utcnow
 from fsguard.store.models.challenges import Challenge
-from fsguard.call.pipeline import Stage, Verdict
-
-if TYPE_CHECKING:
-    from fsguard.service.app import App
 
 log = structlog.get_logger("fsguard.verification")
 
@@ -126,48 +125,6 @@ def _file_string(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else "file_string://" + "!".join(parts)
 
 
-# ---------------------------------------------------------------- FreeSWITCH's clock
-
-
-class ChannelClock:
-    """Seconds since the answer by FreeSWITCH's clock, read from the channel's events.
-
-    Every channel event carries ``Event-Date-Timestamp`` and ``Caller-Channel-Answered-Time``
-    (microseconds, FreeSWITCH's clock). fsguard's own monotonic clock is kept as a floor, so the
-    measure never comes out shorter than what fsguard itself saw.
-    """
-
-    def __init__(self, session: OutboundSession) -> None:
-        self.session = session
-        self.last_us: int | None = None
-        self.answered_us: int | None = None
-        self.answered_at: float | None = None   # fsguard's monotonic clock
-        self._previous = session.on_event
-        session.on_event = self._on_event
-
-    def _on_event(self, event: Headers) -> None:
-        stamp = event.get("Event-Date-Timestamp", "")
-        if stamp.isdigit():
-            self.last_us = int(stamp)
-        answered = event.get("Caller-Channel-Answered-Time", "")
-        if answered.isdigit() and answered != "0":
-            self.answered_us = int(answered)
-        if self._previous is not None:
-            self._previous(event)
-
-    def mark_answered(self) -> None:
-        self.answered_at = time.monotonic()
-
-    def since_answer(self) -> float:
-        ours = time.monotonic() - self.answered_at if self.answered_at is not None else 0.0
-        if self.answered_us is None or self.last_us is None:
-            return ours
-        return max(ours, (self.last_us - self.answered_us) / 1e6)
-
-    def close(self) -> None:
-        self.session.on_event = self._previous
-
-
 # ---------------------------------------------------------------- one challenge
 
 
@@ -205,7 +162,7 @@ class VerificationStage(Stage):
     name = "verification"
     resolves_challenges = True
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: AppPort) -> None:
         super().__init__(app)
         cfg: VerificationSettings = self.settings.verification
         self.cfg = cfg
@@ -230,55 +187,22 @@ class VerificationStage(Stage):
         return found
 
     def _asked(self, call: Call) -> list[tuple[str, str]]:
-        """The challenges asked of this call as (trigger, label): screening's by the signal that
-        asked, any other stage's as "other". A signal this stage's filters leave out gives nothing."""
-        if not call.challenges:
-            return []
-        screen = call.facts.get("screening") or {}
-        asked: list[tuple[str, str]] = []
-        by_screening = screen.get("outcome") == "challenge"
-        if by_screening:
-            signals = [str(code) for code in screen.get("signals") or []]
-            if any(self._screening_signal(code, screen, filtered=False) for code in signals):
-                asked += [found for code in signals if (found := self._screening_signal(code, screen))]
-            else:
-                asked.append(("other", call.challenges[0]))   # a screening signal this stage does not know
-        others = len(call.challenges) - (1 if by_screening else 0)
-        if others > 0:
-            asked.append(("other", "; ".join(call.challenges[-others:])))
+        """The challenges asked of this call as (trigger, label): typed requests (screening's) this
+        stage takes, and any stage's bare reasons together as "other"."""
+        asked = [(r.trigger, r.label) for r in call.challenges if r.trigger != "other" and self._takes(r)]
+        others = [r.label for r in call.challenges if r.trigger == "other"]
+        if others:
+            asked.append(("other", "; ".join(others)))
         return asked
 
-    def _screening_signal(self, code: str, screen: dict[str, Any], filtered: bool = True) -> tuple[str, str] | None:
-        """(trigger, label) if this screening signal asked for the challenge (and passes this
-        stage's filters when ``filtered``), else None."""
-        sc, cfg = self.settings.screening, self.cfg
-        soft = sc.soft_action.strip().lower() == "challenge"
-        if code == "blocklist.soft" and soft:
-            level = int((screen.get("list") or {}).get("level") or 0)
-            ok = level >= cfg.min_block_level or not filtered
-            return ("soft_block", f"soft block level {level}") if ok else None
-        if code.startswith("flood.") and soft:
-            auto = screen.get("auto_blocked") or ()
-            level = int(auto[2]) if len(auto) > 2 else 0
-            ok = 0 < level < lists.HARD_LEVEL and (level >= cfg.min_block_level or not filtered)
-            return ("soft_block", f"blocked automatically ({code}) at level {level}") if ok else None
-        if code == "anonymous" and sc.anonymous_action == "challenge":
-            return "anonymous", "no caller number"
-        if code == "invalid_number" and sc.invalid_action == "challenge":
-            return "invalid", "a caller number that cannot exist"
-        if code == "dno.spoofed" and sc.dno_action == "challenge":
-            return "dno", "presents one of our Do-Not-Originate numbers"
-        if code == "risk":
-            return "risk", f"screening risk {screen.get('risk', '?')}"
-        if code.startswith("stir.") and isinstance(screen.get("stir"), dict):
-            from fsguard.rules.stirshaken import StirResult
-
-            stir = StirResult.from_dict(screen["stir"])
-            if sc.stir_action(stir.outcome, stir.failure) != "challenge":
-                return None
-            ok = stir.outcome in cfg.stir_outcomes or (stir.failure and stir.failure in cfg.stir_outcomes)
-            return ("stir", f"STIR/SHAKEN {stir.failure or stir.outcome}") if ok or not filtered else None
-        return None
+    def _takes(self, request: ChallengeRequest) -> bool:
+        """Whether this stage's filters let a request through (block level, STIR/SHAKEN outcomes)."""
+        cfg = self.cfg
+        if request.trigger == "soft_block":
+            return request.level >= cfg.min_block_level
+        if request.trigger == "stir":
+            return any(outcome in cfg.stir_outcomes for outcome in request.stir)
+        return True
 
     # ================================================================ the call
 
@@ -287,8 +211,12 @@ class VerificationStage(Stage):
         why = self.triggers(call)
         facts: dict[str, Any] = call.facts.setdefault("verification", {})
         facts.update(triggers=why, guard_interval=cfg.guard_interval, window=cfg.window)
-        if call.replay:
-            return self._replayed(call, why, facts)
+        # what the caller did: asked now, or (fsguard replay) the outcome stored with the call
+        return call.inputs.fact("verified", lambda: self._ask(call, why, facts), record=False,
+                                decode=lambda stored: self._replayed(stored, why, facts))
+
+    def _ask(self, call: Call, why: list[str], facts: dict[str, Any]) -> Verdict:
+        cfg = self.cfg
         if not self.settings.policy.enforced(self.name):
             facts["outcome"] = "not_challenged"
             return Verdict.challenge(f"{'; '.join(why)} (shadow mode: not prompted)", "verification.shadow",
@@ -317,56 +245,52 @@ class VerificationStage(Stage):
     def _challenge(self, call: Call, ch: ChallengeRun) -> Verdict:
         """The challenge as the caller lives it. Raises CallGone if the caller hangs up."""
         cfg, code = self.cfg, ch.code
-        clock = ChannelClock(call.session)
-        try:
-            keys_before = len(call.dtmf)
-            call.pre_answer()
-            for app, arg in announcement(cfg, code):
-                if app == "say":
-                    call.say(arg, lang=cfg.say_language, kind="number", method=cfg.say_method)
-                else:
-                    call.play(arg)
-            keyed = "".join(d for d in call.dtmf[keys_before:] if d.isdigit())
-            early, prefix = judge_early(code, keyed)
-            if early != "none":
-                ch.early = True
-            tries_left = cfg.attempts
-            if early == "right":
-                ch.entered.append(keyed)
-                ch.attempts = 1
-                return self._passed(call, ch, "keyed the code while it was announced; the call was never answered")
-            if early == "wrong":
-                ch.entered.append(keyed)
-                ch.attempts = 1
-                tries_left -= 1
-                if not tries_left:
-                    return self._failed(call, ch, "wrong")
+        clock = call.clock
+        keys_before = len(call.dtmf)
+        call.pre_answer()
+        for app, arg in announcement(cfg, code):
+            if app == "say":
+                call.say(arg, lang=cfg.say_language, kind="number", method=cfg.say_method)
+            else:
+                call.play(arg)
+        keyed = "".join(d for d in call.dtmf[keys_before:] if d.isdigit())
+        early, prefix = judge_early(code, keyed)
+        if early != "none":
+            ch.early = True
+        tries_left = cfg.attempts
+        if early == "right":
+            ch.entered.append(keyed)
+            ch.attempts = 1
+            return self._passed(call, ch, "keyed the code while it was announced; the call was never answered")
+        if early == "wrong":
+            ch.entered.append(keyed)
+            ch.attempts = 1
+            tries_left -= 1
+            if not tries_left:
+                return self._failed(call, ch, "wrong")
 
-            call.answer()
-            clock.mark_answered()
-            ch.answered = True
-            first = True
-            while tries_left:
-                attempt = self._plan(clock, code, prefix, first and early != "wrong")
-                if attempt is None:
-                    break
-                digits = call.collect(min_digits=attempt.min_digits, max_digits=attempt.max_digits, tries=1,
-                                      timeout=attempt.first_timeout, digit_timeout=cfg.inter_digit_timeout,
-                                      prompt=attempt.prompt, invalid=NO_SOUND, terminators="#", regex="\\d+",
-                                      variable=DIGITS_VARIABLE)
-                ch.attempts += 1
-                ch.entered.append(digits)
-                if digits and (digits == code or prefix + digits == code):
-                    ch.answered_seconds = round(clock.since_answer(), 3)
-                    return self._passed(call, ch, f"keyed the code on try {ch.attempts} "
-                                                  f"{ch.answered_seconds:.1f} s after the answer")
-                tries_left -= 1
-                prefix = ""
-                first = False
-            ch.answered_seconds = round(clock.since_answer(), 3)
-            return self._failed(call, ch, "wrong" if any(ch.entered) else "no_input")
-        finally:
-            clock.close()
+        call.answer()
+        ch.answered = True
+        first = True
+        while tries_left:
+            attempt = self._plan(clock, code, prefix, first and early != "wrong")
+            if attempt is None:
+                break
+            digits = call.collect(min_digits=attempt.min_digits, max_digits=attempt.max_digits, tries=1,
+                                  timeout=attempt.first_timeout, digit_timeout=cfg.inter_digit_timeout,
+                                  prompt=attempt.prompt, invalid=NO_SOUND, terminators="#", regex="\\d+",
+                                  variable=DIGITS_VARIABLE).digits
+            ch.attempts += 1
+            ch.entered.append(digits)
+            if digits and (digits == code or prefix + digits == code):
+                ch.answered_seconds = round(clock.since_answer(), 3)
+                return self._passed(call, ch, f"keyed the code on try {ch.attempts} "
+                                              f"{ch.answered_seconds:.1f} s after the answer")
+            tries_left -= 1
+            prefix = ""
+            first = False
+        ch.answered_seconds = round(clock.since_answer(), 3)
+        return self._failed(call, ch, "wrong" if any(ch.entered) else "no_input")
 
     def _plan(self, clock: ChannelClock, code: str, prefix: str, first: bool) -> Try | None:
         """The next try, its timeouts cut to what is left of the window; None if it cannot fit."""
@@ -420,16 +344,15 @@ class VerificationStage(Stage):
                 "early": ch.early, "answered": ch.answered, "answered_seconds": ch.answered_seconds,
                 "guard_interval": self.cfg.guard_interval, "window": self.cfg.window}
 
-    def _replayed(self, call: Call, why: list[str], facts: dict[str, Any]) -> Verdict:
+    def _replayed(self, stored: bool | None, why: list[str], facts: dict[str, Any]) -> Verdict:
         """``fsguard replay``: nobody is prompted; the stored outcome of the call stands in."""
-        stored = call.facts.get("replay_verified")
         facts["outcome"] = {True: "passed", False: "failed"}.get(stored, "unknown")
         if stored is True:
             return Verdict.verified(f"passed the challenge when the call was taken ({'; '.join(why)})",
                                     "verification.passed", triggers=why, replayed=True)
         if stored is False:
             return Verdict.reject(f"failed the challenge when the call was taken ({'; '.join(why)})",
-                                  "verification.failed", action=f"hangup {self.cfg.fail_cause}", triggers=why,
+                                  "verification.failed", action=Hangup(self.cfg.fail_cause), triggers=why,
                                   replayed=True)
         return Verdict.carry_on(f"would challenge the caller ({'; '.join(why)}); the call was not challenged "
                                 "when it was taken, so there is no outcome to reuse", "verification.not_replayed",

@@ -7,15 +7,13 @@ cause, billsec) at hang-up.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
 
-from fsguard.call.call import Call
 from fsguard.store.db import Database
 from fsguard.store.models import CallRecord, Recording, RecordingMask, StageVerdict
-from fsguard.call.pipeline import CallEnd, Decision
 from fsguard.store.writer import Ticket, Writer
 
 
@@ -35,44 +33,20 @@ def make_writer(db: Database, *, retry_seconds: float = 30.0, on_error: Any = No
     return writer
 
 
-def decision_rows(call: Call, decision: Decision, node: str, started_at: datetime
-                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The call's row and its verdicts' rows, as decided."""
-    decided_at = started_at + timedelta(milliseconds=decision.decision_ms or 0)
-    row = {"uuid": call.uuid, "node": node, "direction": call.direction, "ani_raw": call.presented_number,
-           "ani": call.ani, "caller_name": call.caller_name, "dnis": call.dnis, "context": call.context,
-           "started_at": started_at, "decided_at": decided_at, "decision_ms": decision.decision_ms,
-           "action": decision.action, "outcome": decision.outcome, "risk": call.risk, "verified": call.verified,
-           "inputs": call.describe(), "answered": False, "erased": False,
-           "ended_at": None, "hangup_cause": None, "duration": None, "billsec": None}
-    verdicts = [{"call_uuid": call.uuid, "seq": i, "stage": v.stage, "outcome": v.outcome.value, "code": v.code,
-                 "reason": v.reason, "enforced": v.enforced, "details": _jsonable(v.details),
-                 "elapsed_ms": v.elapsed_ms} for i, v in enumerate(decision.verdicts)]
-    return row, verdicts
-
-
-def record_decision(writer: Writer, call: Call, decision: Decision, node: str, started_at: datetime) -> Ticket:
-    row, verdicts = decision_rows(call, decision, node, started_at)
+def record_call(writer: Writer, row: dict[str, Any], verdicts: list[dict[str, Any]]) -> Ticket:
+    """Queue a decided call's row and its verdicts' rows (fsguard/service/calls.py builds them)."""
     ticket = writer.submit("call", row)
     for verdict in verdicts:
         ticket = writer.submit("verdict", verdict)
     return ticket
 
 
-def record_end(writer: Writer, uuid: str, end: CallEnd) -> Ticket:
+def record_end(writer: Writer, uuid: str, *, hangup_cause: str | None, duration: int | None, billsec: int | None,
+               answered: bool) -> Ticket:
+    """Queue the end of a call (its row's hang-up cause, duration and billsec)."""
     return writer.submit("call_end", {"_key": uuid, "ended_at": datetime.now(timezone.utc),
-                                      "hangup_cause": end.hangup_cause, "duration": end.duration,
-                                      "billsec": end.billsec, "answered": end.answered})
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+                                      "hangup_cause": hangup_cause, "duration": duration,
+                                      "billsec": billsec, "answered": answered})
 
 
 def call_as_dict(call: CallRecord) -> dict[str, Any]:

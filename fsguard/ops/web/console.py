@@ -282,7 +282,7 @@ def live() -> Any:
                 continue
             rows.append({"phase": phase, "uuid": call.uuid, "ani": call.ani or call.presented_number,
                          "caller_name": call.caller_name, "dnis": call.dnis, "direction": call.direction,
-                         "action": call.final_action or ""})
+                         "action": str(call.final_action or "")})
     return page("live.html", rows=rows, max_calls=app.settings.esl.max_calls)
 
 
