@@ -95,3 +95,18 @@ def test_each_package_imports_only_the_layers_below_it():
                                   "routing_table.py", "testing"])
 def test_the_old_flat_modules_are_gone(flat):
     assert not (REPO / "fsguard" / flat).exists()
+
+
+def test_the_readme_tree_names_every_package_and_only_packages_that_exist():
+    text = (REPO / "README.rst").read_text()
+    tree = text[text.index("How it is built"):text.index("The areas, command by command")]
+    named = set()
+    for line in tree.splitlines():
+        stripped = line.strip()
+        if line.startswith("      ") and not line.startswith("       ") and stripped.split()[0].endswith(("/", ".py")):
+            named.add(stripped.split()[0])
+    assert named, "no tree found in README.rst's How it is built"
+    missing = {n for n in named if not (REPO / "fsguard" / n).exists()}
+    assert not missing, f"README.rst names what fsguard/ does not hold: {sorted(missing)}"
+    packages = {f"{p.name}/" for p in (REPO / "fsguard").iterdir() if (p / "__init__.py").exists()}
+    assert packages <= named, f"README.rst's tree leaves out {sorted(packages - named)}"
