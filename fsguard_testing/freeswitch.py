@@ -485,7 +485,7 @@ def sip_invite(port: int, *, user: str, display: str | None = None, to: str = "1
     extra = "".join(f"{k}: {v}\r\n" for k, v in (extra_headers or {}).items())
 
     def request(method: str, cseq: int, branch_: str, to_: str, body: str = "") -> bytes:
-        content = f"Content-Type: application/sdp\r\n" if body else ""
+        content = "Content-Type: application/sdp\r\n" if body else ""
         return (f"{method} sip:{to}@127.0.0.1:{port} SIP/2.0\r\n"
                 f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch={branch_};rport\r\n"
                 f"Max-Forwards: 70\r\nFrom: {from_header}\r\nTo: {to_}\r\nCall-ID: {call_id}\r\n"

@@ -98,7 +98,7 @@ def test_a_failure_outside_the_pipeline_still_gives_the_call_its_fail_open_route
         "0b3c8a8e-0000-4000-8000-000000000001\n"), id="api-uuid"),
     pytest.param(lambda: __import__("fsguard.rules.routing", fromlist=["x"]).NAME_RE.match("support\n"),
                  id="queue-name"),
-    pytest.param(lambda: __import__("fsguard.stages.outbound", fromlist=["x"])._PLAIN_DIGITS.match("5551234\n"),
+    pytest.param(lambda: __import__("fsguard.call.failopen", fromlist=["x"]).PLAIN_DIGITS.match("5551234\n"),
                  id="dialled-digits"),
     pytest.param(lambda: __import__("fsguard.rules.lists", fromlist=["x"])._CAUSE.match("CALL_REJECTED\n"),
                  id="hangup-cause"),

@@ -16,7 +16,6 @@ import gevent
 import pytest
 from sqlalchemy import func, select, update
 
-from fsguard.ops import cli
 from fsguard.rules import counters, lists
 from fsguard.store.models import utcnow
 from fsguard.store.models.lists import CallCounter, ListEntry

@@ -194,7 +194,7 @@ class App:
         The route is the call's direction's (read from the channel data, without building a Call):
         an agent's outbound call is dialled, an inbound call goes to the fail-open queue."""
         settings = self.settings
-        direction, route = "unknown", None
+        direction, route, instruction = "unknown", None, None
         try:
             if not session.started:
                 session.start()
@@ -210,7 +210,7 @@ class App:
         finally:
             self.metrics.over_capacity.labels(reason=reason).inc()
             self.metrics.calls.labels(direction=direction, outcome=reason).inc()
-            self.metrics.call_action(direction, route)
+            self.metrics.call_action(direction, instruction)
             session.close()
             structlog.contextvars.clear_contextvars()
 
@@ -221,7 +221,7 @@ class App:
             return
         outcome = decision.outcome if decision else "failed"
         self.metrics.calls.labels(direction=call.direction, outcome=outcome).inc()
-        self.metrics.call_action(call.direction, decision.action if decision else None)
+        self.metrics.call_action(call.direction, call.final_action)
         log.info("call", direction=call.direction, outcome=outcome, action=decision.action if decision else None,
                  decision_ms=round(decision.decision_ms, 3) if decision and decision.decision_ms else None,
                  verdicts=[f"{v.stage}:{v.outcome.value}{'' if v.enforced else '(shadow)'}:{v.code}"

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from fsguard import __version__
+from fsguard.call.instructions import Instruction
 
 # no *_created series: they double the scrape and no dashboard reads them
 disable_created_metrics()
@@ -88,14 +89,18 @@ class Metrics:
         """Report the call writer's backlog and abandoned rows (read at each scrape)."""
         self._writer.writer = writer
 
-    def call_action(self, direction: str, action: str | None) -> None:
+    def call_action(self, direction: str, action: Instruction | None) -> None:
         """Count the final instruction by application: ``transfer``, ``callcenter``, ``hangup CALL_REJECTED``.
 
         A routing target's argument (queue, agent, extension) is left out to keep the label set
         small; a hang-up keeps its cause, which is what tells a rejection from a failure.
         """
-        app, _, arg = (action or "").strip().partition(" ")
-        label = "none" if not app else (f"hangup {arg.split()[0]}" if app == "hangup" and arg else app)
+        if action is None:
+            label = "none"
+        elif action.hangs_up and action.arg:
+            label = f"hangup {action.arg.split()[0]}"
+        else:
+            label = action.app
         self.call_actions.labels(direction=direction, action=label).inc()
 
     def node(self, node_id: str) -> None:

@@ -25,13 +25,13 @@ a number already frozen gathers no strikes.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any
 
 import structlog
 
 from fsguard.call.call import Call
+from fsguard.call.failopen import PLAIN_DIGITS
 from fsguard.call.instructions import Hangup, Instruction
 from fsguard.call.pipeline import Stage
 from fsguard.call.results import CallEnd
@@ -42,7 +42,6 @@ from fsguard.store.db import DatabaseError
 log = structlog.get_logger("fsguard.rules.freeze")
 
 #: a dialled string that may go into a dial string as it is (no gateway/URI syntax)
-_PLAIN_DIGITS = re.compile(r"^\+?[0-9]{1,20}\Z")
 
 
 class OutboundStage(Stage):
@@ -121,7 +120,7 @@ class OutboundStage(Stage):
         syntax) is refused rather than put into a dial string.
         """
         dnis = call.dnis.strip()
-        if _PLAIN_DIGITS.match(dnis):
+        if PLAIN_DIGITS.match(dnis):
             target = self.settings.outbound.dial(dnis, dnis.lstrip("+"), dnis.lstrip("+"))
             facts["target"] = target
             log.warning("outbound.unreadable_number", dnis=dnis, action="dialled unchecked")
