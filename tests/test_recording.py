@@ -79,14 +79,7 @@ class RecordingChannel(Channel):
 
 
 class RecordingFreeSWITCH(FakeFreeSWITCH):
-    def call(self, caller: Caller | None = None, **fields: object) -> SimResult:
-        c = self._make_caller(caller, fields)
-        self.calls_started += 1
-        self.active += 1
-        try:
-            return RecordingChannel(self, c).run()
-        finally:
-            self.active -= 1
+    channel_class = RecordingChannel
 
 
 def held_caller(**fields: Any) -> Caller:

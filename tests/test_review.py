@@ -108,14 +108,7 @@ class SpeakingChannel(Channel):
 
 
 class SpeakingFreeSWITCH(FakeFreeSWITCH):
-    def call(self, caller: Caller | None = None, **fields: object) -> SimResult:
-        c = self._make_caller(caller, fields)
-        self.calls_started += 1
-        self.active += 1
-        try:
-            return SpeakingChannel(self, c).run()
-        finally:
-            self.active -= 1
+    channel_class = SpeakingChannel
 
 
 @pytest.fixture

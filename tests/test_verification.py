@@ -79,14 +79,7 @@ class _Channel(Channel):
 
 
 class ChallengeFreeSWITCH(FakeFreeSWITCH):
-    def call(self, caller: Caller | None = None, **caller_fields: object) -> SimResult:
-        c = self._make_caller(caller, caller_fields)
-        self.calls_started += 1
-        self.active += 1
-        try:
-            return _Channel(self, c).run()
-        finally:
-            self.active -= 1
+    channel_class = _Channel
 
 
 class ChallengeEveryone(Stage):

@@ -408,15 +408,7 @@ def _write_silence(path: str, stereo: bool) -> None:
 class LabFreeSWITCH(FakeFreeSWITCH):
     """The simulator, with channels that write their recordings."""
 
-    def call(self, caller: Caller | None = None, **caller_fields: object) -> SimResult:
-        c = self._make_caller(caller, caller_fields)
-        self.calls_started += 1
-        self.active += 1
-        self.peak = max(self.peak, self.active)
-        try:
-            return _LabChannel(self, c).run()
-        finally:
-            self.active -= 1
+    channel_class = _LabChannel
 
 
 # --------------------------------------------------------------------------- running it

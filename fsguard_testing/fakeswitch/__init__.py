@@ -62,6 +62,10 @@ class FakeFreeSWITCH:
     ``targets`` are tried in order like ``socket h1:p1|h2:p2`` (connection refused: next).
     """
 
+    #: what each call plays: the lab and some tests play a channel of their own (writing recordings,
+    #: speaking, keying as it hears)
+    channel_class: type[Channel] = Channel
+
     def __init__(
         self,
         targets: list[tuple[str, int]] | tuple[str, int],
@@ -153,7 +157,7 @@ class FakeFreeSWITCH:
         self.active += 1
         self.peak = max(self.peak, self.active)
         try:
-            return Channel(self, c).run()
+            return self.channel_class(self, c).run()
         finally:
             self.active -= 1
 
