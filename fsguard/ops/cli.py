@@ -42,6 +42,8 @@ def command_modules() -> list[str]:
 
 
 def cmd_serve(ctx: Context) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from fsguard.service import logs
     from fsguard.service.app import App
     from fsguard.service.server import CallServer
@@ -57,6 +59,11 @@ def cmd_serve(ctx: Context) -> int:
                                                        note="names no setting; ignored")
     ctx.require_schema()
     app = App(settings, db=ctx.db)
+    try:
+        app.policy.load()   # before the first call: decisions are made from it
+    except SQLAlchemyError as exc:
+        raise CLIError(f"database: cannot load the policy (lists, customers, freezes): "
+                       f"{str(exc).splitlines()[0]}") from None
     server = CallServer(app)
     try:
         server.server.init_socket()   # bind now: a port in use is one line, before anything else starts

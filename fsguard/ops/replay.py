@@ -41,6 +41,7 @@ from fsguard.call.results import Collected, Played
 from fsguard.call.verdict import Verdict
 from fsguard.config import Settings
 from fsguard.rules import numbers
+from fsguard.rules.snapshot import PolicySnapshot
 from fsguard.service.metrics import Metrics
 from fsguard.store.db import Database
 from fsguard.store.models import CallRecord, StageVerdict
@@ -190,6 +191,8 @@ class ReplayApp:
         self.settings = settings
         self.db = db
         self.metrics = Metrics()
+        #: the policy as it is now (loaded at the first replayed call)
+        self.policy = PolicySnapshot(db)
         self.deciding: set[Any] = set()
         self.held: set[Any] = set()
         self.stopping = False

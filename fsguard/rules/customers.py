@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from fsguard.rules import numbers
+from fsguard.rules import changes, numbers
 from fsguard.store.models.base import utcnow
 from fsguard.store.models.customers import Customer, CustomerNumber
 from fsguard.rules.routing import NAME_RE
@@ -212,6 +212,7 @@ def save(session: Session, numbers_: list[str], fields: dict[str, Any], *, sourc
         session.add(CustomerNumber(number=n, customer_id=customer.id, created_at=utcnow()))
     session.flush()
     session.refresh(customer, ["numbers"])
+    changes.changed(session, "customer", [n.number for n in customer.numbers])
     return Saved(CustomerInfo.from_row(customer), created, added)
 
 
@@ -329,6 +330,7 @@ def remove_number(session: Session, number: str) -> str | None:
     if owner is None:
         return None
     session.execute(delete(CustomerNumber).where(CustomerNumber.number == number))
+    changes.changed(session, "customer", [number])
     remaining = [n.number for n in owner.numbers if n.number != number]
     if not remaining:
         session.execute(delete(Customer).where(Customer.id == owner.id))
@@ -343,6 +345,7 @@ def remove_customer(session: Session, account_id: str) -> str | None:
     count_ = len(owner.numbers)
     session.execute(delete(CustomerNumber).where(CustomerNumber.customer_id == owner.id))
     session.execute(delete(Customer).where(Customer.id == owner.id))
+    changes.changed(session, "customer", [n.number for n in owner.numbers])
     return f"removed customer {_who(owner)} and {count_} number(s)"
 
 
@@ -359,5 +362,6 @@ def erase_number(session: Session, number: str) -> tuple[list[str], list[str]]:
     nums = [n.number for n in owner.numbers]
     session.execute(delete(CustomerNumber).where(CustomerNumber.customer_id == owner.id))
     session.execute(delete(Customer).where(Customer.id == owner.id))
+    changes.changed(session, "customer", nums)
     return [f"deleted customer id {owner.id}{' (account ' + owner.account_id + ')' if owner.account_id else ''}"
             f" with name, preferences and {len(nums)} number(s)"], nums

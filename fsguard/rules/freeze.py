@@ -26,7 +26,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from fsguard.rules import numbers
+from fsguard.rules import changes, numbers
 from fsguard.config import OutboundSettings
 from fsguard.store.models import utcnow
 from fsguard.store.models.outbound import OutboundAttempt, OutboundFreeze, OutboundNumber
@@ -179,6 +179,7 @@ def freeze(session: Session, number: str, *, reason: str, seconds: float, source
     session.add(row)
     session.flush()
     _reset_strikes(session, number, now)
+    changes.changed(session, "freeze", [number])
     return Freeze.of(row), replaced
 
 
@@ -201,6 +202,8 @@ def _lift(session: Session, number: str, *, by: str, reason: str, now: datetime)
     for row in rows:
         row.lifted_at, row.lifted_by, row.lift_reason = now, by, reason
     session.flush()
+    if rows:
+        changes.changed(session, "freeze", [number])
     return [Freeze.of(r) for r in rows]
 
 

@@ -35,7 +35,7 @@ from sqlalchemy import and_, bindparam, case, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from fsguard.rules import numbers
+from fsguard.rules import changes, numbers
 from fsguard.config import ConfigError, parse_duration
 from fsguard.store.models.base import utcnow
 from fsguard.store.models.lists import ANY_DNIS, ListEntry
@@ -268,7 +268,14 @@ def match_call(session: Session, ani: str | None, presented: str | None, dnis: s
     ``also`` is a number whose blocks apply too but whose allow entries do not (what an untrusted
     peer asserts the caller is: a blocked number stays blocked, a listed one earns nothing)."""
     now = now or utcnow()
-    rows = _candidates(session, [n for n in (ani, presented, also) if n], dnis, now)
+    return match_entries(_candidates(session, [n for n in (ani, presented, also) if n], dnis, now),
+                         ani, presented, also)
+
+
+def match_entries(rows: Sequence[ListEntry], ani: str | None, presented: str | None,
+                  also: str | None = None) -> Match:
+    """The list's view of a call from the active entries stored under a prefix of its numbers
+    (the database's answer, or the in-process snapshot's: fsguard.rules.snapshot)."""
     if not rows:
         return Match()
     match = Match(entry=_winner(rows, ani) if ani else None)
@@ -363,6 +370,7 @@ def add(session: Session, spec: EntrySpec, *, now: datetime | None = None) -> tu
         ListEntry.number == spec.number, ListEntry.dnis == spec.dnis, ListEntry.is_prefix == spec.is_prefix)).first()
     replaced = entry_dict(previous) if previous is not None else None
     session.execute(_upsert(session), [spec.row(now)])
+    changes.changed(session, "list", [spec.number])
     session.expire_all()
     entry = session.scalars(select(ListEntry).where(
         ListEntry.number == spec.number, ListEntry.dnis == spec.dnis, ListEntry.is_prefix == spec.is_prefix)).one()
@@ -380,6 +388,7 @@ def remove(session: Session, number: str, is_prefix: bool, *, dnis: str | None =
     gone = [entry_dict(e) for e in session.scalars(select(ListEntry).where(*where).order_by(ListEntry.dnis))]
     if gone:
         session.execute(delete(ListEntry).where(*where))
+        changes.changed(session, "list", [number])
     return gone
 
 
@@ -393,34 +402,65 @@ def auto_block(session: Session, number_e164: str, *, level: int, reason: str, c
     """
     now = now or utcnow()
     key = ANY_DNIS if dnis in (None, ANY_DNIS) else dnis_key(dnis)
-    rows = _candidates(session, [number_e164], key, now)
+    written = auto_block_reason(_candidates(session, [number_e164], key, now), number_e164, key, level, reason)
+    if written is None:
+        return False
+    row = auto_block_row(number_e164, key, level=level, reason=written, code=code, ttl_seconds=ttl_seconds,
+                         now=now, added_by=added_by)
+    if session.execute(auto_block_statement(session.get_bind().dialect.name).returning(ListEntry.id),
+                       row).first() is None:
+        return False
+    changes.changed(session, "list", [number_e164])
+    return True
+
+
+def auto_block_reason(rows: Iterable[ListEntry], number_e164: str, key: str, level: int, reason: str) -> str | None:
+    """The reason an automatic block of ``number_e164`` (for dialled number ``key``) is written
+    with, given the active entries stored under its prefixes; None when it must not be written:
+    an allow or Do-Not-Originate entry applies, or a block at least as strong under another key."""
     applying = [e for e in rows if _covers(e, number_e164)]
     if any(e.kind in ("allow", "dno") for e in applying):
-        return False
+        return None
     current = _winner(applying, number_e164)
     if current is not None and current.level >= level and (current.number, current.dnis, current.is_prefix) != (
             number_e164, key, False):
-        return False
+        return None
     same = next((e for e in applying if (e.number, e.dnis, e.is_prefix) == (number_e164, key, False)), None)
     if same is not None and same.kind == "block" and same.source != "auto":
-        reason = f"{reason} (replaced block level {same.level}: {same.reason or 'no reason given'})"
-    expires = now + timedelta(seconds=ttl_seconds)
+        return f"{reason} (replaced block level {same.level}: {same.reason or 'no reason given'})"
+    return reason
+
+
+def auto_block_row(number_e164: str, key: str, *, level: int, reason: str, code: str, ttl_seconds: float,
+                   now: datetime, added_by: str = "") -> dict[str, Any]:
+    """The parameters of :func:`auto_block_statement` for one block."""
+    return {"number": number_e164, "dnis": key, "level": level, "reason": reason[:1000], "code": code[:64],
+            "added_by": added_by[:128], "now": now, "expires": now + timedelta(seconds=ttl_seconds)}
+
+
+@lru_cache(maxsize=4)
+def auto_block_statement(dialect: str) -> Any:
+    """The conditional upsert of an automatic block (parameters: :func:`auto_block_row`). The row
+    may have changed since it was read (another node): the upsert decides again, atomically, and
+    writes only over an expired entry or a weaker (or shorter) block."""
     t = ListEntry.__table__
-    insert = _insert_for(session)
-    stmt = insert(ListEntry).values(number=number_e164, is_prefix=False, dnis=key, kind="block", level=level,
-                                    action=None, reason=reason[:1000], source="auto", code=code[:64],
-                                    added_by=added_by[:128], created_at=now, updated_at=now, expires_at=expires)
-    # the row may have changed since it was read (another node): the upsert decides again, atomically
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    now = bindparam("now", type_=ListEntry.expires_at.type)
+    expires = bindparam("expires", type_=ListEntry.expires_at.type)
+    level = bindparam("level", type_=ListEntry.level.type)
+    stmt = insert(ListEntry).values(number=bindparam("number"), is_prefix=False, dnis=bindparam("dnis"),
+                                    kind="block", level=level, action=None, reason=bindparam("reason"),
+                                    source="auto", code=bindparam("code"), added_by=bindparam("added_by"),
+                                    created_at=now, updated_at=now, expires_at=expires)
     expired = and_(t.c.expires_at.is_not(None), t.c.expires_at <= now)
     stronger = or_(t.c.level < level, and_(t.c.level == level, t.c.expires_at.is_not(None), t.c.expires_at < expires))
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[t.c.number, t.c.dnis, t.c.is_prefix],
         set_={"kind": "block", "level": level, "action": None, "source": "auto", "code": stmt.excluded.code,
               "reason": stmt.excluded.reason, "added_by": stmt.excluded.added_by, "updated_at": now,
               "expires_at": expires, "created_at": case((expired, now), else_=t.c.created_at)},
         where=or_(expired, and_(t.c.kind == "block", stronger)),
-    ).returning(t.c.id)
-    return session.execute(stmt).first() is not None
+    )
 
 
 # ------------------------------------------------------------------ reading the list
@@ -440,7 +480,7 @@ def entry_dict(entry: ListEntry) -> dict[str, Any]:
 
 def describe(entry: ListEntry | dict[str, Any]) -> str:
     """One line an operator reads: ``+1900* block level 7 (hard: busy) for every dialled number ...``."""
-    e = entry_dict(entry) if isinstance(entry, ListEntry) else entry
+    e = entry if isinstance(entry, dict) else entry_dict(entry)
     if e["kind"] == "block":
         level = e["level"]
         strength = "hard" if level >= HARD_LEVEL else ("soft" if level else "pass")
@@ -615,6 +655,7 @@ def import_entries(session: Session, specs: Sequence[EntrySpec], *, now: datetim
             row = spec.row(now)
             batch.append(tuple(proc(row[n]) if proc else row[n] for n, proc in zip(names, processors)))
         conn.exec_driver_sql(sql, batch)
+        changes.changed(session, "list", [spec.number for spec in specs[start:start + chunk]])
         written += len(batch)
         if progress and len(specs) >= 10000 and (written % 10000 < chunk or written == len(specs)):
             progress("written", written)

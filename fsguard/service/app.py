@@ -33,6 +33,7 @@ from fsguard.service.metrics import Metrics
 from fsguard.store import records
 from fsguard.store.db import Database, DatabaseError
 from fsguard.store.writer import Ticket
+from fsguard.rules.snapshot import PolicySnapshot
 
 log = structlog.get_logger("fsguard")
 
@@ -44,6 +45,10 @@ class App:
         self.metrics = metrics or Metrics()
         self.writer = records.make_writer(self.db, retry_seconds=settings.database.write_retry_seconds,
                                           on_error=self.metrics.db_errors.inc)
+        #: lists, customers and freezes in memory: a decision reads no more from the database
+        self.policy = PolicySnapshot(self.db, writer=self.writer,
+                                     on_refresh_failed=self.metrics.policy_refresh_failures.inc)
+        self.metrics.watch_policy(self.policy)
         self.pipeline = Pipeline.from_settings(self)
         self.identity_trust = _identity_trust(settings)
         #: the time stages decide at (business hours): the wall clock, or a test's

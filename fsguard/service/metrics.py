@@ -62,6 +62,11 @@ class Metrics:
         self.rule_verdicts = Counter(
             "fsguard_rule_verdicts", "Stage verdicts by rule code; enforced=false counts what shadow mode would "
             "have done", ["stage", "code", "outcome", "enforced"], registry=r)
+        self.policy_refresh_failures = Counter(
+            "fsguard_policy_refresh_failures", "Refreshes of the in-process policy (lists, customers, freezes) "
+            "that could not read the database; the last snapshot was kept", registry=r)
+        self.policy_age = Gauge("fsguard_policy_age_seconds", "Seconds since the in-process policy was last known "
+                                "current", registry=r)
         self.reloads = Counter("fsguard_config_reloads", "Policy reloads (SIGHUP), by result", ["result"],
                                registry=r)
         self.reviews = Counter("fsguard_reviews", "Recordings reviewed for phrases, by result (done, skipped, "
@@ -84,6 +89,10 @@ class Metrics:
             outcome = challenge_outcome(verdict)
             if outcome is not None:
                 self.challenges.labels(outcome=outcome).inc()
+
+    def watch_policy(self, snapshot: Any) -> None:
+        """fsguard_policy_age_seconds reads the snapshot's age (-1 until it is loaded)."""
+        self.policy_age.set_function(lambda: -1.0 if snapshot.age() is None else snapshot.age())
 
     def watch_writer(self, writer: Any) -> None:
         """Report the call writer's backlog and abandoned rows (read at each scrape)."""

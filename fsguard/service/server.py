@@ -60,6 +60,7 @@ class CallServer:
 
     def start(self) -> None:
         self.app.db.start_checkpointer()
+        self.app.policy.start()
         self.server.start()
         log.info("server.listening", address=f"{self.address[0]}:{self.address[1]}", max_calls=self.max_calls,
                  node=self.settings.node.id)
@@ -109,6 +110,7 @@ class CallServer:
         self.pool.join(timeout=max(self.settings.esl.command_timeout, 1.0) + 1)
         self.pool.kill(block=True, timeout=1)
         self.app.writer.close(timeout=max(self.settings.esl.command_timeout, 5.0))
+        self.app.policy.stop()
         self.app.db.stop_checkpointer()
         log.info("server.stopped", rows_written=self.app.writer.rows_written, batches=self.app.writer.batches)
         self._tell("stopped")

@@ -96,12 +96,9 @@ class OutboundStage(Stage):
     # --------------------------------------------------------------- steps
 
     def _freeze_on(self, call: Call, number: str) -> outbound.Freeze | None:
-        """The freeze in force on the number: one indexed query (a replay reuses the recorded answer)."""
-        def active() -> outbound.Freeze | None:
-            with self.db.begin() as session:
-                return outbound.active_freeze(session, number)
-
-        return call.inputs.fact("outbound_freeze", active, encode=lambda f: f.as_dict() if f else None,
+        """The freeze in force on the number, from memory (a replay reuses the recorded answer)."""
+        return call.inputs.fact("outbound_freeze", lambda: self.app.policy.freeze_on(number),
+                                encode=lambda f: f.as_dict() if f else None,
                                 decode=lambda data: _freeze_from(data) if data else None)
 
     def _announce(self, call: Call) -> None:

@@ -2,7 +2,7 @@
 
 What happens to the caller, top to bottom::
 
-    who is it?     the customer table (one indexed query), else the CRM (timeout, cache, breaker)
+    who is it?     the customer table (held in memory), else the CRM (timeout, cache, breaker)
     where from?    the number's country, area code and place (phonenumbers' geocoding), or the
                    region on the customer record
     which rule?    the routing table, first match wins: fraud team for risky callers, VIPs to
@@ -93,8 +93,7 @@ class RoutingStage(Stage):
         local: CustomerInfo | None = None
         local_error: str | None = None
         try:
-            with self.db.autocommit() as session:
-                local = customers.find(session, call.ani)
+            local = self.app.policy.customer(call.ani)   # in memory (fsguard.rules.snapshot)
         except DatabaseError as exc:
             if self.settings.policy.on_error != "open":
                 raise

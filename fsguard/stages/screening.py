@@ -4,7 +4,7 @@ What happens to an inbound call, top to bottom::
 
     the caller's number is the network's (P-Asserted-Identity / Caller-ANI), even when withheld
     no number at all, or one that cannot exist        -> screening.anonymous_action / invalid_action
-    one short transaction: count the call, read the list (two indexed statements)
+    count the call (one statement: the cluster-wide counter), read the list (in memory)
       on the allow list                               -> passes, whatever else is true
       presenting one of our Do-Not-Originate numbers  -> spoofed: rejected (or challenged)
       blocked at level 6 or more                      -> rejected before answer: never billed
@@ -203,29 +203,31 @@ class ScreeningStage(Stage):
 
     def _consult_lists(self, call: Call, number: str | None, dnis: str, also: str | None = None
                        ) -> tuple[lists.Match, dict[str, counters.Counts], tuple[str, str, int] | None]:
-        """Count this call, read the list, and block a flood at once: each statement atomic on its
-        own (the count is an upsert, the block a conditional upsert), so no transaction around them."""
+        """Count this call (the one statement a decision makes: the count is cluster-wide), read
+        the list from the in-process snapshot, and block a flood (written after the decision)."""
+        policy = self.app.policy
         if number is None:
             if also is None:
                 return lists.Match(), {}, None
-            with self.db.autocommit() as session:
-                return lists.match_call(session, None, None, dnis, also=also), {}, None
+            return policy.match_call(None, None, dnis, also=also), {}, None
         keys = ["*", dnis] if dnis in self.flood_dnis and dnis != "*" else ["*"]
-        auto: tuple[str, str, int] | None = None
-        with self.db.autocommit() as session:
-            counts = call.inputs.fact(
-                "screening.flood", lambda: counters.count_call(session, number, keys, now=time.time()),
-                encode=lambda found: {k: [c.hour, c.day] for k, c in found.items()},
-                decode=lambda stored: {k: counters.Counts(*v) for k, v in stored.items()})
-            match = lists.match_call(session, number, call.presented_e164 if call.presented_e164 != number else None,
-                                     dnis, also=also)
-            if not match.allowed and match.dno is None:
-                auto = self._flood(session, call, number, dnis, counts, match.entry)
+        counts = call.inputs.fact(
+            "screening.flood", lambda: self._count(number, keys),
+            encode=lambda found: {k: [c.hour, c.day] for k, c in found.items()},
+            decode=lambda stored: {k: counters.Counts(*v) for k, v in stored.items()})
+        match = policy.match_call(number, call.presented_e164 if call.presented_e164 != number else None, dnis,
+                                  also=also)
+        auto = self._flood(call, number, dnis, counts, match.entry) if not match.allowed and match.dno is None else None
         return match, counts, auto
 
-    def _flood(self, session: Any, call: Call, number: str, dnis: str, counts: dict[str, counters.Counts],
+    def _count(self, number: str, keys: list[str]) -> dict[str, counters.Counts]:
+        with self.db.autocommit() as session:
+            return counters.count_call(session, number, keys, now=time.time())
+
+    def _flood(self, call: Call, number: str, dnis: str, counts: dict[str, counters.Counts],
                entry: ListEntry | None) -> tuple[str, str, int] | None:
-        """Too many calls: block the number now (source auto), and treat this call as blocked."""
+        """Too many calls: block the number (source auto; the call writer writes it after the
+        decision, this node's snapshot has it at once), and treat this call as blocked."""
         cfg = self.cfg
         checks: list[tuple[str, int, int, str, int, float, str | None]] = []
         total = counts.get("*")
@@ -252,8 +254,8 @@ class ScreeningStage(Stage):
             # In shadow mode the block is what the stage WOULD do: writing it would make it bite the
             # day the rule is enforced, for traffic that was only being observed.
             enforced = self.settings.policy.enforced(self.name)
-            if enforced and call.inputs.effect(lambda: lists.auto_block(
-                    session, number, level=level, reason=reason, code=code, ttl_seconds=ttl, dnis=scope,
+            if enforced and call.inputs.effect(lambda: self.app.policy.auto_block(
+                    number, level=level, reason=reason, code=code, ttl_seconds=ttl, dnis=scope,
                     added_by=self.settings.node.id), replayed=None):
                 self.app.metrics.auto_blocks.labels(reason=code).inc()
                 log.warning("screening.auto_block", code=code, calls=seen, limit=limit, level=level,

@@ -10,5 +10,6 @@ from fsguard.store.models.outbound import OutboundAttempt, OutboundFreeze, Outbo
 from fsguard.store.models.customers import Customer, CustomerNumber  # noqa: F401
 from fsguard.store.models.console import AuditEntry, Operator, OperatorSession  # noqa: F401
 from fsguard.store.models.review import ReviewHit, ReviewResult  # noqa: F401
+from fsguard.store.models.policy import PolicyChange, PolicyVersion  # noqa: F401
 
 __all__ = ["Base", "UTCDateTime", "utcnow", "CallRecord", "StageVerdict"]

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fsguard import __version__
+from fsguard.rules.snapshot import STALE_SECONDS, PolicySnapshot
 from fsguard.store import audit
 from fsguard.ops.web import web
 from fsguard.ops.web.api import actor
@@ -29,7 +30,8 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """The database answers and the Event Socket listener takes calls (a readiness probe)."""
+    """The database answers, calls are decided on a current policy, and the Event Socket listener
+    takes calls (a readiness probe)."""
     app, server = web().app, web().server
     checks: dict[str, str] = {}
     try:
@@ -37,6 +39,11 @@ def readyz() -> Response:
             checks["database"] = "ok" if app.db.ping() else "unreachable"
     except gevent.Timeout:
         checks["database"] = f"no answer within {READY_TIMEOUT:g}s"
+    try:
+        with gevent.Timeout(READY_TIMEOUT):
+            checks["policy"] = policy_check(app.policy)
+    except gevent.Timeout:
+        checks["policy"] = f"not loaded: no answer within {READY_TIMEOUT:g}s"
     if server is None:
         checks["esl"] = "no listener in this process"
     elif server.stopping:
@@ -47,6 +54,14 @@ def readyz() -> Response:
         checks["esl"] = "ok"
     ready = all(v == "ok" for v in checks.values())
     return json_response({"ready": ready, "node": app.settings.node.id, "checks": checks}, 200 if ready else 503)
+
+
+def policy_check(policy: PolicySnapshot) -> str:
+    """Whether calls are decided on a current policy (the snapshot refreshed within STALE_SECONDS)."""
+    if not policy.loaded and not policy.refresh():   # a process that serves no calls loads it here
+        return "cannot be loaded from the database"
+    age = policy.age() or 0.0
+    return "ok" if age <= STALE_SECONDS else f"stale: last known current {age:.0f}s ago"
 
 
 @bp.get("/metrics")

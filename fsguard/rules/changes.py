@@ -1,0 +1,140 @@
+"""Writing down that the policy changed, so that every node's snapshot follows (fsguard.rules.snapshot).
+
+Every function that changes list entries, customers or outbound freezes calls :func:`changed`
+with the keys it touched. Just before the transaction commits, the keys are written to
+``policy_changes`` under a new ``policy_version`` (bumped once per transaction, last: the version
+row's lock is held only from there to the commit), in the same transaction as the change itself:
+a change cannot be committed without the nodes learning about it. After the commit the snapshots
+of this process that read the same database refresh at once; the other nodes within a poll.
+
+The flood rule's automatic blocks are written by the call writer, after the decision: the writer
+runs :data:`BUMP` and :data:`CHANGE` in its batch's transaction (see :func:`declare`).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Iterable, Protocol
+
+from sqlalchemy import Engine, delete, event, insert, text
+from sqlalchemy.orm import Session
+
+from fsguard.store.models.policy import PolicyChange
+from fsguard.store.writer import Writer
+
+__all__ = ["KINDS", "EVERY", "RETAINED", "changed", "bump", "declare", "follow", "read_version"]
+
+#: what changed: list entries (key: the stored number or prefix), customers (key: one of their
+#: numbers), outbound freezes (key: the number)
+KINDS = ("list", "customer", "freeze")
+#: the key meaning "every key of this kind": the snapshot reloads that kind whole
+EVERY = "*"
+#: more keys than this in one transaction (an import) are written down as EVERY
+MAX_KEYS = 1000
+#: versions of changes kept; a node further behind than this reloads everything
+RETAINED = 10000
+
+_PENDING = "fsguard.policy_changes"
+_COMMITTED = "fsguard.policy_committed"
+
+#: the version bump: an upsert, so that a table emptied (tests truncate) starts again at 1
+BUMP = text("INSERT INTO policy_version (id, version) VALUES (1, 1)"
+            " ON CONFLICT (id) DO UPDATE SET version = policy_version.version + 1")
+#: a changed key under the version the same transaction bumped to
+CHANGE = text("INSERT INTO policy_changes (version, kind, key) SELECT version, :kind, :key FROM policy_version"
+              " WHERE id = 1")
+_VERSION = text("SELECT version FROM policy_version WHERE id = 1")
+
+
+class Follower(Protocol):
+    def changed_here(self) -> None: ...
+
+
+#: engine -> the snapshots of this process reading through it (told after a local commit)
+_followers: weakref.WeakKeyDictionary[Engine, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
+
+
+def changed(session: Session, kind: str, keys: Iterable[str] | None) -> None:
+    """Note that this session's transaction changes ``keys`` of ``kind`` (None: every key).
+    Written down with the version bump just before the transaction commits."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown policy kind {kind!r}")
+    pending: dict[str, set[str]] = session.info.setdefault(_PENDING, {})
+    bucket = pending.setdefault(kind, set())
+    if keys is None or EVERY in bucket:
+        bucket.clear()
+        bucket.add(EVERY)
+    else:
+        bucket.update(k for k in keys if k)
+        if len(bucket) > MAX_KEYS:   # an import: the nodes reload this kind whole
+            bucket.clear()
+            bucket.add(EVERY)
+
+
+def bump(conn: Any) -> int:
+    """Bump the version (taking its row lock until the commit) and return the new version."""
+    conn.execute(BUMP)
+    return int(conn.execute(_VERSION).scalar_one())
+
+
+def read_version(conn: Any) -> int:
+    """The version committed so far (0 before the first change)."""
+    return int(conn.execute(_VERSION).scalar() or 0)
+
+
+def declare(writer: Writer) -> None:
+    """The writer's row kinds that record a change made after a decision (an automatic block):
+    submit one ``policy_bump`` and one ``policy_change`` per key with the rows that change it."""
+    writer.declare("policy_bump", lambda: BUMP)
+    writer.declare("policy_change", lambda: CHANGE)
+
+
+def follow(engine: Engine, follower: Follower) -> None:
+    """Tell ``follower`` (a snapshot) at once when a transaction of this process through
+    ``engine`` changed the policy."""
+    _followers.setdefault(engine, weakref.WeakSet()).add(follower)
+
+
+def unfollow(engine: Engine, follower: Follower) -> None:
+    followers = _followers.get(engine)
+    if followers is not None:
+        followers.discard(follower)
+
+
+def _engine_of(session: Session) -> Engine:
+    bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
+@event.listens_for(Session, "before_commit")
+def _write_down(session: Session) -> None:
+    pending: dict[str, set[str]] | None = session.info.pop(_PENDING, None)
+    if not pending:
+        return
+    rows = []
+    for kind, keys in pending.items():
+        if not keys:
+            continue
+        rows.extend({"kind": kind, "key": key[:64]} for key in sorted(keys))
+    if not rows:
+        return
+    conn = session.connection()
+    version = bump(conn)
+    conn.execute(insert(PolicyChange), [{"version": version, **row} for row in rows])
+    conn.execute(delete(PolicyChange).where(PolicyChange.version <= version - RETAINED))
+    session.info[_COMMITTED] = _engine_of(session)
+
+
+@event.listens_for(Session, "after_commit")
+def _tell(session: Session) -> None:
+    engine = session.info.pop(_COMMITTED, None)
+    if engine is None:
+        return
+    for follower in list(_followers.get(engine, ())):
+        follower.changed_here()
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+    session.info.pop(_COMMITTED, None)
