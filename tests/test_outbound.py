@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from fsguard.ops import cli
 from fsguard.rules import freeze
+from fsguard.rules.snapshot import PolicySnapshot
 from fsguard.store import records
 from fsguard.service.app import App
 from fsguard.config import ConfigError, OutboundSettings, Settings, load_settings
@@ -413,11 +414,12 @@ def test_an_agent_hanging_up_during_the_announcement_is_still_logged_as_prevente
     assert attempts_of(db)[-1].outcome == "prevented"
 
 
-def test_the_database_down_at_call_time_dials_the_agent_anyway(node, db, monkeypatch):
+def test_the_database_down_at_call_time_dials_the_agent_anyway(outbound_settings, start_guard, db, monkeypatch):
     def down(*args, **kwargs):
         raise OperationalError("SELECT", {}, Exception("connection refused"))
 
-    monkeypatch.setattr(freeze, "active_freeze", down)
+    monkeypatch.setattr(PolicySnapshot, "load", down)   # the freezes could never be read
+    node = Node(start_guard())
     result = node.call(conversation())
     assert dialled(result)  # failing open for an agent's call means dialling, not the inbound queue
     verdict = outbound_verdict(db, result.uuid)
@@ -427,12 +429,12 @@ def test_the_database_down_at_call_time_dials_the_agent_anyway(node, db, monkeyp
 
 def test_the_database_down_with_on_error_closed_hangs_up(outbound_settings, start_guard, monkeypatch):
     outbound_settings.policy.on_error = "closed"
-    node = Node(start_guard())
 
     def down(*args, **kwargs):
         raise OperationalError("SELECT", {}, Exception("connection refused"))
 
-    monkeypatch.setattr(freeze, "active_freeze", down)
+    monkeypatch.setattr(PolicySnapshot, "load", down)
+    node = Node(start_guard())
     result = node.call(conversation())
     assert result.route is None and result.hangup_cause == "NORMAL_TEMPORARY_FAILURE"
 

@@ -22,6 +22,7 @@ from fsguard.store import records
 from fsguard.config import ConfigError, Settings
 from fsguard.rules.checks import load_settings, validate
 from fsguard.rules.crm import CircuitBreaker, TTLCache, forget_crms
+from fsguard.rules.snapshot import PolicySnapshot
 from fsguard.call.pipeline import STAGES, Stage, Verdict
 from fsguard.rules.hours import Hours
 from fsguard.rules.regions import caller_region
@@ -432,10 +433,10 @@ def test_the_customer_table_down_still_routes_on_what_else_is_known(settings, st
                                                                     test_stages):
     from sqlalchemy.exc import OperationalError
 
-    def down(session, number):
+    def down(snapshot):
         raise OperationalError("SELECT", {}, Exception("connection refused"))
 
-    monkeypatch.setattr(customers, "find", down)
+    monkeypatch.setattr(PolicySnapshot, "load", down)   # the customers could never be read
     settings.policy.stages = ["risky", "routing"]
     guard = start_guard(settings)
     result = fs_for(guard).call(Caller(ani=VIP, variables={"test_risk": "90"}))

@@ -5,7 +5,8 @@ with the keys it touched. Just before the transaction commits, the keys are writ
 ``policy_changes`` under a new ``policy_version`` (bumped once per transaction, last: the version
 row's lock is held only from there to the commit), in the same transaction as the change itself:
 a change cannot be committed without the nodes learning about it. After the commit the snapshots
-of this process that read the same database refresh at once; the other nodes within a poll.
+of this process that read the same database (through any engine) refresh at once; the other
+processes within a poll.
 
 The flood rule's automatic blocks are written by the call writer, after the decision: the writer
 runs :data:`BUMP` and :data:`CHANGE` in its batch's transaction (see :func:`declare`).
@@ -50,8 +51,8 @@ class Follower(Protocol):
     def changed_here(self) -> None: ...
 
 
-#: engine -> the snapshots of this process reading through it (told after a local commit)
-_followers: weakref.WeakKeyDictionary[Engine, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
+#: database URL -> the snapshots of this process reading that database (told after a local commit)
+_followers: dict[str, weakref.WeakSet[Any]] = {}
 
 
 def changed(session: Session, kind: str, keys: Iterable[str] | None) -> None:
@@ -90,15 +91,13 @@ def declare(writer: Writer) -> None:
 
 
 def follow(engine: Engine, follower: Follower) -> None:
-    """Tell ``follower`` (a snapshot) at once when a transaction of this process through
-    ``engine`` changed the policy."""
-    _followers.setdefault(engine, weakref.WeakSet()).add(follower)
+    """Tell ``follower`` (a snapshot) at once when a transaction of this process changed the
+    policy in the database ``engine`` connects to."""
+    _followers.setdefault(_database_of(engine), weakref.WeakSet()).add(follower)
 
 
-def unfollow(engine: Engine, follower: Follower) -> None:
-    followers = _followers.get(engine)
-    if followers is not None:
-        followers.discard(follower)
+def _database_of(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
 
 
 def _engine_of(session: Session) -> Engine:
@@ -122,15 +121,15 @@ def _write_down(session: Session) -> None:
     version = bump(conn)
     conn.execute(insert(PolicyChange), [{"version": version, **row} for row in rows])
     conn.execute(delete(PolicyChange).where(PolicyChange.version <= version - RETAINED))
-    session.info[_COMMITTED] = _engine_of(session)
+    session.info[_COMMITTED] = _database_of(_engine_of(session))
 
 
 @event.listens_for(Session, "after_commit")
 def _tell(session: Session) -> None:
-    engine = session.info.pop(_COMMITTED, None)
-    if engine is None:
+    database = session.info.pop(_COMMITTED, None)
+    if database is None:
         return
-    for follower in list(_followers.get(engine, ())):
+    for follower in list(_followers.get(database, ())):
         follower.changed_here()
 
 

@@ -151,6 +151,7 @@ class PolicySnapshot:
         self._lock = gevent.lock.RLock()
         self._stop = gevent.event.Event()
         self._poller: gevent.Greenlet | None = None
+        self.stopped = False
         changes.follow(db.engine, self)
 
     # ------------------------------------------------------------------ life
@@ -165,10 +166,12 @@ class PolicySnapshot:
         if not self.loaded:
             self.refresh()
         if self._poller is None or self._poller.dead:
+            self.stopped = False
             self._stop.clear()
             self._poller = gevent.spawn(self._follow)
 
     def stop(self) -> None:
+        self.stopped = True
         self._stop.set()
         if self._poller is not None:
             self._poller.kill(block=True, timeout=1)
@@ -199,7 +202,7 @@ class PolicySnapshot:
 
     def changed_here(self) -> None:
         """A transaction of this process changed the policy (fsguard.rules.changes): apply it now."""
-        if self.loaded:
+        if self.loaded and not self.stopped:
             self.refresh()
 
     # ------------------------------------------------------------------ loading
