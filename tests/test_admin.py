@@ -82,7 +82,7 @@ def test_healthz_and_readyz_answer_without_a_token(admin, settings):
     assert health.status == 200 and health.json["status"] == "ok" and health.json["node"] == "test-node"
     ready = request(admin.address, "GET", "/readyz", token=None)
     assert ready.status == 200, ready.body
-    assert ready.json == {"ready": True, "node": "test-node", "checks": {"database": "ok", "esl": "ok"}}
+    assert ready.json == {"ready": True, "node": "test-node", "checks": {"database": "ok", "policy": "ok", "esl": "ok"}}
 
 
 def test_readyz_fails_while_draining(admin, guard):
@@ -101,7 +101,8 @@ def test_readyz_fails_when_the_database_is_unreachable(start_guard, settings):
     try:
         ready = request(server.address, "GET", "/readyz", token=None)
         assert ready.status == 503
-        assert ready.json["checks"] == {"database": "unreachable", "esl": "ok"}
+        assert ready.json["checks"] == {"database": "unreachable", "policy": "cannot be loaded from the database",
+                                        "esl": "ok"}
     finally:
         server.stop()
         down.dispose()

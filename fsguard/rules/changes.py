@@ -15,13 +15,12 @@ runs :data:`BUMP` and :data:`CHANGE` in its batch's transaction (see :func:`decl
 from __future__ import annotations
 
 import weakref
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from sqlalchemy import Engine, delete, event, insert, text
 from sqlalchemy.orm import Session
 
 from fsguard.store.models.policy import PolicyChange
-from fsguard.store.writer import Writer
 
 __all__ = ["KINDS", "EVERY", "RETAINED", "changed", "bump", "declare", "follow", "read_version"]
 
@@ -49,6 +48,12 @@ _VERSION = text("SELECT version FROM policy_version WHERE id = 1")
 
 class Follower(Protocol):
     def changed_here(self) -> None: ...
+
+
+class Declares(Protocol):
+    """The call writer (fsguard.store.writer.Writer), as far as a change needs it."""
+
+    def declare(self, name: str, build: Callable[[], Any]) -> None: ...
 
 
 #: database URL -> the snapshots of this process reading that database (told after a local commit)
@@ -83,7 +88,7 @@ def read_version(conn: Any) -> int:
     return int(conn.execute(_VERSION).scalar() or 0)
 
 
-def declare(writer: Writer) -> None:
+def declare(writer: Declares) -> None:
     """The writer's row kinds that record a change made after a decision (an automatic block):
     submit one ``policy_bump`` and one ``policy_change`` per key with the rows that change it."""
     writer.declare("policy_bump", lambda: BUMP)
