@@ -6,7 +6,7 @@ with the keys it touched. Just before the transaction commits, the keys are writ
 row's lock is held only from there to the commit), in the same transaction as the change itself:
 a change cannot be committed without the nodes learning about it. After the commit the snapshots
 of this process that read the same database (through any engine) refresh at once; the other
-processes within a poll.
+processes within a poll, or on PostgreSQL as soon as the commit's NOTIFY reaches them.
 
 The flood rule's automatic blocks are written by the call writer, after the decision: the writer
 runs :data:`BUMP` and :data:`CHANGE` in its batch's transaction (see :func:`declare`).
@@ -44,6 +44,9 @@ BUMP = text("INSERT INTO policy_version (id, version) VALUES (1, 1)"
 CHANGE = text("INSERT INTO policy_changes (version, kind, key) SELECT version, :kind, :key FROM policy_version"
               " WHERE id = 1")
 _VERSION = text("SELECT version FROM policy_version WHERE id = 1")
+#: PostgreSQL: the channel a committed change is announced on (the nodes LISTEN: near-instant)
+CHANNEL = "fsguard_policy"
+_NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', :version)")
 
 
 class Follower(Protocol):
@@ -126,6 +129,8 @@ def _write_down(session: Session) -> None:
     version = bump(conn)
     conn.execute(insert(PolicyChange), [{"version": version, **row} for row in rows])
     conn.execute(delete(PolicyChange).where(PolicyChange.version <= version - RETAINED))
+    if conn.dialect.name == "postgresql":
+        conn.execute(_NOTIFY, {"version": str(version)})   # delivered by PostgreSQL at the commit
     session.info[_COMMITTED] = _database_of(_engine_of(session))
 
 

@@ -186,8 +186,43 @@ class PolicySnapshot:
         return age is None or age > bound
 
     def _follow(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
-            self.refresh()
+        """Refresh every poll; on PostgreSQL also as soon as a change is announced (LISTEN)."""
+        listener: Any = None
+        try:
+            while not self._stop.is_set():
+                if listener is None and self.db.url.get_backend_name() == "postgresql":
+                    listener = self._listen()
+                if listener is None:
+                    self._stop.wait(self.poll_seconds)
+                else:
+                    try:
+                        for _ in listener.notifies(timeout=self.poll_seconds, stop_after=1):
+                            pass
+                    except Exception as exc:  # noqa: BLE001 - the poll goes on without it
+                        log.warning("policy.listen_lost", error=str(exc).splitlines()[0] if str(exc) else repr(exc))
+                        listener.close()
+                        listener = None
+                        self._stop.wait(self.poll_seconds)
+                if not self._stop.is_set():
+                    self.refresh()
+        finally:
+            if listener is not None:
+                listener.close()
+
+    def _listen(self) -> Any:
+        """A connection of its own (outside the pool) that LISTENs for announced changes; None
+        if it cannot be opened (the poll alone keeps the snapshot current)."""
+        import psycopg
+
+        url = self.db.url.set(drivername="postgresql")
+        try:
+            conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True,
+                                   connect_timeout=max(1, int(self.db.settings.pool_timeout)))
+            conn.execute(f"LISTEN {changes.CHANNEL}")
+            return conn
+        except psycopg.Error as exc:
+            log.warning("policy.listen_failed", error=str(exc).splitlines()[0] if str(exc) else repr(exc))
+            return None
 
     def changed_here(self) -> None:
         """A transaction of this process changed the policy (fsguard.rules.changes): apply it now."""
