@@ -74,7 +74,8 @@ class Statements:
 
 @pytest.fixture
 def guard(settings, start_guard, db):
-    settings.policy.stages = ["screening", "outbound", "routing"]
+    # the chain without recording: a recorded call's row is still inserted in the decision (its id)
+    settings.policy.stages = ["screening", "outbound", "verification", "routing"]
     settings.routing.rules = [{"name": "vip", "vip": True, "target": "callcenter vip@default"}]
     settings.validate()
     return start_guard()
