@@ -17,10 +17,13 @@ from __future__ import annotations
 import weakref
 from typing import Any, Callable, Iterable, Protocol
 
+import structlog
 from sqlalchemy import Engine, delete, event, insert, text
 from sqlalchemy.orm import Session
 
 from fsguard.store.models.policy import PolicyChange
+
+log = structlog.get_logger("fsguard.rules.changes")
 
 __all__ = ["KINDS", "EVERY", "RETAINED", "changed", "bump", "declare", "follow", "read_version"]
 
@@ -140,7 +143,10 @@ def _tell(session: Session) -> None:
     if database is None:
         return
     for follower in list(_followers.get(database, ())):
-        follower.changed_here()
+        try:
+            follower.changed_here()
+        except Exception as exc:  # noqa: BLE001 - the change is committed: the poll will bring it
+            log.error("policy.local_refresh_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
 
 
 @event.listens_for(Session, "after_rollback")
