@@ -20,7 +20,7 @@ from fsguard.rules import changes, customers, lists
 from fsguard.rules import freeze as outbound
 from fsguard.rules.snapshot import STALE_SECONDS, PolicySnapshot
 from fsguard.store.db import Database
-from fsguard_testing.simulator import Caller, FakeFreeSWITCH
+from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 from fsguard_testing.waiting import settle, wait_for
 
 CALLER = "+12125550147"
