@@ -181,7 +181,7 @@ def test_a_refresh_that_fails_keeps_the_last_snapshot_and_readiness_says_when_it
     policy.load()
     assert policy_check(policy) == "ok"
     unreachable = Database(DatabaseSettings(url="postgresql://fsguard@127.0.0.1:1/none", pool_timeout=1))
-    monkeypatch.setattr(policy, "db", unreachable)
+    monkeypatch.setattr(policy, "engine", unreachable.engine)
     assert not policy.refresh()
     assert failures == [1] and policy.refresh_failures == 1
     assert policy.match_call(BLOCKED, None, TOLL_FREE).entry.level == 9   # still deciding on what it had

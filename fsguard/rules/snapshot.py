@@ -32,7 +32,7 @@ import gevent
 import gevent.event
 import gevent.lock
 import structlog
-from sqlalchemy import select, text
+from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from fsguard.rules import changes, lists
@@ -118,6 +118,10 @@ class PolicySnapshot:
     def __init__(self, db: Database, *, writer: Writer | None = None, poll_seconds: float = POLL_SECONDS,
                  on_refresh_failed: Callable[[], None] | None = None) -> None:
         self.db = db
+        #: what the snapshot reads through. PostgreSQL: a one-connection engine of its own, so that a
+        #: session it opened while the database refused writes (a standby, default_transaction_read_only)
+        #: never lands in the calls' pool; SQLite: the calls' engine (its connections are not like that)
+        self.engine: Engine = db.engine if db.is_sqlite else _engine_of_its_own(db)
         #: the call writer the flood rule's blocks are written by (none in a replay: it writes nothing)
         self.writer = writer
         if writer is not None:
@@ -165,6 +169,8 @@ class PolicySnapshot:
         if self._poller is not None:
             self._poller.kill(block=True, timeout=1)
             self._poller = None
+        if self.engine is not self.db.engine:
+            self.engine.dispose()
 
     def ensure(self) -> None:
         """Loaded, or raise PolicyUnavailable. Only an App that never started a server (a replay,
@@ -235,7 +241,7 @@ class PolicySnapshot:
         """Everything, afresh (at start, after an import, or a node too far behind). The version
         is read first: a change committed while loading is applied again by the next refresh."""
         started = time.perf_counter()
-        with self._lock, self.db.engine.connect() as conn:
+        with self._lock, self.engine.connect() as conn:
             version = changes.read_version(conn)
             entries = self._load_entries(conn)
             customers = self._load_customers(conn)
@@ -301,7 +307,7 @@ class PolicySnapshot:
             if self.version is None:
                 self.load()
                 return
-            with self.db.engine.connect() as conn:
+            with self.engine.connect() as conn:
                 seen = int(conn.execute(_VERSION).scalar() or 0)
                 if seen == self.version:
                     self.checked_at = time.monotonic()
@@ -398,6 +404,13 @@ class PolicySnapshot:
         others = tuple(e for e in self.entries.get(number_e164, ()) if (e.dnis, e.is_prefix) != (key, False))
         self.entries[number_e164] = (*others, block)
         return True
+
+
+def _engine_of_its_own(db: Database) -> Engine:
+    s = db.settings
+    return create_engine(db.url, pool_size=1, max_overflow=0, pool_timeout=s.pool_timeout,
+                         connect_args={"connect_timeout": max(1, int(s.pool_timeout)),
+                                       "options": f"-c statement_timeout={int(s.statement_timeout * 1000)}"})
 
 
 def _merged(current: dict[str, Any], reloaded: tuple[set[str] | None, dict[str, Any]] | None) -> dict[str, Any]:
