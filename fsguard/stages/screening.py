@@ -211,12 +211,14 @@ class ScreeningStage(Stage):
                 return lists.Match(), {}, None
             return policy.match_call(None, None, dnis, also=also), {}, None
         keys = ["*", dnis] if dnis in self.flood_dnis and dnis != "*" else ["*"]
+        # the list before the count: a block this count's crossing call writes (into this node's
+        # snapshot at once) then only ever meets calls counted after that one
+        match = policy.match_call(number, call.presented_e164 if call.presented_e164 != number else None, dnis,
+                                  also=also)
         counts = call.inputs.fact(
             "screening.flood", lambda: self._count(number, keys),
             encode=lambda found: {k: [c.hour, c.day] for k, c in found.items()},
             decode=lambda stored: {k: counters.Counts(*v) for k, v in stored.items()})
-        match = policy.match_call(number, call.presented_e164 if call.presented_e164 != number else None, dnis,
-                                  also=also)
         auto = self._flood(call, number, dnis, counts, match.entry) if not match.allowed and match.dno is None else None
         return match, counts, auto
 
