@@ -1,0 +1,277 @@
+"""The end-of-call watcher: one inbound Event Socket connection per node that learns how the
+calls this node let go of ended.
+
+A routed call's outbound socket costs FreeSWITCH about 2 ms of CPU per second it is held (the
+listener thread polls it every 20 ms, and every event fired is checked against every listener).
+fsguard only held it to read the final CHANNEL_HANGUP_COMPLETE (cause, billsec, bridge times,
+``record_*`` variables) for the stages' ``after_call`` hooks and the end row. Here that event
+comes instead over ONE inbound connection (``esl.inbound``) subscribed to
+``event plain CHANNEL_HANGUP_COMPLETE`` with ``filter variable_fsguard_node <node id>``: the
+variable is set in the route's multiset, so each node receives its own calls' ends only.
+
+Letting go is safe only when FreeSWITCH will not reset the channel when the socket goes away.
+mod_event_socket (1.10.12) sets ``CS_RESET`` on the channel at the end of the listener when
+``resume`` was sent or ``socket_resume`` is true; seen on a real FreeSWITCH: an ``exit`` after the
+routing application ran breaks the bridge to the agent (the call is hung up, or left without an
+agent), and a ``bridge`` queued behind an ``exit`` is abandoned and the dialplan's fallback runs.
+So in this mode the dialplan sets ``socket_resume=true`` (the same protection as ``resume`` until
+the route), fsguard does not send ``resume``, the route's multiset sets ``socket_resume=false``,
+and the socket is let go only once FreeSWITCH says it is false (``getvar``): the route is then on
+the channel and nothing resets it, whichever of ``exit`` and the route runs first.
+
+The event-reading loop speaks the protocol on the socket directly with fsguard.esl.session's
+FrameReader (FreeSWITCHAPI in fsguard.esl.client only sends ``api`` commands today).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from typing import Any
+
+import gevent
+import structlog
+from gevent import socket as gsocket
+from gevent.event import AsyncResult
+
+from fsguard.config import ESLSettings, parse_hostport
+from fsguard.esl.session import (CallGone, ESLError, ESLTimeout, FrameReader, OutboundSession, PlainEvent, ProtocolError,
+                                 plain_header)
+
+log = structlog.get_logger("fsguard.service.ends")
+
+#: the channel variable that names the node which decided the call (the watcher's filter)
+NODE_VARIABLE = "fsguard_node"
+#: what a routed call's multiset sets when its socket may be let go (see the module docstring)
+RELEASE_VARIABLES = ("socket_resume", "false")
+#: the end of a call that no waiting call has claimed yet is kept this long, at most this many
+KEEP_SECONDS = 120.0
+KEEP_MAX = 20_000
+#: reconnection backoff, seconds
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
+#: how long, how often ``getvar socket_resume`` is asked before the socket is held instead
+RELEASE_WAIT, RELEASE_POLL = 1.0, 0.01
+
+
+class EndMissed(ESLError):
+    """The inbound connection was down when the call ended: its end is not known."""
+
+
+class EndWatcher:
+    """One inbound connection, the calls waiting for their end, and ends nobody claimed yet."""
+
+    def __init__(self, esl: ESLSettings, node: str, *, keep_seconds: float = KEEP_SECONDS,
+                 keep_max: int = KEEP_MAX) -> None:
+        self.host, self.port = parse_hostport(esl.inbound, "esl.inbound")
+        self.password = esl.inbound_password
+        self.timeout = esl.command_timeout
+        self.max_frame_bytes = esl.max_frame_bytes
+        self.node = node
+        self.keep_seconds = keep_seconds
+        self.keep_max = keep_max
+        #: uuid -> the waiting call's result (a CHANNEL_HANGUP_COMPLETE, or EndMissed)
+        self.waiting: dict[str, AsyncResult] = {}
+        #: uuid -> (monotonic time, raw event body): ends that arrived before their call waited
+        self.recent: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self.connected = False
+        self.connections = 0
+        self.ends_received = 0
+        self._sock: Any = None
+        self._runner: gevent.Greenlet | None = None
+        self._stopping = False
+        #: uuids asked about with ``api uuid_exists`` after a reconnection, in the order asked
+        self._asked: deque[str] = deque()
+
+    @classmethod
+    def from_settings(cls, esl: ESLSettings, node: str) -> EndWatcher:
+        return cls(esl, node)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._runner is None:
+            self._stopping = False
+            self._runner = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        self._stopping = True
+        runner, self._runner = self._runner, None
+        self._close()
+        if runner is not None:
+            runner.kill(block=True, timeout=2)
+        self.connected = False
+
+    # ------------------------------------------------------------ the calls
+
+    def register(self, uuid: str) -> AsyncResult:
+        """Wait for ``uuid``'s end; an end that already arrived is handed over at once."""
+        result = AsyncResult()
+        kept = self.recent.pop(uuid, None)
+        if kept is not None:
+            result.set(PlainEvent(kept[1]))
+        else:
+            self.waiting[uuid] = result
+        return result
+
+    def forget(self, uuid: str) -> None:
+        self.waiting.pop(uuid, None)
+
+    def follow(self, session: OutboundSession, timeout: float, *, answered_at_connect: bool) -> bool:
+        """Let go of a routed call's socket and wait here for its CHANNEL_HANGUP_COMPLETE.
+
+        False, with the socket untouched, when the call cannot be let go: the watcher is not
+        connected, fsguard had to send ``resume`` (the dialplan does not set socket_resume), the
+        channel is already ending, or the route's ``socket_resume=false`` never took effect (an
+        instruction sent without it: a fail-open route, a hang-up). Otherwise the session ends up
+        as it would have after holding the socket: ``hangup_complete`` set, ``answered`` when the
+        channel was answered after fsguard got it (the CHANNEL_ANSWER the socket would have read).
+        Raises ESLTimeout after ``timeout`` and EndMissed if the end was lost, as a held socket
+        that timed out or broke does (the call then gets no end row).
+        """
+        if not self.connected or session.resume_sent or session.hungup or not self._released(session):
+            return False
+        uuid = session.uuid
+        waiter = self.register(uuid)
+        try:
+            session.close()
+            try:
+                event = waiter.get(timeout=timeout)
+            except gevent.Timeout:
+                raise ESLTimeout(f"timed out after {timeout:g}s waiting for the end of the call") from None
+        finally:
+            self.forget(uuid)
+        session.hangup_complete = event
+        answered_at = event.get("Caller-Channel-Answered-Time") or "0"
+        if not answered_at_connect and answered_at.isdigit() and int(answered_at) > 0:
+            session.answered = True
+        return True
+
+    def _released(self, session: OutboundSession) -> bool:
+        """FreeSWITCH has run the route's multiset: ``socket_resume`` is false on the channel."""
+        deadline = time.monotonic() + RELEASE_WAIT
+        try:
+            while not session.hungup:
+                if session.getvar(RELEASE_VARIABLES[0]) == RELEASE_VARIABLES[1]:
+                    return True
+                if time.monotonic() >= deadline:
+                    log.info("ends.held", reason="socket_resume never became false")
+                    return False
+                gevent.sleep(RELEASE_POLL)
+        except (CallGone, ESLTimeout):
+            pass
+        return False
+
+    # ------------------------------------------------------------ the connection
+
+    def _run(self) -> None:
+        backoff = BACKOFF_FIRST
+        while not self._stopping:
+            try:
+                self._session()
+            except (OSError, ESLError) as exc:
+                log.warning("ends.disconnected", error=str(exc) or type(exc).__name__,
+                            address=f"{self.host}:{self.port}", retry_seconds=backoff,
+                            calls_waiting=len(self.waiting))
+            finally:
+                was = self.connected
+                self.connected = False
+                self._close()
+            if self._stopping:
+                return
+            if was:
+                backoff = BACKOFF_FIRST
+            gevent.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _session(self) -> None:
+        """Connect, authenticate, subscribe; then hand out ends until the connection drops."""
+        sock = gsocket.create_connection((self.host, self.port), timeout=self.timeout)
+        self._sock = sock
+        reader = FrameReader(self.max_frame_bytes)
+        frames: deque[Any] = deque()
+
+        def next_frame() -> Any:
+            while not frames:
+                data = sock.recv(65536)
+                if not data:
+                    raise ESLError("FreeSWITCH closed the inbound event socket")
+                frames.extend(reader.feed(data))
+            return frames.popleft()
+
+        def command(line: str) -> str:
+            sock.sendall(line.encode() + b"\n\n")
+            while True:
+                frame = next_frame()
+                if frame.content_type == "command/reply":
+                    return str(frame.headers.get("Reply-Text", ""))
+                if frame.content_type == "text/disconnect-notice" or frame.content_type == "text/rude-rejection":
+                    raise ESLError(f"FreeSWITCH refused the connection ({frame.content_type})")
+
+        greeting = next_frame()
+        if greeting.content_type != "auth/request":
+            raise ProtocolError(f"expected auth/request, got {greeting.content_type!r}")
+        if not command(f"auth {self.password}").startswith("+OK"):
+            raise ESLError("FreeSWITCH refused the password (esl.inbound_password)")
+        # the filter before the subscription: no other node's end is ever serialised for us
+        for line in (f"filter variable_{NODE_VARIABLE} {self.node}", "event plain CHANNEL_HANGUP_COMPLETE"):
+            reply = command(line)
+            if not reply.startswith("+OK"):
+                raise ESLError(f"FreeSWITCH refused {line!r}: {reply}")
+        sock.settimeout(None)
+        self.connections += 1
+        self.connected = True
+        log.info("ends.connected", address=f"{self.host}:{self.port}", node=self.node,
+                 calls_waiting=len(self.waiting))
+        self._ask_about_waiting(sock)
+        while True:
+            frame = next_frame()
+            ctype = frame.content_type
+            if ctype == "text/event-plain":
+                self._end(frame.body)
+            elif ctype == "api/response":
+                self._answered(frame.body.decode("utf-8", "replace").strip())
+            elif ctype == "text/disconnect-notice":
+                raise ESLError("FreeSWITCH ended the inbound event socket")
+
+    def _ask_about_waiting(self, sock: Any) -> None:
+        """After a reconnection: a waiting call whose channel is gone ended while we were away."""
+        self._asked.clear()
+        uuids = list(self.waiting)
+        if uuids:
+            self._asked.extend(uuids)
+            sock.sendall(b"".join(f"api uuid_exists {uuid}\n\n".encode() for uuid in uuids))
+
+    def _answered(self, text: str) -> None:
+        if not self._asked:
+            return
+        uuid = self._asked.popleft()
+        waiter = self.waiting.get(uuid)
+        if text != "true" and waiter is not None and not waiter.ready():
+            log.warning("ends.missed", call=uuid)
+            waiter.set_exception(EndMissed("the call ended while the inbound event socket was down"))
+
+    def _end(self, body: bytes) -> None:
+        if plain_header(body, b"Event-Name") != "CHANNEL_HANGUP_COMPLETE":
+            return
+        uuid = plain_header(body, b"Unique-ID")
+        if not uuid:
+            return
+        self.ends_received += 1
+        waiter = self.waiting.pop(uuid, None)
+        if waiter is not None:
+            waiter.set(PlainEvent(body))
+            return
+        now = time.monotonic()
+        self.recent[uuid] = (now, body)
+        recent = self.recent
+        while recent and (len(recent) > self.keep_max or next(iter(recent.values()))[0] < now - self.keep_seconds):
+            recent.popitem(last=False)
+
