@@ -107,7 +107,7 @@ class ESLSettings:
     #: "inbound" lets go of the call's socket once routed and learns the end over one inbound
     #: connection (esl.inbound) per node, which needs socket_resume=true set in the dialplan before
     #: ``socket`` (calls without it, and every call while that connection is down, are held as with
-    #: "socket"); "socket" holds each routed call's socket until the call ends
+    #: "socket"); "socket" holds each routed call's socket until the call ends (docs/operations.rst)
     follow_ends: str = "inbound"
 
     def validate(self) -> None:
