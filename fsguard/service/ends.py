@@ -49,8 +49,11 @@ KEEP_SECONDS = 120.0
 KEEP_MAX = 20_000
 #: reconnection backoff, seconds
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
-#: how long, how often ``getvar socket_resume`` is asked before the socket is held instead
-RELEASE_WAIT, RELEASE_POLL = 1.0, 0.01
+#: ``getvar socket_resume`` is asked after one media tick (the multiset runs on the next 20 ms
+#: tick), then after twice as long each time, for at most RELEASE_WAIT seconds before the socket
+#: is held instead: every command costs the listener thread a system call per byte, and a
+#: FreeSWITCH too busy to run the multiset must not be asked more often
+RELEASE_WAIT, RELEASE_FIRST = 1.0, 0.02
 
 
 class EndMissed(ESLError):
@@ -149,14 +152,19 @@ class EndWatcher:
     def _released(self, session: OutboundSession) -> bool:
         """FreeSWITCH has run the route's multiset: ``socket_resume`` is false on the channel."""
         deadline = time.monotonic() + RELEASE_WAIT
+        pause = RELEASE_FIRST
         try:
             while not session.hungup:
+                gevent.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                session.poll()
+                if session.hungup:
+                    break
                 if session.getvar(RELEASE_VARIABLES[0]) == RELEASE_VARIABLES[1]:
                     return True
                 if time.monotonic() >= deadline:
                     log.info("ends.held", reason="socket_resume never became false")
                     return False
-                gevent.sleep(RELEASE_POLL)
+                pause *= 2
         except (CallGone, ESLTimeout):
             pass
         return False
