@@ -8,6 +8,7 @@ is gone, and the end row and the stages' after_call effects are what a held sock
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any, Callable
 
@@ -22,7 +23,7 @@ from fsguard.service.ends import EndWatcher
 from fsguard.store.models import CallRecord
 from fsguard.store.models.outbound import OutboundAttempt
 from fsguard.store.models.recordings import Recording
-from fsguard_testing.freeswitch import CallPlacer, EventSocketClient, free_port
+from fsguard_testing.freeswitch import CallPlacer, EventSocketClient
 
 from test_realfs_calls import agent_ready, executed, hangup  # tests/realfs is on sys.path under pytest
 
@@ -143,8 +144,11 @@ def test_an_agents_short_call_is_counted_after_letting_go_of_its_bridge(
 
 def test_with_the_inbound_event_socket_down_the_routed_call_is_held_as_before(
         start_fsguard: Callable[..., App], realfs_settings: Settings, fs_events: EventSocketClient,
-        placer: CallPlacer, monkeypatch: pytest.MonkeyPatch) -> None:
-    realfs_settings.esl.inbound = f"127.0.0.1:{free_port()}"   # nothing listens there
+        placer: CallPlacer, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    closed = socket.socket()   # bound and never listening: refused, and no other process can take the port
+    closed.bind(("127.0.0.1", 0))
+    request.addfinalizer(closed.close)
+    realfs_settings.esl.inbound = f"127.0.0.1:{closed.getsockname()[1]}"
     realfs_settings.recording.consent = False
     app = start_fsguard(realfs_settings)
     opened = _sessions(app, monkeypatch)
@@ -160,7 +164,7 @@ def test_with_the_inbound_event_socket_down_the_routed_call_is_held_as_before(
 
     row = _ended(app, b_leg)
     assert row.hangup_cause == end.var("hangup_cause") and row.billsec == int(end.var("billsec") or -1)
-    assert session.closed
+    _wait(lambda: session.closed, "the socket closed once the call ended")
 
 
 def test_an_end_that_reaches_the_watcher_before_the_call_waits_for_it_is_not_lost(
