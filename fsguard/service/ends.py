@@ -19,24 +19,24 @@ the route), fsguard does not send ``resume``, the route's multiset sets ``socket
 and the socket is let go only once FreeSWITCH says it is false (``getvar``): the route is then on
 the channel and nothing resets it, whichever of ``exit`` and the route runs first.
 
-The event-reading loop speaks the protocol on the socket directly with fsguard.esl.session's
-FrameReader (FreeSWITCHAPI in fsguard.esl.client only sends ``api`` commands today).
+The connection is a :class:`fsguard.esl.client.FreeSWITCHAPI` (subscribe, filter, next_event,
+and ``api uuid_exists`` after a reconnection, whose answers interleave with the events).
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Any
 
 import gevent
 import structlog
-from gevent import socket as gsocket
 from gevent.event import AsyncResult
 
-from fsguard.config import ESLSettings, parse_hostport
-from fsguard.esl.session import (CallGone, ESLError, ESLTimeout, FrameReader, OutboundSession, PlainEvent, ProtocolError,
-                                 plain_header)
+from fsguard.config import ESLSettings
+from fsguard.esl.client import FreeSWITCHAPI, InboundError
+from fsguard.esl.protocol import ESLError
+from fsguard.esl.session import CallGone, ESLTimeout, OutboundSession
 
 log = structlog.get_logger("fsguard.service.ends")
 
@@ -65,7 +65,7 @@ class EndWatcher:
 
     def __init__(self, esl: ESLSettings, node: str, *, keep_seconds: float = KEEP_SECONDS,
                  keep_max: int = KEEP_MAX) -> None:
-        self.host, self.port = parse_hostport(esl.inbound, "esl.inbound")
+        self.address = esl.inbound
         self.password = esl.inbound_password
         self.timeout = esl.command_timeout
         self.max_frame_bytes = esl.max_frame_bytes
@@ -74,16 +74,14 @@ class EndWatcher:
         self.keep_max = keep_max
         #: uuid -> the waiting call's result (a CHANNEL_HANGUP_COMPLETE, or EndMissed)
         self.waiting: dict[str, AsyncResult] = {}
-        #: uuid -> (monotonic time, raw event body): ends that arrived before their call waited
-        self.recent: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        #: uuid -> (monotonic time, the event): ends that arrived before their call waited
+        self.recent: OrderedDict[str, tuple[float, Any]] = OrderedDict()
         self.connected = False
         self.connections = 0
         self.ends_received = 0
-        self._sock: Any = None
+        self._fs: FreeSWITCHAPI | None = None
         self._runner: gevent.Greenlet | None = None
         self._stopping = False
-        #: uuids asked about with ``api uuid_exists`` after a reconnection, in the order asked
-        self._asked: deque[str] = deque()
 
     @classmethod
     def from_settings(cls, esl: ESLSettings, node: str) -> EndWatcher:
@@ -111,7 +109,7 @@ class EndWatcher:
         result = AsyncResult()
         kept = self.recent.pop(uuid, None)
         if kept is not None:
-            result.set(PlainEvent(kept[1]))
+            result.set(kept[1])
         else:
             self.waiting[uuid] = result
         return result
@@ -176,10 +174,9 @@ class EndWatcher:
         while not self._stopping:
             try:
                 self._session()
-            except (OSError, ESLError) as exc:
-                log.warning("ends.disconnected", error=str(exc) or type(exc).__name__,
-                            address=f"{self.host}:{self.port}", retry_seconds=backoff,
-                            calls_waiting=len(self.waiting))
+            except (OSError, ESLError, InboundError) as exc:
+                log.warning("ends.disconnected", error=str(exc) or type(exc).__name__, address=self.address,
+                            retry_seconds=backoff, calls_waiting=len(self.waiting))
             finally:
                 was = self.connected
                 self.connected = False
@@ -192,94 +189,51 @@ class EndWatcher:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     def _close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
+        fs, self._fs = self._fs, None
+        if fs is not None:
+            fs.close(polite=False)
 
     def _session(self) -> None:
         """Connect, authenticate, subscribe; then hand out ends until the connection drops."""
-        sock = gsocket.create_connection((self.host, self.port), timeout=self.timeout)
-        self._sock = sock
-        reader = FrameReader(self.max_frame_bytes)
-        frames: deque[Any] = deque()
-
-        def next_frame() -> Any:
-            while not frames:
-                data = sock.recv(65536)
-                if not data:
-                    raise ESLError("FreeSWITCH closed the inbound event socket")
-                frames.extend(reader.feed(data))
-            return frames.popleft()
-
-        def command(line: str) -> str:
-            sock.sendall(line.encode() + b"\n\n")
-            while True:
-                frame = next_frame()
-                if frame.content_type == "command/reply":
-                    return str(frame.headers.get("Reply-Text", ""))
-                if frame.content_type == "text/disconnect-notice" or frame.content_type == "text/rude-rejection":
-                    raise ESLError(f"FreeSWITCH refused the connection ({frame.content_type})")
-
-        greeting = next_frame()
-        if greeting.content_type != "auth/request":
-            raise ProtocolError(f"expected auth/request, got {greeting.content_type!r}")
-        if not command(f"auth {self.password}").startswith("+OK"):
-            raise ESLError("FreeSWITCH refused the password (esl.inbound_password)")
+        fs = FreeSWITCHAPI(self.address, self.password, timeout=self.timeout, max_frame_bytes=self.max_frame_bytes)
+        self._fs = fs
+        fs.connect()
         # the filter before the subscription: no other node's end is ever serialised for us
-        for line in (f"filter variable_{NODE_VARIABLE} {self.node}", "event plain CHANNEL_HANGUP_COMPLETE"):
-            reply = command(line)
-            if not reply.startswith("+OK"):
-                raise ESLError(f"FreeSWITCH refused {line!r}: {reply}")
-        sock.settimeout(None)
+        fs.filter(f"variable_{NODE_VARIABLE}", self.node)
+        fs.subscribe("CHANNEL_HANGUP_COMPLETE")
         self.connections += 1
         self.connected = True
-        log.info("ends.connected", address=f"{self.host}:{self.port}", node=self.node,
-                 calls_waiting=len(self.waiting))
-        self._ask_about_waiting(sock)
-        while True:
-            frame = next_frame()
-            ctype = frame.content_type
-            if ctype == "text/event-plain":
-                self._end(frame.body)
-            elif ctype == "api/response":
-                self._answered(frame.body.decode("utf-8", "replace").strip())
-            elif ctype == "text/disconnect-notice":
-                raise ESLError("FreeSWITCH ended the inbound event socket")
+        log.info("ends.connected", address=self.address, node=self.node, calls_waiting=len(self.waiting))
+        self._ask_about_waiting(fs)
+        while not self._stopping:
+            event = fs.next_event(60.0)
+            if event is not None:
+                self._end(event)
 
-    def _ask_about_waiting(self, sock: Any) -> None:
+    def _ask_about_waiting(self, fs: FreeSWITCHAPI) -> None:
         """After a reconnection: a waiting call whose channel is gone ended while we were away."""
-        self._asked.clear()
-        uuids = list(self.waiting)
-        if uuids:
-            self._asked.extend(uuids)
-            sock.sendall(b"".join(f"api uuid_exists {uuid}\n\n".encode() for uuid in uuids))
+        gone = [uuid for uuid in list(self.waiting) if fs.api(f"uuid_exists {uuid}") != "true"]
+        while fs.events:   # ends that came while we asked are ends, not losses
+            self._end(fs.events.popleft())
+        for uuid in gone:
+            waiter = self.waiting.get(uuid)
+            if waiter is not None and not waiter.ready():
+                log.warning("ends.missed", call=uuid)
+                waiter.set_exception(EndMissed("the call ended while the inbound event socket was down"))
 
-    def _answered(self, text: str) -> None:
-        if not self._asked:
+    def _end(self, event: Any) -> None:
+        if event.get("Event-Name") != "CHANNEL_HANGUP_COMPLETE":
             return
-        uuid = self._asked.popleft()
-        waiter = self.waiting.get(uuid)
-        if text != "true" and waiter is not None and not waiter.ready():
-            log.warning("ends.missed", call=uuid)
-            waiter.set_exception(EndMissed("the call ended while the inbound event socket was down"))
-
-    def _end(self, body: bytes) -> None:
-        if plain_header(body, b"Event-Name") != "CHANNEL_HANGUP_COMPLETE":
-            return
-        uuid = plain_header(body, b"Unique-ID")
+        uuid = event.get("Unique-ID")
         if not uuid:
             return
         self.ends_received += 1
         waiter = self.waiting.pop(uuid, None)
         if waiter is not None:
-            waiter.set(PlainEvent(body))
+            waiter.set(event)
             return
         now = time.monotonic()
-        self.recent[uuid] = (now, body)
+        self.recent[uuid] = (now, event)
         recent = self.recent
         while recent and (len(recent) > self.keep_max or next(iter(recent.values()))[0] < now - self.keep_seconds):
             recent.popitem(last=False)
-
