@@ -103,10 +103,18 @@ class ESLSettings:
     inbound: str = "127.0.0.1:8021"
     #: the password of FreeSWITCH's event_socket.conf.xml (change it there and here)
     inbound_password: str = "ClueCon"
+    #: how a routed call is followed to its end (hang-up cause, billsec, the stages' after_call):
+    #: "inbound" lets go of the call's socket once routed and learns the end over one inbound
+    #: connection (esl.inbound) per node, which needs socket_resume=true set in the dialplan before
+    #: ``socket`` (calls without it, and every call while that connection is down, are held as with
+    #: "socket"); "socket" holds each routed call's socket until the call ends (docs/operations.rst)
+    follow_ends: str = "inbound"
 
     def validate(self) -> None:
         parse_hostport(self.listen, "esl.listen")
         parse_hostport(self.inbound, "esl.inbound")
+        if self.follow_ends not in ("inbound", "socket"):
+            raise ConfigError(f"esl.follow_ends: expected inbound or socket, got {self.follow_ends!r}")
         if self.event_format not in ("plain", "json"):
             raise ConfigError(f"esl.event_format: expected plain or json, got {self.event_format!r}")
         if self.max_calls < 1:

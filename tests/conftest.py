@@ -143,6 +143,9 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
     s.esl.listen = "127.0.0.1:0"
     s.esl.command_timeout = 3.0
     s.esl.drain_seconds = 2.0
+    # the simulator's calls are held on their socket (tests/test_ends.py lets go of them, with a
+    # fake inbound event socket; nothing here may reach a real one on esl.inbound)
+    s.esl.follow_ends = "socket"
     s.recording.dir = str(tmp_path / "recordings")
     s.http.enabled = False
     return s

@@ -167,6 +167,7 @@ def simulated(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -
     settings.database.url = f"sqlite:///{work / 'fsguard.db'}"
     settings.node.id = "sim"
     settings.esl.listen = "127.0.0.1:0"
+    settings.esl.follow_ends = "socket"   # the captures hold the routed call's socket to its end
     settings.recording.dir = str(work / "recordings")
     settings.http.enabled = False
     db = Database(settings.database)

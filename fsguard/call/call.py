@@ -214,6 +214,8 @@ class Call:
         self._clock: ChannelClock | None = None
         #: variables and applications queued for the next write to FreeSWITCH
         self._pending: list[tuple[str, str]] = []
+        #: variables set with the route, in its multiset (the node's end watcher: service/ends.py)
+        self.route_variables: dict[str, str] = {}
         #: the channel's export_vars as fsguard has left it (the dialplan's, then fsguard's exports)
         self._export_vars: list[str] = [n for n in self.variables.get("export_vars", "").split(",") if n]
 
@@ -369,6 +371,8 @@ class Call:
         """Send the call on: ``transfer default XML queues``, ``callcenter support@default``, ``bridge ...``."""
         instruction = Instruction.parse(target) if isinstance(target, str) else target
         self.final_action = instruction
+        if self.route_variables:
+            self.set(**self.route_variables)
         if instruction.app == "bridge" and not any(a == "set" and v.startswith("hangup_after_bridge=")
                                                    for a, v in self._pending):
             # a bridge ends back in the socket application: without this the caller's (or the

@@ -60,9 +60,14 @@ class OutboundSession(OutboundChannel):
     """
 
     def __init__(self, sock: Any, *, command_timeout: float = 5.0, max_frame_bytes: int = 1_048_576,
-                 event_format: str = "plain", log: Any = None, connect_timeout: float | None = None) -> None:
+                 event_format: str = "plain", log: Any = None, connect_timeout: float | None = None,
+                 resume: bool = True) -> None:
         super().__init__(max_frame_bytes=max_frame_bytes, event_format=event_format, log=log)
         self.sock = sock
+        #: send ``resume`` with ``connect``; False: only when the dialplan did not set
+        #: socket_resume=true (see fsguard.service.ends: a socket that sent it cannot be let go)
+        self.resume = resume
+        self.resume_sent = False
         self.command_timeout = command_timeout
         #: how long the peer may take to answer ``connect`` (FreeSWITCH answers at once)
         self.connect_timeout = connect_timeout or command_timeout
@@ -162,13 +167,17 @@ class OutboundSession(OutboundChannel):
         bytes FreeSWITCH would write about a call are events nobody here looks at. A bare
         ``linger``: the socket stays until the final events are read.
         """
-        commands = [Resume(), *self.subscription(), Linger()]
+        commands = [*((Resume(),) if self.resume else ()), *self.subscription(), Linger()]
         self.send(Connect(), *commands)
         connect = self.reply(self.connect_timeout)
         if not isinstance(connect, CommandReply) or "Unique-ID" not in connect.headers:
             raise ProtocolError("connect reply carries no channel data")
         self.channel = connect.headers
         self._check_replies(commands)
+        self.resume_sent = self.resume
+        if not self.resume_sent and self.channel.get("variable_socket_resume") != "true":
+            self.command(Resume())   # the dialplan did not set it: the same safety net, one round trip
+            self.resume_sent = True
         self.completions_subscribed = False
         return self.channel
 

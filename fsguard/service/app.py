@@ -3,10 +3,12 @@
 ``App.handle`` is the life of a call inside fsguard, top to bottom:
 
     connect (channel data) -> pipeline decides and instructs FreeSWITCH -> decision written down
-    -> follow the call to its end -> end written down -> exit and close
+    -> follow the call to its end (on the socket, or let go of it and learn the end from the
+    node's end watcher: service/ends.py) -> end written down -> exit and close
 
 Whatever fails, the socket is closed and FreeSWITCH has had an instruction (``resume`` is sent
-with ``connect``, so even a socket closed without one hands the call back to the dialplan).
+with ``connect``, or the dialplan set ``socket_resume=true``, so even a socket closed without one
+hands the call back to the dialplan).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fsguard.call.results import CallEnd
 from fsguard.config import Settings
 from fsguard.esl.session import CallGone, ESLError, OutboundSession, ProtocolError
 from fsguard.service import calls
+from fsguard.service.ends import NODE_VARIABLE, RELEASE_VARIABLES, EndWatcher
 from fsguard.service.metrics import Metrics
 from fsguard.store import records
 from fsguard.store.db import Database, DatabaseError
@@ -58,6 +61,8 @@ class App:
         self.held: set[gevent.Greenlet] = set()
         #: set when the server drains: calls decided from then on are not followed to their end
         self.stopping = False
+        #: the node's end-of-call watcher (esl.follow_ends = "inbound"; started by the server)
+        self.ends = EndWatcher.from_settings(settings.esl, settings.node.id)
 
     def reload(self, settings: Settings) -> None:
         """Take a new policy (SIGHUP). Calls in progress finish with the pipeline they started with.
@@ -73,7 +78,8 @@ class App:
     def session_for(self, sock: Any) -> OutboundSession:
         esl = self.settings.esl
         return OutboundSession(sock, command_timeout=esl.command_timeout, max_frame_bytes=esl.max_frame_bytes,
-                               event_format=esl.event_format, log=log, connect_timeout=esl.connect_timeout)
+                               event_format=esl.event_format, log=log, connect_timeout=esl.connect_timeout,
+                               resume=esl.follow_ends != "inbound")
 
     def connect(self, session: OutboundSession) -> bool:
         """Start the session (``connect`` and the rest, waiting ``esl.connect_timeout`` for the reply).
@@ -107,6 +113,7 @@ class App:
             if not session.started:
                 session.start()
             call = self._call(session)
+            answered_at_connect = session.channel.get("Answer-State") == "answered"
             decision = self.pipeline.decide(call)
             self.metrics.decision_seconds.observe((decision.decision_ms or 0) / 1000)
             written = calls.record_decision(self.writer, call, decision, self.settings.node.id, started_at)
@@ -114,7 +121,9 @@ class App:
             self.deciding.discard(me)
             if not self.stopping and (decision.outcome != "abandoned" or not session.hangup_complete):
                 self.held.add(me)
-                session.wait_for_end(self.settings.esl.max_call_seconds)
+                max_seconds = self.settings.esl.max_call_seconds
+                if not self.ends.follow(session, max_seconds, answered_at_connect=answered_at_connect):
+                    session.wait_for_end(max_seconds)
             end = self._end(session)
             for stage in decision.ran:
                 try:
@@ -157,6 +166,8 @@ class App:
                     trust=self.identity_trust, inputs=LiveInputs(self.clock))
         structlog.contextvars.bind_contextvars(uuid=call.uuid, ani=call.ani or call.presented_number, dnis=call.dnis)
         call.log = session.log = log
+        if not session.resume_sent:   # a socket that sent ``resume`` is held (see service/ends.py)
+            call.route_variables = {NODE_VARIABLE: node.id, RELEASE_VARIABLES[0]: RELEASE_VARIABLES[1]}
         gevent.getcurrent().fsguard_call = weakref.ref(call)   # the console's "live calls" page reads it
         return call
 

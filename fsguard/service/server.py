@@ -61,6 +61,8 @@ class CallServer:
     def start(self) -> None:
         self.app.db.start_checkpointer()
         self.app.policy.start()
+        if self.settings.esl.follow_ends == "inbound":
+            self.app.ends.start()
         self.server.start()
         log.info("server.listening", address=f"{self.address[0]}:{self.address[1]}", max_calls=self.max_calls,
                  node=self.settings.node.id)
@@ -109,6 +111,7 @@ class CallServer:
             greenlet.kill(ShuttingDown, block=False)
         self.pool.join(timeout=max(self.settings.esl.command_timeout, 1.0) + 1)
         self.pool.kill(block=True, timeout=1)
+        self.app.ends.stop()
         self.app.writer.close(timeout=max(self.settings.esl.command_timeout, 5.0))
         self.app.policy.stop()
         self.app.db.stop_checkpointer()

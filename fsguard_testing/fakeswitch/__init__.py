@@ -42,6 +42,7 @@ import itertools
 import random
 import time
 from collections.abc import Iterable
+from typing import Any
 from uuid import uuid4
 
 import gevent
@@ -140,6 +141,8 @@ class FakeFreeSWITCH:
         self.calls_started = 0
         self.active = 0
         self.peak = 0
+        #: a fsguard_testing.inbound_events.InboundEvents that also gets every channel's end
+        self.inbound_events: Any = None
 
     def target_wait(self, channel_seconds: float) -> float:
         """Real seconds to wait on the target for something FreeSWITCH waits ``channel_seconds`` for."""

@@ -177,6 +177,8 @@ class Channel(EventSocket, ApiCommands, SocketApplication, Applications, CallerB
             self.current = None
             self.state, self.state_number, self.call_state = "CS_REPORTING", 11, "HANGUP"
             self._billing_variables()
+        if self.sim.inbound_events is not None:
+            self.sim.inbound_events.channel_ended(self)
         self._linger_or_close(lingering, notice_sent)
 
     def _billing_variables(self) -> None:

@@ -1,0 +1,239 @@
+"""The end-of-call watcher: one inbound Event Socket connection per node that learns how the
+calls this node let go of ended.
+
+A routed call's outbound socket costs FreeSWITCH about 2 ms of CPU per second it is held (the
+listener thread polls it every 20 ms, and every event fired is checked against every listener).
+fsguard only held it to read the final CHANNEL_HANGUP_COMPLETE (cause, billsec, bridge times,
+``record_*`` variables) for the stages' ``after_call`` hooks and the end row. Here that event
+comes instead over ONE inbound connection (``esl.inbound``) subscribed to
+``event plain CHANNEL_HANGUP_COMPLETE`` with ``filter variable_fsguard_node <node id>``: the
+variable is set in the route's multiset, so each node receives its own calls' ends only.
+
+Letting go is safe only when FreeSWITCH will not reset the channel when the socket goes away.
+mod_event_socket (1.10.12) sets ``CS_RESET`` on the channel at the end of the listener when
+``resume`` was sent or ``socket_resume`` is true; seen on a real FreeSWITCH: an ``exit`` after the
+routing application ran breaks the bridge to the agent (the call is hung up, or left without an
+agent), and a ``bridge`` queued behind an ``exit`` is abandoned and the dialplan's fallback runs.
+So in this mode the dialplan sets ``socket_resume=true`` (the same protection as ``resume`` until
+the route), fsguard does not send ``resume``, the route's multiset sets ``socket_resume=false``,
+and the socket is let go only once FreeSWITCH says it is false (``getvar``): the route is then on
+the channel and nothing resets it, whichever of ``exit`` and the route runs first.
+
+The connection is a :class:`fsguard.esl.client.FreeSWITCHAPI` (subscribe, filter, next_event,
+and ``api uuid_exists`` after a reconnection, whose answers interleave with the events).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any
+
+import gevent
+import structlog
+from gevent.event import AsyncResult
+
+from fsguard.config import ESLSettings
+from fsguard.esl.client import FreeSWITCHAPI, InboundError
+from fsguard.esl.protocol import ESLError
+from fsguard.esl.session import CallGone, ESLTimeout, OutboundSession
+
+log = structlog.get_logger("fsguard.service.ends")
+
+#: the channel variable that names the node which decided the call (the watcher's filter)
+NODE_VARIABLE = "fsguard_node"
+#: what a routed call's multiset sets when its socket may be let go (see the module docstring)
+RELEASE_VARIABLES = ("socket_resume", "false")
+#: the end of a call that no waiting call has claimed yet is kept this long, at most this many
+KEEP_SECONDS = 120.0
+KEEP_MAX = 20_000
+#: reconnection backoff, seconds
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
+#: ``getvar socket_resume`` is asked after one media tick (the multiset runs on the next 20 ms
+#: tick), then after twice as long each time, for at most RELEASE_WAIT seconds before the socket
+#: is held instead: every command costs the listener thread a system call per byte, and a
+#: FreeSWITCH too busy to run the multiset must not be asked more often
+RELEASE_WAIT, RELEASE_FIRST = 1.0, 0.02
+
+
+class EndMissed(ESLError):
+    """The inbound connection was down when the call ended: its end is not known."""
+
+
+class EndWatcher:
+    """One inbound connection, the calls waiting for their end, and ends nobody claimed yet."""
+
+    def __init__(self, esl: ESLSettings, node: str, *, keep_seconds: float = KEEP_SECONDS,
+                 keep_max: int = KEEP_MAX) -> None:
+        self.address = esl.inbound
+        self.password = esl.inbound_password
+        self.timeout = esl.command_timeout
+        self.max_frame_bytes = esl.max_frame_bytes
+        self.node = node
+        self.keep_seconds = keep_seconds
+        self.keep_max = keep_max
+        #: uuid -> the waiting call's result (a CHANNEL_HANGUP_COMPLETE, or EndMissed)
+        self.waiting: dict[str, AsyncResult] = {}
+        #: uuid -> (monotonic time, the event): ends that arrived before their call waited
+        self.recent: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self.connected = False
+        self.connections = 0
+        self.ends_received = 0
+        self._fs: FreeSWITCHAPI | None = None
+        self._runner: gevent.Greenlet | None = None
+        self._stopping = False
+
+    @classmethod
+    def from_settings(cls, esl: ESLSettings, node: str) -> EndWatcher:
+        return cls(esl, node)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._runner is None:
+            self._stopping = False
+            self._runner = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        self._stopping = True
+        runner, self._runner = self._runner, None
+        self._close()
+        if runner is not None:
+            runner.kill(block=True, timeout=2)
+        self.connected = False
+
+    # ------------------------------------------------------------ the calls
+
+    def register(self, uuid: str) -> AsyncResult:
+        """Wait for ``uuid``'s end; an end that already arrived is handed over at once."""
+        result = AsyncResult()
+        kept = self.recent.pop(uuid, None)
+        if kept is not None:
+            result.set(kept[1])
+        else:
+            self.waiting[uuid] = result
+        return result
+
+    def forget(self, uuid: str) -> None:
+        self.waiting.pop(uuid, None)
+
+    def follow(self, session: OutboundSession, timeout: float, *, answered_at_connect: bool) -> bool:
+        """Let go of a routed call's socket and wait here for its CHANNEL_HANGUP_COMPLETE.
+
+        False, with the socket untouched, when the call cannot be let go: the watcher is not
+        connected, fsguard had to send ``resume`` (the dialplan does not set socket_resume), the
+        channel is already ending, or the route's ``socket_resume=false`` never took effect (an
+        instruction sent without it: a fail-open route, a hang-up). Otherwise the session ends up
+        as it would have after holding the socket: ``hangup_complete`` set, ``answered`` when the
+        channel was answered after fsguard got it (the CHANNEL_ANSWER the socket would have read).
+        Raises ESLTimeout after ``timeout`` and EndMissed if the end was lost, as a held socket
+        that timed out or broke does (the call then gets no end row).
+        """
+        if not self.connected or session.resume_sent or session.hungup or not self._released(session):
+            return False
+        uuid = session.uuid
+        waiter = self.register(uuid)
+        try:
+            session.close()
+            try:
+                event = waiter.get(timeout=timeout)
+            except gevent.Timeout:
+                raise ESLTimeout(f"timed out after {timeout:g}s waiting for the end of the call") from None
+        finally:
+            self.forget(uuid)
+        session.hangup_complete = event
+        answered_at = event.get("Caller-Channel-Answered-Time") or "0"
+        if not answered_at_connect and answered_at.isdigit() and int(answered_at) > 0:
+            session.answered = True
+        return True
+
+    def _released(self, session: OutboundSession) -> bool:
+        """FreeSWITCH has run the route's multiset: ``socket_resume`` is false on the channel."""
+        deadline = time.monotonic() + RELEASE_WAIT
+        pause = RELEASE_FIRST
+        try:
+            while not session.hungup:
+                gevent.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                session.poll()
+                if session.hungup:
+                    break
+                if session.getvar(RELEASE_VARIABLES[0]) == RELEASE_VARIABLES[1]:
+                    return True
+                if time.monotonic() >= deadline:
+                    log.info("ends.held", reason="socket_resume never became false")
+                    return False
+                pause *= 2
+        except (CallGone, ESLTimeout):
+            pass
+        return False
+
+    # ------------------------------------------------------------ the connection
+
+    def _run(self) -> None:
+        backoff = BACKOFF_FIRST
+        while not self._stopping:
+            try:
+                self._session()
+            except (OSError, ESLError, InboundError) as exc:
+                log.warning("ends.disconnected", error=str(exc) or type(exc).__name__, address=self.address,
+                            retry_seconds=backoff, calls_waiting=len(self.waiting))
+            finally:
+                was = self.connected
+                self.connected = False
+                self._close()
+            if self._stopping:
+                return
+            if was:
+                backoff = BACKOFF_FIRST
+            gevent.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _close(self) -> None:
+        fs, self._fs = self._fs, None
+        if fs is not None:
+            fs.close(polite=False)
+
+    def _session(self) -> None:
+        """Connect, authenticate, subscribe; then hand out ends until the connection drops."""
+        fs = FreeSWITCHAPI(self.address, self.password, timeout=self.timeout, max_frame_bytes=self.max_frame_bytes)
+        self._fs = fs
+        fs.connect()
+        # the filter before the subscription: no other node's end is ever serialised for us
+        fs.filter(f"variable_{NODE_VARIABLE}", self.node)
+        fs.subscribe("CHANNEL_HANGUP_COMPLETE")
+        self.connections += 1
+        self.connected = True
+        log.info("ends.connected", address=self.address, node=self.node, calls_waiting=len(self.waiting))
+        self._ask_about_waiting(fs)
+        while not self._stopping:
+            event = fs.next_event(60.0)
+            if event is not None:
+                self._end(event)
+
+    def _ask_about_waiting(self, fs: FreeSWITCHAPI) -> None:
+        """After a reconnection: a waiting call whose channel is gone ended while we were away."""
+        gone = [uuid for uuid in list(self.waiting) if fs.api(f"uuid_exists {uuid}") != "true"]
+        while fs.events:   # ends that came while we asked are ends, not losses
+            self._end(fs.events.popleft())
+        for uuid in gone:
+            waiter = self.waiting.get(uuid)
+            if waiter is not None and not waiter.ready():
+                log.warning("ends.missed", call=uuid)
+                waiter.set_exception(EndMissed("the call ended while the inbound event socket was down"))
+
+    def _end(self, event: Any) -> None:
+        if event.get("Event-Name") != "CHANNEL_HANGUP_COMPLETE":
+            return
+        uuid = event.get("Unique-ID")
+        if not uuid:
+            return
+        self.ends_received += 1
+        waiter = self.waiting.pop(uuid, None)
+        if waiter is not None:
+            waiter.set(event)
+            return
+        now = time.monotonic()
+        self.recent[uuid] = (now, event)
+        recent = self.recent
+        while recent and (len(recent) > self.keep_max or next(iter(recent.values()))[0] < now - self.keep_seconds):
+            recent.popitem(last=False)
