@@ -11,15 +11,16 @@ from typing import Any, Iterator
 
 import gevent
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
-from fsguard.config import DatabaseSettings
+from fsguard.config import DatabaseSettings, PolicySettings
 from fsguard.ops import cli
 from fsguard.ops.web.api.ops import policy_check
 from fsguard.rules import changes, customers, lists
 from fsguard.rules import freeze as outbound
 from fsguard.rules.snapshot import STALE_SECONDS, PolicySnapshot
 from fsguard.store.db import Database
+from fsguard.store.models.recordings import Recording
 from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
 from fsguard_testing.waiting import settle, wait_for
 
@@ -33,6 +34,13 @@ DIALLED = "+15557654321"
 def put(db: Database, number: str, kind: str, level: int | None = None) -> None:
     with db.begin() as session:
         lists.add(session, lists.make_spec(number, kind=kind, level=level))
+
+
+def recording_of(db: Database, uuid: str) -> tuple[str, str] | None:
+    """The recording's purpose and status (its end written once the call's writer has committed)."""
+    with db.begin() as session:
+        row = session.execute(select(Recording.purpose, Recording.status).where(Recording.call_uuid == uuid)).first()
+    return None if row is None else (row.purpose, row.status)
 
 
 def put_customer(db: Database, number: str, **fields: Any) -> None:
@@ -74,8 +82,8 @@ class Statements:
 
 @pytest.fixture
 def guard(settings, start_guard, db):
-    # the chain without recording: a recorded call's row is still inserted in the decision (its id)
-    settings.policy.stages = ["screening", "outbound", "verification", "routing"]
+    # the default chain with the default recording policy: every call recorded, after the notice
+    settings.policy.stages = PolicySettings().stages
     settings.routing.rules = [{"name": "vip", "vip": True, "target": "callcenter vip@default"}]
     settings.validate()
     return start_guard()
@@ -98,6 +106,9 @@ def test_a_decision_makes_one_statement_the_flood_counter_and_reads_the_rest_fro
     assert routed.route == "transfer default XML queues"
     (only,) = statements.take()
     assert only.startswith("INSERT INTO call_counters") and "RETURNING" in only
+    # recorded all the same: the recording's row came after the decision, with the call's rows
+    assert "record_session" in [app for app, _ in routed.apps]
+    assert recording_of(db, routed.uuid) == ("evidence", "missing")   # the simulator writes no audio
 
     known = fs.call(Caller(ani=VIP, dnis=TOLL_FREE))   # the customer comes from memory too
     settle(guard)

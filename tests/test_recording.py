@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from fsguard.ops import cli
 from fsguard.rules import recordings
+from fsguard.store import records
 from fsguard.config import ConfigError, load_settings
 from fsguard.store.models import CallRecord, StageVerdict
 from fsguard.store.models.recordings import Recording, RecordingMask
@@ -478,6 +479,76 @@ def test_pause_with_freeswitch_unreachable_says_so_and_stores_no_mask(run, db, i
     HANG_UP.add(caller.uuid)
     call.get(timeout=10)
     settle(guard)
+
+
+def queued(writer: Any, root: Path, uuid: str, now: datetime) -> str:
+    """Queue a policy recording's row as the stage does; its path."""
+    path = recording_path(root, uuid, now)
+    recordings.queue_recording(
+        writer, call_uuid=uuid, path=path, node="n", direction="inbound", number="+15551230000", mode="all",
+        rule="default", purpose="evidence", consent=True, stereo=True, started_by="policy", status="recording",
+        started_at=now, retain_until=now + timedelta(days=30), legal_hold=False, hold_reason="", error="")
+    return path
+
+
+def test_a_pause_asked_before_the_call_writer_commits_the_recording_waits_for_its_row(db, settings, inbound,
+                                                                                     monkeypatch):
+    """A recording made by policy is written by the call writer moments after the decision: a pause
+    asked in between finds the row once it is committed, instead of saying there is none."""
+    uuid = str(uuidlib.uuid4())
+    now = datetime.now(timezone.utc)
+    path = recording_path(Path(settings.recording.dir), uuid, now)
+    inbound.start_recording(uuid, path)
+    misses: list[str] = []
+    find = recordings._find
+
+    def looked(s: Any, wanted: str, **kw: Any) -> Recording:
+        try:
+            return find(s, wanted, **kw)
+        except recordings.NotFound:
+            misses.append(wanted)
+            raise
+
+    monkeypatch.setattr(recordings, "_find", looked)
+    pausing = gevent.spawn(recordings.pause, db, settings, uuid, by="agent-7")
+    wait_for(lambda: misses)   # asked, and not there yet
+    writer = records.make_writer(db)
+    queued(writer, Path(settings.recording.dir), uuid, now)
+    paused = pausing.get(timeout=5)
+    writer.close()
+    assert [m["requested_by"] for m in paused["masks"]] == ["agent-7"]
+    assert inbound.api_commands == [f"uuid_record {uuid} mask {path}"]
+
+
+def test_a_pause_for_a_recording_never_written_says_it_is_not_written(db, cli_env, capsys, monkeypatch):
+    monkeypatch.setattr(recordings, "WRITTEN_WAIT_SECONDS", 0.05)
+    uuid = str(uuidlib.uuid4())
+    assert cli.main(["recordings", "pause", uuid]) == 1
+    err = capsys.readouterr().err
+    assert f"no recording for call {uuid}: none was written within 0.05 s" in err and "try again" in err
+
+
+def test_a_recordings_closing_rows_find_it_by_its_calls_uuid_through_the_call_writer(db, settings):
+    root, now = Path(settings.recording.dir), datetime.now(timezone.utc)
+    writer = records.make_writer(db)
+    kept, masked, discarded = (str(uuidlib.uuid4()) for _ in range(3))
+    kept_path, masked_path, discarded_path = (queued(writer, root, u, now) for u in (kept, masked, discarded))
+    write_wav(kept_path)
+    write_wav(masked_path)
+    # closed in the very batch that opens it: the row is inserted before its end is written
+    recordings.finalize_queued(writer, kept, kept_path)
+    recordings.finalize_queued(writer, discarded, discarded_path, abandoned=True)   # no file: hung up at once
+    assert writer.wait_idle(5)
+    with db.begin() as s:
+        rec = s.scalars(select(Recording).where(Recording.call_uuid == masked)).one()
+        s.add(RecordingMask(recording_id=rec.id, started_at=now, requested_by="agent-7"))
+    recordings.finalize_queued(writer, masked, masked_path)
+    writer.close()
+
+    assert recording_of(db, discarded) is None
+    assert recording_of(db, kept).status == "complete" and recording_of(db, kept).sha256
+    rec = recording_of(db, masked)
+    assert rec.status == "complete" and [m.ended_at for m in rec.masks] == [rec.ended_at]
 
 
 # ------------------------------------------------------- retention & purge

@@ -8,8 +8,10 @@ Three rules hold everywhere:
 
 * a path is built from the date and the channel uuid only (the uuid's shape is checked); no text a
   caller controls ever reaches the file system;
-* the row is written before the file can exist (so no file escapes retention), and files are only
-  ever deleted inside ``recording.dir``;
+* the row is handed over before the file can exist (so no file escapes retention): an operator's
+  start writes it at once, a policy's goes to the call writer at the decision and is committed
+  moments later, or logged whole if the database never takes it; files are only ever deleted
+  inside ``recording.dir``;
 * a legal hold beats everything: purge, erasure, stop.
 
 File work (hashing a one-hour stereo WAV reads ~115 MB) runs in gevent's thread pool, so calls in
@@ -23,6 +25,7 @@ import hashlib
 import os
 import re
 import stat
+import time
 import wave
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -47,6 +50,10 @@ log = structlog.get_logger("fsguard.recording")
 
 #: recordings looked at per query by purge
 PURGE_BATCH = 1000
+#: how long pause, resume and stop wait for a recording's row that its call's writer has not
+#: committed yet, and how often they look
+WRITTEN_WAIT_SECONDS = 1.0
+WRITTEN_POLL_SECONDS = 0.02
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _T = TypeVar("_T")
@@ -199,11 +206,19 @@ def remove_file(path: str, root: Path) -> bool:
 # ------------------------------------------------------------- writing records
 
 
-def open_recording(db: Database, **values: Any) -> int:
-    """Write the recording's row before FreeSWITCH is told to record; returns its id.
+def queue_recording(writer: Writer, **values: Any) -> None:
+    """A recording made by policy: its row goes to the call writer at the decision, committed a
+    few milliseconds later in order with the call's other rows (its closing rows key on the call's
+    uuid, so nothing on the call's way waits for the row's id). A row the writer cannot write is
+    logged whole (``db.write_abandoned``), so the file is never without a record of it."""
+    writer.submit("recording_open", values)
 
-    A plain INSERT ... RETURNING on a connection of its own: this is on the call's way to the
-    queue, and the ORM's unit of work would cost more than the statement."""
+
+def open_recording(db: Database, **values: Any) -> int:
+    """Write a recording's row at once (an operator's ``fsguard recordings start``, which must know
+    that the row is there before FreeSWITCH is asked to record); returns its id.
+
+    A plain INSERT ... RETURNING on a connection of its own: one statement, no unit of work."""
     with db.engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")   # one statement: no BEGIN/COMMIT
         return int(conn.execute(_OPEN, values).scalar_one())
@@ -243,18 +258,18 @@ def finalize(db: Database, call_uuid: str, *, ended_at: datetime | None = None, 
     return data
 
 
-def finalize_queued(writer: Writer, call_uuid: str, recording_id: int, path: str, *, abandoned: bool = False) -> None:
+def finalize_queued(writer: Writer, call_uuid: str, path: str, *, abandoned: bool = False) -> None:
     """:func:`finalize` at a call's hang-up, when the stage knows its recording: the file is
-    inspected (in a thread) and the closing rows go to the call writer with the call's own end,
-    instead of three statements and a commit of their own for every call."""
+    inspected (in a thread) and the closing rows, keyed by the call's uuid, go to the call writer
+    with the call's own end, after the row :func:`queue_recording` queued at the decision."""
     facts = in_thread(inspect_file, path)
     end = utcnow()
     if facts.status == "missing" and abandoned:
-        writer.submit("recording_discard", {"_key": recording_id})
+        writer.submit("recording_discard", {"_key": call_uuid})
         _log_closed(call_uuid, path, facts, discarded=True)
         return
-    writer.submit("recording_end", {"_key": recording_id, **_closing_values(facts, end, "")})
-    writer.submit("mask_end", {"_key": recording_id, "ended_at": end})
+    writer.submit("recording_end", {"_key": call_uuid, **_closing_values(facts, end, "")})
+    writer.submit("mask_end", {"_key": call_uuid, "ended_at": end})
     _log_closed(call_uuid, path, facts)
 
 
@@ -527,12 +542,33 @@ def _live(s: Session, uuid: str) -> Recording:
     return rec
 
 
+def _written(db: Database, uuid: str, wait: float) -> None:
+    """Wait up to ``wait`` seconds for a recording's row to be there.
+
+    A recording made by policy is written by its node's call writer a few milliseconds after the
+    call was decided: a pause asked for at once (a console open on the call as it comes in) may
+    come before it. Each look is a transaction of its own, so the writer's commit is seen."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with db.begin() as s:
+                _find(s, uuid)
+            return
+        except NotFound:
+            if time.monotonic() >= deadline:
+                raise NotFound(f"no recording for call {uuid.strip().lower()}: none was written within "
+                               f"{wait:g} s (a recording made by policy is written by the call's node moments "
+                               "after the call is decided; if the call has just come in, try again)") from None
+        gevent.sleep(WRITTEN_POLL_SECONDS)
+
+
 def pause(db: Database, settings: Settings, uuid: str, *, by: str = "cli") -> dict[str, Any]:
     """Mask the recording (silence is written, the timeline kept) while card data is spoken.
 
     The interval is written before FreeSWITCH is asked, so the stored interval always covers the
     masked audio; if FreeSWITCH refuses, the interval is removed again.
     """
+    _written(db, uuid, WRITTEN_WAIT_SECONDS)
     with db.begin() as s:
         rec = _live(s, uuid)
         open_masks = [m for m in rec.masks if m.ended_at is None]
@@ -555,6 +591,7 @@ def pause(db: Database, settings: Settings, uuid: str, *, by: str = "cli") -> di
 
 def resume(db: Database, settings: Settings, uuid: str, *, by: str = "cli") -> dict[str, Any]:
     """Unmask: the recording hears the call again. The interval ends once FreeSWITCH confirms."""
+    _written(db, uuid, WRITTEN_WAIT_SECONDS)
     with db.begin() as s:
         rec = _live(s, uuid)
         if not any(m.ended_at is None for m in rec.masks):
@@ -643,6 +680,7 @@ def stop(db: Database, settings: Settings, uuid: str, *, by: str = "cli") -> dic
 
     Recordings made by policy (``all``, ``sample``) cannot be stopped: what must be recorded is.
     """
+    _written(db, uuid, WRITTEN_WAIT_SECONDS)
     with db.begin() as s:
         rec = _live(s, uuid)
         if rec.mode != "on_demand":

@@ -23,8 +23,9 @@ On an outbound call (an agent dialling out) the channel here is the agent's: the
 the called party, so it is exported as ``nolocal:execute_on_answer`` and FreeSWITCH plays it to
 the called party when they answer.
 
-The recording's row is written before FreeSWITCH is told to record, so no file ever exists that
-retention does not know about. Sampling is reproducible: the call's uuid decides, so a replay
+The recording's row is handed to the call writer before FreeSWITCH is told to record (committed
+moments later with the call's other rows, or logged whole if the database never takes it), so no
+file ever exists that retention does not know about, and the decision waits for no statement. Sampling is reproducible: the call's uuid decides, so a replay
 (or another node) reaches the same answer.
 """
 
@@ -43,7 +44,8 @@ from fsguard.call.results import CallEnd
 from fsguard.call.verdict import Verdict
 from fsguard.config import RecordingSettings, packaged_sound
 from fsguard.rules import numbers
-from fsguard.rules.recordings import finalize, finalize_queued, open_recording, party_number, recording_path, recording_root, retain_until
+from fsguard.rules.recordings import (finalize, finalize_queued, party_number, queue_recording, recording_path,
+                                      recording_root, retain_until)
 from fsguard.store.models import utcnow
 
 log = structlog.get_logger("fsguard.recording")
@@ -188,13 +190,13 @@ class RecordingStage(Stage):
         return True
 
     def record(self, call: Call, rule: Rule, path: str, details: dict[str, Any]) -> Verdict:
-        """Write the recording's row, then start record_session with the variables it reads."""
+        """Queue the recording's row, then start record_session with the variables it reads."""
         started = utcnow()
         until = retain_until(self.cfg, rule.purpose, started)
         details.update(path=path, retain_until=until.isoformat())
-        # a replay must not open the row again (the call has one)
-        recording_id = call.inputs.effect(lambda: open_recording(
-            self.db, call_uuid=call.uuid, path=path, node=self.settings.node.id, direction=call.direction,
+        # a replay must not queue the row again (the call has one)
+        call.inputs.effect(lambda: queue_recording(
+            self.app.writer, call_uuid=call.uuid, path=path, node=self.settings.node.id, direction=call.direction,
             number=party_number(call.direction, call.ani, call.dnis, self.region), mode=rule.mode, rule=rule.name,
             purpose=rule.purpose, consent=bool(details["consent"]), stereo=self.cfg.stereo, started_by="policy",
             status="recording", started_at=started, retain_until=until, legal_hold=False, hold_reason="", error=""),
@@ -202,7 +204,7 @@ class RecordingStage(Stage):
         call.set(recording_follow_transfer="true")
         call.export(fsguard_recording="on")
         call.record(path, stereo=self.cfg.stereo)
-        call.facts["recording"].update(recorded=True, id=recording_id, path=path, retain_until=until.isoformat())
+        call.facts["recording"].update(recorded=True, path=path, retain_until=until.isoformat())
         return Verdict.carry_on(f"recorded for {rule.purpose} until {until:%Y-%m-%d} ({rule.name}: {rule.mode})",
                                 f"recording.{rule.mode}", **details)
 
@@ -213,7 +215,7 @@ class RecordingStage(Stage):
             return
         abandoned = call.final_action is None
         if facts.get("recorded"):
-            finalize_queued(self.app.writer, call.uuid, facts["id"], facts["path"], abandoned=abandoned)
+            finalize_queued(self.app.writer, call.uuid, facts["path"], abandoned=abandoned)
         elif facts.get("mode") == "on_demand":   # started (or not) by an agent: look it up
             finalize(self.db, call.uuid, abandoned=abandoned)
 

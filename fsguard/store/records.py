@@ -1,8 +1,9 @@
 """Writing calls and verdicts down, and reading them back for operators.
 
 Two moments per call, both handed to the group-commit writer (fsguard/store/writer.py): the decision
-(call row and its verdicts) right after FreeSWITCH has its instruction, and the end (hang-up
-cause, billsec) at hang-up.
+(call row and its verdicts, and a recorded call's recording row, queued by the recording stage)
+right after FreeSWITCH has its instruction, and the end (hang-up cause, billsec, the recording's
+closing facts) at hang-up.
 """
 
 from __future__ import annotations
@@ -18,18 +19,22 @@ from fsguard.store.writer import Ticket, Writer
 
 
 def make_writer(db: Database, *, retry_seconds: float = 30.0, on_error: Any = None) -> Writer:
-    """The writer with every kind of row a call leaves behind, in the order they must be written."""
+    """The writer with every kind of row a call leaves behind, in the order they must be written.
+
+    A recording's rows are keyed by its call's uuid (unique), never by its id: the row is queued
+    at the decision and its id is the database's to give at the commit."""
     writer = Writer(db, retry_seconds=retry_seconds, on_error=on_error)
+    rec, mask = Recording.__table__, RecordingMask.__table__
+    writer.declare_insert("recording_open", rec)  # type: ignore[arg-type]
     writer.declare_insert("call", CallRecord.__table__)  # type: ignore[arg-type]
     writer.declare_insert("verdict", StageVerdict.__table__)  # type: ignore[arg-type]
     writer.declare_update("call_end", CallRecord.__table__, "uuid")  # type: ignore[arg-type]
-    rec, mask = Recording.__table__, RecordingMask.__table__
     # a recording stopped by an operator (``fsguard recordings stop``) already has its end
-    writer.declare("recording_end", lambda: update(rec).where(rec.c.id == bindparam("_key"),
+    writer.declare("recording_end", lambda: update(rec).where(rec.c.call_uuid == bindparam("_key"),
                                                                rec.c.ended_at.is_(None)))
-    writer.declare("mask_end", lambda: update(mask).where(mask.c.recording_id == bindparam("_key"),
-                                                          mask.c.ended_at.is_(None)))
-    writer.declare_delete("recording_discard", rec, "id")  # type: ignore[arg-type]
+    of_call = select(rec.c.id).where(rec.c.call_uuid == bindparam("_key")).scalar_subquery()
+    writer.declare("mask_end", lambda: update(mask).where(mask.c.recording_id == of_call, mask.c.ended_at.is_(None)))
+    writer.declare_delete("recording_discard", rec, "call_uuid")  # type: ignore[arg-type]
     return writer
 
 

@@ -1,7 +1,9 @@
 """Recordings: one row per recorded call, with its purpose, retention, legal hold and integrity data.
 
-The row is written BEFORE FreeSWITCH is told to record, so there is never a file on disk that no
-row accounts for (a file without a row would never be purged). Size, duration and the SHA-256 are
+The row is handed over BEFORE FreeSWITCH is told to record (a policy's to the call writer, committed
+moments later, or logged whole if the database never takes it), so there is never a file on disk
+that no row accounts for (a file without a row would never be purged). Everything after it on the
+call's way finds it by ``call_uuid``, never by ``id``. Size, duration and the SHA-256 are
 filled in when the call ends. Masked intervals (card data spoken while the recording was paused)
 are kept beside it so an auditor can see which parts of the file are silence by design.
 """
@@ -22,8 +24,8 @@ class Recording(Base):
     __tablename__ = "recordings"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    #: the FreeSWITCH channel uuid (one recording per call); not a foreign key: the call row is
-    #: written after the decision, the recording row before it
+    #: the FreeSWITCH channel uuid (one recording per call), the key its closing rows are written by;
+    #: not a foreign key: the recording row is queued in the decision, the call row after it
     call_uuid: Mapped[str] = mapped_column(String(64), unique=True)
     #: absolute path of the file as FreeSWITCH writes it: <recording.dir>/YYYY/MM/DD/<uuid>.wav
     path: Mapped[str] = mapped_column(String(1024))
