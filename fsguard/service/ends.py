@@ -56,6 +56,57 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
 RELEASE_WAIT, RELEASE_FIRST = 1.0, 0.02
 
 
+def released(session: OutboundSession) -> bool:
+    """FreeSWITCH has run the route's multiset: ``socket_resume`` is false on the channel.
+
+    Asked after one media tick, then backing off, for at most RELEASE_WAIT seconds; False when
+    the channel hung up or went away first, or FreeSWITCH never ran it in that time."""
+    deadline = time.monotonic() + RELEASE_WAIT
+    pause = RELEASE_FIRST
+    try:
+        while not session.hungup:
+            gevent.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            session.poll()
+            if session.hungup:
+                break
+            if session.getvar(RELEASE_VARIABLES[0]) == RELEASE_VARIABLES[1]:
+                return True
+            if time.monotonic() >= deadline:
+                log.info("ends.held", reason="socket_resume never became false")
+                return False
+            pause *= 2
+    except (CallGone, ESLTimeout):
+        pass
+    return False
+
+
+def route_and_close(session: OutboundSession, app: str, arg: str, hold_seconds: float) -> bool:
+    """Give a call its last route (refused, failed, shut down) and close its socket only when
+    closing cannot reset the channel under that route. True when the socket was let go at once.
+
+    With ``socket_resume=true`` from the dialplan, ``socket_resume=false`` goes in the same write
+    before the route and the socket is closed once FreeSWITCH says it ran (:func:`released`).
+    When fsguard sent ``resume`` itself, nothing on the channel undoes it (mod_event_socket keeps
+    it as a flag of the listener), so the socket is held until the channel hangs up, for at most
+    ``hold_seconds``: the same when the multiset is not seen in time. Raises what
+    :meth:`OutboundSession.send_apps` raises when the route cannot be sent; the socket is then
+    left to the caller to close.
+    """
+    if session.resume_sent:
+        session.send_apps([(app, arg)])
+    else:
+        session.send_apps([("set", "=".join(RELEASE_VARIABLES)), (app, arg)])
+        if released(session):
+            session.close()
+            return True
+    try:
+        session.wait_for_end(hold_seconds)
+    except ESLTimeout:
+        log.info("ends.hold_timeout", hold_seconds=hold_seconds)
+    session.close()
+    return False
+
+
 class EndMissed(ESLError):
     """The inbound connection was down when the call ended: its end is not known."""
 
@@ -129,7 +180,7 @@ class EndWatcher:
         Raises ESLTimeout after ``timeout`` and EndMissed if the end was lost, as a held socket
         that timed out or broke does (the call then gets no end row).
         """
-        if not self.connected or session.resume_sent or session.hungup or not self._released(session):
+        if not self.connected or session.resume_sent or session.hungup or not released(session):
             return False
         uuid = session.uuid
         waiter = self.register(uuid)
@@ -146,26 +197,6 @@ class EndWatcher:
         if not answered_at_connect and answered_at.isdigit() and int(answered_at) > 0:
             session.answered = True
         return True
-
-    def _released(self, session: OutboundSession) -> bool:
-        """FreeSWITCH has run the route's multiset: ``socket_resume`` is false on the channel."""
-        deadline = time.monotonic() + RELEASE_WAIT
-        pause = RELEASE_FIRST
-        try:
-            while not session.hungup:
-                gevent.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-                session.poll()
-                if session.hungup:
-                    break
-                if session.getvar(RELEASE_VARIABLES[0]) == RELEASE_VARIABLES[1]:
-                    return True
-                if time.monotonic() >= deadline:
-                    log.info("ends.held", reason="socket_resume never became false")
-                    return False
-                pause *= 2
-        except (CallGone, ESLTimeout):
-            pass
-        return False
 
     # ------------------------------------------------------------ the connection
 
