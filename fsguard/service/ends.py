@@ -33,6 +33,7 @@ import gevent
 import structlog
 from gevent.event import AsyncResult
 
+from fsguard.call.call import fold_variables
 from fsguard.config import ESLSettings
 from fsguard.esl.client import FreeSWITCHAPI, InboundError
 from fsguard.esl.protocol import ESLError
@@ -85,17 +86,20 @@ def route_and_close(session: OutboundSession, app: str, arg: str, hold_seconds: 
     closing cannot reset the channel under that route. True when the socket was let go at once.
 
     With ``socket_resume=true`` from the dialplan, ``socket_resume=false`` goes in the same write
-    before the route and the socket is closed once FreeSWITCH says it ran (:func:`released`).
-    When fsguard sent ``resume`` itself, nothing on the channel undoes it (mod_event_socket keeps
+    before the route (one ``multiset`` with a bridge's ``hangup_after_bridge=true``), and the
+    socket is closed once FreeSWITCH says it ran (:func:`released`). When fsguard sent ``resume`` itself, nothing on the channel undoes it (mod_event_socket keeps
     it as a flag of the listener), so the socket is held until the channel hangs up, for at most
     ``hold_seconds``: the same when the multiset is not seen in time. Raises what
     :meth:`OutboundSession.send_apps` raises when the route cannot be sent; the socket is then
     left to the caller to close.
     """
-    if session.resume_sent:
-        session.send_apps([(app, arg)])
-    else:
-        session.send_apps([("set", "=".join(RELEASE_VARIABLES)), (app, arg)])
+    variables = [] if session.resume_sent else [("set", "=".join(RELEASE_VARIABLES))]
+    if app == "bridge":
+        # as Call.route does: once the socket is gone the socket application returns when the
+        # bridge ends, and the dialplan's own fallback after it would dial the number again
+        variables.append(("set", "hangup_after_bridge=true"))
+    session.send_apps(fold_variables([*variables, (app, arg)], []))
+    if not session.resume_sent:
         if released(session):
             session.close()
             return True
