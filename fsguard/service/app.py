@@ -31,7 +31,7 @@ from fsguard.call.results import CallEnd
 from fsguard.config import Settings
 from fsguard.esl.session import CallGone, ESLError, OutboundSession, ProtocolError
 from fsguard.service import calls
-from fsguard.service.ends import NODE_VARIABLE, RELEASE_VARIABLES, EndWatcher, route_and_close
+from fsguard.service.ends import NODE_VARIABLE, RELEASE_VARIABLES, EndWatcher, let_go, route_and_close
 from fsguard.service.metrics import Metrics
 from fsguard.store import records
 from fsguard.store.db import Database, DatabaseError
@@ -124,6 +124,10 @@ class App:
                 max_seconds = self.settings.esl.max_call_seconds
                 if not self.ends.follow(session, max_seconds, answered_at_connect=answered_at_connect):
                     session.wait_for_end(max_seconds)
+            elif self.stopping and not session.hungup:
+                # decided while shutting down: not followed, but the socket goes only when its
+                # close cannot reset the call under the route (service/ends.py)
+                let_go(session, self._hold_seconds("shutdown"))
             end = self._end(session)
             for stage in decision.ran:
                 try:

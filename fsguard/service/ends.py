@@ -99,10 +99,16 @@ def route_and_close(session: OutboundSession, app: str, arg: str, hold_seconds: 
         # bridge ends, and the dialplan's own fallback after it would dial the number again
         variables.append(("set", "hangup_after_bridge=true"))
     session.send_apps(fold_variables([*variables, (app, arg)], []))
-    if not session.resume_sent:
-        if released(session):
-            session.close()
-            return True
+    return let_go(session, hold_seconds)
+
+
+def let_go(session: OutboundSession, hold_seconds: float) -> bool:
+    """Close a routed call's socket that is not followed to its end, once closing is safe: at
+    once when ``socket_resume`` is false on the channel, else when the call ends or after
+    ``hold_seconds``. True when it was let go at once."""
+    if not session.resume_sent and released(session):
+        session.close()
+        return True
     try:
         session.wait_for_end(hold_seconds)
     except ESLTimeout:
