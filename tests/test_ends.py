@@ -173,3 +173,32 @@ def test_after_a_reconnection_a_call_that_ended_meanwhile_is_told_its_end_was_mi
     assert not alive.ready()
     inbound.publish(_end("alive"))
     assert alive.get(timeout=2)["Hangup-Cause"] == "NORMAL_CLEARING"
+
+
+@pytest.mark.parametrize("dialplan, let_go_at_once", [(DIALPLAN, True), ({}, False)])
+def test_a_refused_calls_socket_is_closed_only_once_closing_cannot_reset_its_route(
+        start_guard: Callable[..., Any], following: Settings, inbound: InboundEvents,
+        dialplan: dict[str, str], let_go_at_once: bool) -> None:
+    following.esl.max_calls = 1
+    guard = start_guard(following)
+    wait_for(lambda: guard.app.ends.connected, what="the end watcher connected")
+    sim = _simulator(guard, inbound)
+    busy = sim.spawn(Caller(variables=DIALPLAN, talk_time=400))
+    wait_for(lambda: len(guard.app.held) == 1, what="fsguard busy with one call")
+
+    refused = sim.call(Caller(variables=dialplan, talk_time=400))
+
+    assert refused.outcome == "routed" and refused.ok, refused.violations
+    commands = _commands(refused)
+    assert guard.app.metrics.over_capacity.labels(reason="over_capacity")._value.get() == 1
+    if let_go_at_once:
+        # socket_resume=false went with the route, and exit only once FreeSWITCH had run it
+        assert refused.variables["socket_resume"] == "false"
+        assert commands[-2:] == ["getvar socket_resume", "exit"]
+        assert not refused.late_commands
+    else:
+        # fsguard sent resume, which nothing undoes: the socket stays until the call is over
+        assert "resume" in commands and "getvar socket_resume" not in commands
+        assert [c.splitlines()[0] for c in refused.late_commands] == ["exit"]
+    guard.server.stop(drain=0.2)
+    busy.kill()

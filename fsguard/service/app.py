@@ -31,7 +31,7 @@ from fsguard.call.results import CallEnd
 from fsguard.config import Settings
 from fsguard.esl.session import CallGone, ESLError, OutboundSession, ProtocolError
 from fsguard.service import calls
-from fsguard.service.ends import NODE_VARIABLE, RELEASE_VARIABLES, EndWatcher
+from fsguard.service.ends import NODE_VARIABLE, RELEASE_VARIABLES, EndWatcher, let_go, route_and_close
 from fsguard.service.metrics import Metrics
 from fsguard.store import records
 from fsguard.store.db import Database, DatabaseError
@@ -124,6 +124,10 @@ class App:
                 max_seconds = self.settings.esl.max_call_seconds
                 if not self.ends.follow(session, max_seconds, answered_at_connect=answered_at_connect):
                     session.wait_for_end(max_seconds)
+            elif self.stopping and not session.hungup:
+                # decided while shutting down: not followed, but the socket goes only when its
+                # close cannot reset the call under the route (service/ends.py)
+                let_go(session, self._hold_seconds("shutdown"))
             end = self._end(session)
             for stage in decision.ran:
                 try:
@@ -195,7 +199,7 @@ class App:
             if reason != "shutdown" and settings.policy.on_error == "closed":
                 route = Hangup(settings.policy.fail_closed_cause)
             try:
-                session.send_apps([(route.app, route.arg)])
+                route_and_close(session, route.app, route.arg, self._hold_seconds(reason))
                 if reason == "shutdown":
                     log.warning("call.released_at_shutdown", action=str(route), direction=direction)
                     self.metrics.over_capacity.labels(reason="shutdown").inc()
@@ -204,8 +208,16 @@ class App:
             except (ESLError, OSError) as exc:
                 log.error("call.fail_open_route_failed", reason=reason, error=str(exc))
 
+    def _hold_seconds(self, reason: str) -> float:
+        """How long a socket whose close would reset the call under its last route is held: at
+        shutdown only as long as the server waits for its calls (it then kills them), else as
+        long as a held call."""
+        esl = self.settings.esl
+        return max(esl.command_timeout, 1.0) if reason == "shutdown" else esl.max_call_seconds
+
     def refuse(self, session: OutboundSession, reason: str) -> None:
-        """Over capacity or shutting down: connect, give the fail-open route at once, close.
+        """Over capacity or shutting down: connect, give the fail-open route at once, close as
+        soon as closing cannot reset the call under it (service/ends.py: route_and_close).
 
         The route is the call's direction's (read from the channel data, without building a Call):
         an agent's outbound call is dialled, an inbound call goes to the fail-open queue."""
@@ -219,7 +231,7 @@ class App:
             instruction = fail_open_for(settings.policy, direction, session.channel.get("Caller-Destination-Number", ""),
                                         settings.outbound, settings.node.default_region)
             route = str(instruction)
-            session.send_apps([(instruction.app, instruction.arg)])
+            route_and_close(session, instruction.app, instruction.arg, self._hold_seconds(reason))
             log.warning("call.refused", reason=reason, action=route, direction=direction)
         except (ESLError, OSError) as exc:
             log.error("call.refuse_failed", reason=reason, error=str(exc))

@@ -33,6 +33,7 @@ import gevent
 import structlog
 from gevent.event import AsyncResult
 
+from fsguard.call.call import fold_variables
 from fsguard.config import ESLSettings
 from fsguard.esl.client import FreeSWITCHAPI, InboundError
 from fsguard.esl.protocol import ESLError
@@ -54,6 +55,66 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
 #: is held instead: every command costs the listener thread a system call per byte, and a
 #: FreeSWITCH too busy to run the multiset must not be asked more often
 RELEASE_WAIT, RELEASE_FIRST = 1.0, 0.02
+
+
+def released(session: OutboundSession) -> bool:
+    """FreeSWITCH has run the route's multiset: ``socket_resume`` is false on the channel.
+
+    Asked after one media tick, then backing off, for at most RELEASE_WAIT seconds; False when
+    the channel hung up or went away first, or FreeSWITCH never ran it in that time."""
+    deadline = time.monotonic() + RELEASE_WAIT
+    pause = RELEASE_FIRST
+    try:
+        while not session.hungup:
+            gevent.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            session.poll()
+            if session.hungup:
+                break
+            if session.getvar(RELEASE_VARIABLES[0]) == RELEASE_VARIABLES[1]:
+                return True
+            if time.monotonic() >= deadline:
+                log.info("ends.held", reason="socket_resume never became false")
+                return False
+            pause *= 2
+    except (CallGone, ESLTimeout):
+        pass
+    return False
+
+
+def route_and_close(session: OutboundSession, app: str, arg: str, hold_seconds: float) -> bool:
+    """Give a call its last route (refused, failed, shut down) and close its socket only when
+    closing cannot reset the channel under that route. True when the socket was let go at once.
+
+    With ``socket_resume=true`` from the dialplan, ``socket_resume=false`` goes in the same write
+    before the route (one ``multiset`` with a bridge's ``hangup_after_bridge=true``), and the
+    socket is closed once FreeSWITCH says it ran (:func:`released`). When fsguard sent ``resume`` itself, nothing on the channel undoes it (mod_event_socket keeps
+    it as a flag of the listener), so the socket is held until the channel hangs up, for at most
+    ``hold_seconds``: the same when the multiset is not seen in time. Raises what
+    :meth:`OutboundSession.send_apps` raises when the route cannot be sent; the socket is then
+    left to the caller to close.
+    """
+    variables = [] if session.resume_sent else [("set", "=".join(RELEASE_VARIABLES))]
+    if app == "bridge":
+        # as Call.route does: once the socket is gone the socket application returns when the
+        # bridge ends, and the dialplan's own fallback after it would dial the number again
+        variables.append(("set", "hangup_after_bridge=true"))
+    session.send_apps(fold_variables([*variables, (app, arg)], []))
+    return let_go(session, hold_seconds)
+
+
+def let_go(session: OutboundSession, hold_seconds: float) -> bool:
+    """Close a routed call's socket that is not followed to its end, once closing is safe: at
+    once when ``socket_resume`` is false on the channel, else when the call ends or after
+    ``hold_seconds``. True when it was let go at once."""
+    if not session.resume_sent and released(session):
+        session.close()
+        return True
+    try:
+        session.wait_for_end(hold_seconds)
+    except ESLTimeout:
+        log.info("ends.hold_timeout", hold_seconds=hold_seconds)
+    session.close()
+    return False
 
 
 class EndMissed(ESLError):
@@ -129,7 +190,7 @@ class EndWatcher:
         Raises ESLTimeout after ``timeout`` and EndMissed if the end was lost, as a held socket
         that timed out or broke does (the call then gets no end row).
         """
-        if not self.connected or session.resume_sent or session.hungup or not self._released(session):
+        if not self.connected or session.resume_sent or session.hungup or not released(session):
             return False
         uuid = session.uuid
         waiter = self.register(uuid)
@@ -146,26 +207,6 @@ class EndWatcher:
         if not answered_at_connect and answered_at.isdigit() and int(answered_at) > 0:
             session.answered = True
         return True
-
-    def _released(self, session: OutboundSession) -> bool:
-        """FreeSWITCH has run the route's multiset: ``socket_resume`` is false on the channel."""
-        deadline = time.monotonic() + RELEASE_WAIT
-        pause = RELEASE_FIRST
-        try:
-            while not session.hungup:
-                gevent.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-                session.poll()
-                if session.hungup:
-                    break
-                if session.getvar(RELEASE_VARIABLES[0]) == RELEASE_VARIABLES[1]:
-                    return True
-                if time.monotonic() >= deadline:
-                    log.info("ends.held", reason="socket_resume never became false")
-                    return False
-                pause *= 2
-        except (CallGone, ESLTimeout):
-            pass
-        return False
 
     # ------------------------------------------------------------ the connection
 
