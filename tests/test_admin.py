@@ -585,13 +585,13 @@ def test_a_flood_of_api_requests_does_not_starve_the_calls(admin, guard, fs, set
         if reply.status == 200:
             assert reply.json["count"] == 1000
 
-    flood = [gevent.spawn(hammer) for _ in range(150)]
+    flood = [gevent.spawn(hammer) for _ in range(60)]   # far past the API's 8 slots
     gevent.sleep(0.05)
     results = [fs.call(Caller(ani=f"1555123{i:04d}", dnis="5000")) for i in range(3)]
     assert [r.outcome for r in results] == ["routed"] * 3
     assert all(r.route and "fail" not in r.route for r in results), [r.route for r in results]
     gevent.joinall(flood, timeout=300, raise_error=True)
-    assert len(statuses) == 150 and set(statuses) <= {200, 503}, statuses
+    assert len(statuses) == 60 and set(statuses) <= {200, 503}, statuses
     assert statuses.count(200) >= 1
     settle(guard)
     for r in results:
