@@ -123,14 +123,7 @@ class RoutingStage(Stage):
     def tell_the_agent(self, call: Call, customer: CustomerInfo | None, facts: RouteFacts,
                        decision: RouteDecision) -> None:
         """Export what was learned (queued: it travels with the route). Never played to the caller."""
-        values = {
-            "fsguard_customer_id": customer.customer_id if customer else "",
-            "fsguard_vip": "true" if facts.vip else "false",
-            "fsguard_verified": verified_text(call.verified),
-            "fsguard_risk": str(call.risk),
-            "fsguard_region": facts.region_label,
-            "fsguard_route_rule": decision.rule or "default",
-        }
+        values = agent_variables(customer, facts, decision, verified=call.verified, risk=call.risk)
         call.export(**{k: _safe(v) for k, v in values.items()})
         # listed for mod_callcenter even when the target is a dialplan transfer: the default target
         # (transfer default XML queues) reaches a queue too, and its agent must see the same
@@ -198,6 +191,19 @@ def details(decision: RouteDecision, facts: RouteFacts, found: Lookup) -> dict[s
     if skipped:
         out["passed_over"] = skipped
     return out
+
+
+def agent_variables(customer: CustomerInfo | None, facts: RouteFacts, decision: RouteDecision, *,
+                    verified: bool | None, risk: int) -> dict[str, str]:
+    """What the agent's screen learns about the caller (``fsguard route`` shows the same)."""
+    return {
+        "fsguard_customer_id": customer.customer_id if customer else "",
+        "fsguard_vip": "true" if facts.vip else "false",
+        "fsguard_verified": verified_text(verified),
+        "fsguard_risk": str(risk),
+        "fsguard_region": facts.region_label,
+        "fsguard_route_rule": decision.rule or "default",
+    }
 
 
 def verified_text(verified: bool | None) -> str:

@@ -73,7 +73,7 @@ def cmd_route(ctx: Context) -> int:
 def _explain(ctx: Context) -> int:
     from fsguard.rules import customers, numbers
     from fsguard.rules.crm import Lookup, crm_for
-    from fsguard.stages.routing import EXPORTS, details, facts_for, verified_text
+    from fsguard.stages.routing import EXPORTS, agent_variables, details, facts_for
 
     args = ctx.args
     region = ctx.settings.node.default_region
@@ -99,14 +99,7 @@ def _explain(ctx: Context) -> int:
                       verified=args.verified, risk=args.risk, now=_when(ctx, args.at))
     decision = table.decide(facts)
     customer = found.customer
-    exported = {
-        "fsguard_customer_id": customer.customer_id if customer else "",
-        "fsguard_vip": "true" if facts.vip else "false",
-        "fsguard_verified": verified_text(args.verified),
-        "fsguard_risk": str(args.risk),
-        "fsguard_region": facts.region_label,
-        "fsguard_route_rule": decision.rule or "default",
-    }
+    exported = agent_variables(customer, facts, decision, verified=args.verified, risk=args.risk)
     if decision.queue is not None:
         exported["cc_export_vars"] = ",".join(EXPORTS)
         if facts.vip and ctx.settings.routing.vip_base_score:
