@@ -13,7 +13,6 @@ hands the call back to the dialplan).
 
 from __future__ import annotations
 
-import time
 import weakref
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -62,7 +61,7 @@ class App:
         #: set when the server drains: calls decided from then on are not followed to their end
         self.stopping = False
         #: the node's end-of-call watcher (esl.follow_ends = "inbound"; started by the server)
-        self.ends = EndWatcher.from_settings(settings.esl, settings.node.id)
+        self.ends = EndWatcher(settings.esl, settings.node.id)
 
     def reload(self, settings: Settings) -> None:
         """Take a new policy (SIGHUP). Calls in progress finish with the pipeline they started with.
@@ -263,6 +262,3 @@ def _identity_trust(settings: Settings) -> IdentityTrust:
     screening = settings.screening
     return IdentityTrust(screening.trusted_networks, screening.trusted_gateways)
 
-
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000

@@ -144,10 +144,6 @@ class EndWatcher:
         self._runner: gevent.Greenlet | None = None
         self._stopping = False
 
-    @classmethod
-    def from_settings(cls, esl: ESLSettings, node: str) -> EndWatcher:
-        return cls(esl, node)
-
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
