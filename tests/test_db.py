@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import gevent
 from sqlalchemy import text
@@ -66,3 +67,28 @@ def test_the_write_ahead_log_stays_small_under_a_steady_stream_of_writes(sqlite_
     finally:
         db.stop_checkpointer()
         db.dispose()
+
+
+def test_rows_handed_over_within_the_gather_interval_share_one_commit(db: Database) -> None:
+    """database.write_gather_seconds: calls that hand rows over within the interval share one
+    transaction (a commit costs the same for one call's rows as for a dozen); without it each
+    call handing over on its own gets a commit of its own."""
+    import uuid as uuidlib
+
+    from fsguard.store import records
+
+    def hand_over(writer: Any) -> None:
+        for _ in range(5):   # five calls ending 10 ms apart
+            writer.submit("recording_discard", {"_key": str(uuidlib.uuid4())})
+            gevent.sleep(0.01)
+        assert writer.wait_idle(5)
+
+    gathering = records.make_writer(db, gather_seconds=0.2)
+    hand_over(gathering)
+    gathering.close()
+    assert (gathering.batches, gathering.rows_written) == (1, 5)
+
+    eager = records.make_writer(db)
+    hand_over(eager)
+    eager.close()
+    assert eager.batches == 5 and eager.rows_written == 5

@@ -84,6 +84,8 @@ class Statements:
 def guard(settings, start_guard, db):
     # the default chain with the default recording policy: every call recorded, after the notice
     settings.policy.stages = PolicySettings().stages
+    # from the route, so that the simulator's queued call (never bridged) keeps its recording row
+    settings.recording.start = "route"
     settings.routing.rules = [{"name": "vip", "vip": True, "target": "callcenter vip@default"}]
     settings.validate()
     return start_guard()

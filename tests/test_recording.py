@@ -409,11 +409,32 @@ def test_a_channel_uuid_that_is_not_a_uuid_is_never_made_into_a_path(run, db, se
 
 
 def test_a_file_freeswitch_did_not_write_is_reported_at_the_end_of_the_call(run, db):
-    guard, fs = run(mode="all")
+    guard, fs = run(mode="all", start="route")
     result = fs.call(Caller(variables={"test_write_audio": "false"}))
     settle(guard)
     rec = recording_of(db, result.uuid)
     assert rec.status == "missing" and rec.sha256 is None and "did not write it" in rec.error
+
+
+def test_by_default_the_file_starts_at_the_bridge_and_a_call_never_bridged_keeps_no_row(run, db):
+    """recording.start = "bridge": RECORD_BRIDGE_REQ goes with record_session; a call that only
+    waited in the queue (FreeSWITCH's bridge_uepoch is 0 at the end) has no file, and that is no
+    fault: its row goes instead of staying as a "missing" recording."""
+    guard, fs = run(mode="all")
+    result = fs.call(Caller(variables={"test_write_audio": "false"}))
+    settle(guard)
+    assert result.variables.get("RECORD_BRIDGE_REQ") == "true"
+    assert setting(result, "RECORD_BRIDGE_REQ", "true") < names(result).index("record_session")
+    assert recording_of(db, result.uuid) is None
+    assert verdict_of(db, result.uuid).details["start"] == "bridge"
+
+
+def test_a_rule_may_start_the_file_with_the_route(run, db):
+    guard, fs = run(mode="all", rules=[{"name": "ivr", "dnis": "5000", "mode": "all", "start": "route"}])
+    result = fs.call(Caller(dnis="5000"))
+    settle(guard)
+    assert "RECORD_BRIDGE_REQ" not in result.variables
+    assert recording_of(db, result.uuid).status == "complete"
 
 
 # ------------------------------------------------------------ pause/resume

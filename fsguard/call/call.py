@@ -351,13 +351,16 @@ class Call:
                          if app != "export" or arg[:arg.find("=") + 1] not in names]
         self._pending.extend(("export", f"{k}={v}") for k, v in variables.items())
 
-    def record(self, path: str, *, stereo: bool = True) -> None:
-        """Record the whole call, caller and agent on separate channels when ``stereo``.
+    def record(self, path: str, *, stereo: bool = True, from_bridge: bool = False) -> None:
+        """Record the whole call, caller and agent on separate channels when ``stereo``; with
+        ``from_bridge`` the file starts only once the leg is bridged (RECORD_BRIDGE_REQ).
 
         Queued like :meth:`set`: ``record_session`` only starts a media bug and returns, so it goes
         in the same write as the route (or before whatever the next stage plays), not in a round
         trip of its own."""
         self._pending.append(("set", f"RECORD_STEREO={'true' if stereo else 'false'}"))
+        if from_bridge:
+            self._pending.append(("set", "RECORD_BRIDGE_REQ=true"))
         self._pending.append(("record_session", path))
 
     def flush(self) -> None:

@@ -20,7 +20,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Sequence
 
-from sqlalchemy import case, delete, func, select, text
+from sqlalchemy import Connection, case, delete, func, select, text
 from sqlalchemy.orm import Session
 
 from fsguard.store.models.base import utcnow
@@ -68,7 +68,7 @@ _COUNT_SHORT = ("INSERT INTO call_counters (number, dnis, bucket, calls, short_c
                 " RETURNING short_calls, " + _EARLIER.format(col="short_calls", start="window_start"))
 
 
-def count_call(session: Session, number: str, dnis_keys: Sequence[str], *, now: float) -> dict[str, Counts]:
+def count_call(session: Session | Connection, number: str, dnis_keys: Sequence[str], *, now: float) -> dict[str, Counts]:
     """Count a call from ``number`` under each key (``*`` for all dialled numbers, or a dialled
     number with thresholds of its own) and return the totals. ONE statement: the upsert increments
     the current bucket and its RETURNING clause adds the earlier buckets of the hour and the day.
@@ -92,7 +92,7 @@ def _count_call_statement(keys: int) -> Any:
     return text(_COUNT_CALL.format(values=values))
 
 
-def count_short_call(session: Session, number: str, *, window_seconds: float, now: float) -> int:
+def count_short_call(session: Session | Connection, number: str, *, window_seconds: float, now: float) -> int:
     """Record a call from ``number`` that ended within seconds; returns the short calls in the window."""
     bucket = bucket_of(now)
     short, earlier = session.execute(text(_COUNT_SHORT), {

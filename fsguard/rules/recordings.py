@@ -245,7 +245,7 @@ def finalize(db: Database, call_uuid: str, *, ended_at: datetime | None = None, 
     with db.begin() as s:
         if facts.status == "missing" and abandoned:
             s.execute(delete(Recording).where(Recording.id == rid))
-            _log_closed(call_uuid, path, facts, discarded=True)
+            _log_closed(call_uuid, path, facts, discarded="abandoned")
             return None
         s.execute(update(Recording).where(Recording.id == rid, Recording.ended_at.is_(None)).values(
             **_closing_values(facts, end, note)))
@@ -258,15 +258,19 @@ def finalize(db: Database, call_uuid: str, *, ended_at: datetime | None = None, 
     return data
 
 
-def finalize_queued(writer: Writer, call_uuid: str, path: str, *, abandoned: bool = False) -> None:
+def finalize_queued(writer: Writer, call_uuid: str, path: str, *, abandoned: bool = False,
+                    never_bridged: bool = False) -> None:
     """:func:`finalize` at a call's hang-up, when the stage knows its recording: the file is
     inspected (in a thread) and the closing rows, keyed by the call's uuid, go to the call writer
-    with the call's own end, after the row :func:`queue_recording` queued at the decision."""
+    with the call's own end, after the row :func:`queue_recording` queued at the decision.
+
+    No file is no fault when the caller hung up before the recording began (``abandoned``) or
+    the recording was to start at a bridge that never came (``never_bridged``): the row goes."""
     facts = in_thread(inspect_file, path)
     end = utcnow()
-    if facts.status == "missing" and abandoned:
+    if facts.status == "missing" and (abandoned or never_bridged):
         writer.submit("recording_discard", {"_key": call_uuid})
-        _log_closed(call_uuid, path, facts, discarded=True)
+        _log_closed(call_uuid, path, facts, discarded="abandoned" if abandoned else "never_bridged")
         return
     writer.submit("recording_end", {"_key": call_uuid, **_closing_values(facts, end, "")})
     writer.submit("mask_end", {"_key": call_uuid, "ended_at": end})
@@ -278,9 +282,14 @@ def _closing_values(facts: FileFacts, end: datetime, note: str) -> dict[str, Any
             "duration": facts.duration, "error": "; ".join(e for e in (facts.error, note) if e)}
 
 
-def _log_closed(call_uuid: str, path: str, facts: FileFacts, *, discarded: bool = False) -> None:
+#: why a recording's row went with no file (recording.discarded)
+DISCARDED = {"abandoned": "the caller hung up before the recording began",
+             "never_bridged": "the call was never bridged to anyone (recording.start = bridge)"}
+
+
+def _log_closed(call_uuid: str, path: str, facts: FileFacts, *, discarded: str = "") -> None:
     if discarded:
-        log.info("recording.discarded", call=call_uuid, reason="the caller hung up before the recording began")
+        log.info("recording.discarded", call=call_uuid, reason=DISCARDED[discarded])
     elif facts.status == "complete":
         log.info("recording.complete", call=call_uuid, path=path, size_bytes=facts.size_bytes,
                  duration=facts.duration, sha256=facts.sha256)

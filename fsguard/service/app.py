@@ -46,6 +46,7 @@ class App:
         self.db = db or Database(settings.database)
         self.metrics = metrics or Metrics()
         self.writer = records.make_writer(self.db, retry_seconds=settings.database.write_retry_seconds,
+                                          gather_seconds=settings.database.write_gather_seconds,
                                           on_error=self.metrics.db_errors.inc)
         #: lists, customers and freezes in memory: a decision reads no more from the database
         self.policy = PolicySnapshot(self.db, writer=self.writer,

@@ -67,6 +67,8 @@ class Rule:
     consent: bool
     consent_prompt: str
     consent_media: str
+    #: "bridge" (the file starts once the caller is bridged to someone) or "route"
+    start: str
     #: dialled numbers: exact (as dialled or E.164) or prefixes ending in "*"
     dnis: tuple[str, ...] = ()
     queues: tuple[str, ...] = ()
@@ -95,7 +97,7 @@ class RecordingPolicy:
     def __init__(self, cfg: RecordingSettings, region: str) -> None:
         defaults: dict[str, Any] = {"mode": cfg.mode, "purpose": cfg.purpose, "sample_percent": cfg.sample_percent,
                     "consent": cfg.consent, "consent_prompt": packaged_sound(cfg.consent_prompt),
-                    "consent_media": cfg.consent_media}
+                    "consent_media": cfg.consent_media, "start": cfg.start}
         self.rules: list[Rule] = []
         for i, table in enumerate(cfg.rules):
             values = {**defaults, **{k: v for k, v in table.items() if k in defaults}}
@@ -203,8 +205,9 @@ class RecordingStage(Stage):
             replayed=None)
         call.set(recording_follow_transfer="true")
         call.export(fsguard_recording="on")
-        call.record(path, stereo=self.cfg.stereo)
-        call.facts["recording"].update(recorded=True, path=path, retain_until=until.isoformat())
+        call.record(path, stereo=self.cfg.stereo, from_bridge=rule.start == "bridge")
+        details["start"] = rule.start
+        call.facts["recording"].update(recorded=True, path=path, retain_until=until.isoformat(), start=rule.start)
         return Verdict.carry_on(f"recorded for {rule.purpose} until {until:%Y-%m-%d} ({rule.name}: {rule.mode})",
                                 f"recording.{rule.mode}", **details)
 
@@ -215,7 +218,11 @@ class RecordingStage(Stage):
             return
         abandoned = call.final_action is None
         if facts.get("recorded"):
-            finalize_queued(self.app.writer, call.uuid, facts["path"], abandoned=abandoned)
+            # a file that starts at the bridge: a call that never reached anyone has none, and
+            # that is no fault (FreeSWITCH's CHANNEL_HANGUP_COMPLETE says whether it was bridged)
+            never_bridged = facts.get("start") == "bridge" and end.bridged is False
+            finalize_queued(self.app.writer, call.uuid, facts["path"], abandoned=abandoned,
+                            never_bridged=never_bridged)
         elif facts.get("mode") == "on_demand":   # started (or not) by an agent: look it up
             finalize(self.db, call.uuid, abandoned=abandoned)
 

@@ -223,8 +223,8 @@ class ScreeningStage(Stage):
         return match, counts, auto
 
     def _count(self, number: str, keys: list[str]) -> dict[str, counters.Counts]:
-        with self.db.autocommit() as session:
-            return counters.count_call(session, number, keys, now=time.time())
+        with self.db.autocommit() as conn:
+            return counters.count_call(conn, number, keys, now=time.time())
 
     def _flood(self, call: Call, number: str, dnis: str, counts: dict[str, counters.Counts],
                entry: ListEntry | None) -> tuple[str, str, int] | None:
@@ -376,16 +376,18 @@ class ScreeningStage(Stage):
                 or facts.get("outcome") == "reject" or end.duration is None or end.duration > cfg.nuisance_seconds
                 or (call.final_action is not None and call.final_action.hangs_up)):
             return   # not a short call the caller made, or one fsguard itself ended
+        # one statement (autocommit): the count; a transaction only for the rare block it leads to
+        with self.db.autocommit() as conn:
+            short = counters.count_short_call(conn, number, window_seconds=self.nuisance_window, now=time.time())
+        if short < cfg.nuisance_calls:
+            return
+        if not self.settings.policy.enforced(self.name):
+            log.info("screening.would_auto_block", code="nuisance", short_calls=short, level=cfg.nuisance_level)
+            return
+        reason = (f"{short} calls ended within {cfg.nuisance_seconds:g} s in {_duration(self.nuisance_window)} "
+                  f"(call-and-hang-up, limit {cfg.nuisance_calls}): blocked automatically at level "
+                  f"{cfg.nuisance_level} for {_duration(self.nuisance_ttl)}")
         with self.db.begin() as session:
-            short = counters.count_short_call(session, number, window_seconds=self.nuisance_window, now=time.time())
-            if short < cfg.nuisance_calls:
-                return
-            if not self.settings.policy.enforced(self.name):
-                log.info("screening.would_auto_block", code="nuisance", short_calls=short, level=cfg.nuisance_level)
-                return
-            reason = (f"{short} calls ended within {cfg.nuisance_seconds:g} s in {_duration(self.nuisance_window)} "
-                      f"(call-and-hang-up, limit {cfg.nuisance_calls}): blocked automatically at level "
-                      f"{cfg.nuisance_level} for {_duration(self.nuisance_ttl)}")
             blocked = lists.auto_block(session, number, level=cfg.nuisance_level, reason=reason, code="nuisance",
                                        ttl_seconds=self.nuisance_ttl, added_by=self.settings.node.id)
         if blocked:

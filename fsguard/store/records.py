@@ -18,12 +18,13 @@ from fsguard.store.models import CallRecord, Recording, RecordingMask, StageVerd
 from fsguard.store.writer import Ticket, Writer
 
 
-def make_writer(db: Database, *, retry_seconds: float = 30.0, on_error: Any = None) -> Writer:
+def make_writer(db: Database, *, retry_seconds: float = 30.0, on_error: Any = None,
+                gather_seconds: float = 0.0) -> Writer:
     """The writer with every kind of row a call leaves behind, in the order they must be written.
 
     A recording's rows are keyed by its call's uuid (unique), never by its id: the row is queued
     at the decision and its id is the database's to give at the commit."""
-    writer = Writer(db, retry_seconds=retry_seconds, on_error=on_error)
+    writer = Writer(db, retry_seconds=retry_seconds, on_error=on_error, gather_seconds=gather_seconds)
     rec, mask = Recording.__table__, RecordingMask.__table__
     writer.declare_insert("recording_open", rec)  # type: ignore[arg-type]
     writer.declare_insert("call", CallRecord.__table__)  # type: ignore[arg-type]

@@ -14,8 +14,12 @@ from typing import Callable
 
 import gevent
 
+from sqlalchemy import select
+
 from fsguard.service.app import App
 from fsguard.config import Settings
+from fsguard.store.models import CallRecord
+from fsguard.store.models.recordings import Recording
 from fsguard_testing.freeswitch import CallPlacer, EventSocketClient, RealFreeSWITCH, write_tone
 
 from test_realfs_calls import agent_ready, executed, hangup  # tests/realfs is on sys.path under pytest
@@ -82,8 +86,10 @@ def test_routed_call_is_recorded_in_stereo_and_a_pause_is_silence_in_the_file(
     assert stop.get("Record-File-Path") == str(path)
 
     left, right, length = _windows(path)
-    # the file is as long as the call was up after record_session started (FreeSWITCH's clock)
-    talk = (end.timestamp_us - record.timestamp_us) / 1e6
+    # recording.start = "bridge" (the default): the file is as long as the caller was bridged to
+    # the agent (FreeSWITCH's clock), not as long as the call was up after record_session ran
+    assert record.var("RECORD_BRIDGE_REQ") == "true"
+    talk = (end.timestamp_us - bridge.timestamp_us) / 1e6
     assert abs(length - talk) < 0.5, (length, talk)
     assert int(end.var("billsec")) >= int(length) - 1
     # caller (left) and agent (right, echoing the caller) on separate channels
@@ -98,6 +104,33 @@ def test_routed_call_is_recorded_in_stereo_and_a_pause_is_silence_in_the_file(
     assert resume_sent - pause_done - 0.3 <= masked <= resume_done - pause_sent + 0.3
     assert max(left[run_end + 2:]) > 3000, "sound must come back after resume"
     assert bridge["Other-Leg-Unique-ID"]
+
+
+def test_a_call_never_bridged_leaves_no_recording_file_and_no_row(
+        start_fsguard: Callable[..., App], realfs_settings: Settings, fs_events: EventSocketClient,
+        placer: CallPlacer) -> None:
+    """recording.start = "bridge": queued with no agent logged in, the caller hangs up. FreeSWITCH
+    ran record_session but wrote nothing (RECORD_BRIDGE_REQ); fsguard drops the row it queued
+    instead of keeping a recording whose file is missing."""
+    realfs_settings.recording.consent = False
+    app = start_fsguard(realfs_settings)
+    a_leg, b_leg = placer.loopback(CALLER)
+    record = executed(fs_events, b_leg, "record_session")
+    path = Path(record["Application-Data"])
+    executed(fs_events, b_leg, "callcenter")
+    gevent.sleep(1.0)
+    fs_events.api(f"uuid_kill {a_leg}")
+    end = hangup(fs_events, b_leg)
+    assert end.var("bridge_uepoch") in (None, "0")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (app.held or app.deciding):
+        gevent.sleep(0.1)
+    assert app.writer.wait_idle(10)
+    assert not path.exists()
+    with app.db.begin() as session:
+        assert session.scalars(select(Recording).where(Recording.call_uuid == b_leg)).first() is None
+        call = session.get(CallRecord, b_leg)
+        assert call is not None and call.hangup_cause is not None
 
 
 def _wait_for_attempts(app: App, count: int, timeout: float = 10.0) -> None:
