@@ -637,8 +637,9 @@ class RecordingSettings:
     #: "early": announce in early media (unbilled, but only heard where the carrier passes 183 media)
     consent_media: str = "answer"
     #: when the file starts: "bridge" -- once the caller is bridged to an agent or a called party
-    #: (FreeSWITCH's RECORD_BRIDGE_REQ): the conversation, without the queue's wait, hold music
-    #: or an IVR; a call that never reaches anyone leaves no file and no recording row. "route"
+    #: (record_session run by FreeSWITCH at the bridge, execute_on_pre_bridge): the conversation,
+    #: without the queue's wait, hold music or an IVR; a call that never reaches anyone leaves no
+    #: file and no recording row. "route"
     #: -- from the moment the call is routed, queue wait included (rules may override)
     start: str = "bridge"
     #: caller and agent on separate channels of a stereo file (RECORD_STEREO)

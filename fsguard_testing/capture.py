@@ -372,6 +372,9 @@ def capture(out_dir: Path, names: list[str], *, binary: str | None = None, workd
         settings.node.id = "capture"
         settings.esl.listen = f"127.0.0.1:{free_port()}"
         settings.esl.inbound = fs.esl_address
+        # the routed call's socket is held to the hang-up, so that the capture holds every event
+        # of the call up to its end (letting go of it is proven by tests/realfs/test_realfs_ends.py)
+        settings.esl.follow_ends = "socket"
         settings.recording.dir = str(fs.recordings)
         settings.http.enabled = False
         db = Database(settings.database)
@@ -395,7 +398,8 @@ def capture(out_dir: Path, names: list[str], *, binary: str | None = None, workd
                     with every_event(everything):
                         run(lab, recording)
                     header = (f"{what}\n{subscription}\n"
-                              f"FreeSWITCH {version}, conf/freeswitch as shipped; fsguard's default chain; "
+                              f"FreeSWITCH {version}, conf/freeswitch as shipped; fsguard's default chain, "
+                              "esl.follow_ends = socket; "
                               f"captured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n"
                               "regenerate: python -m fsguard_testing.capture --out tests/captures/fs-1.10.12")
                     path = out_dir / f"{name}{suffix}.txt"

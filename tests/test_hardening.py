@@ -634,6 +634,7 @@ def test_freeswitch_vanishing_after_any_command_of_the_real_chain_leaves_nothing
 
     quick.policy.stages = ["screening", "verification", "recording", "routing"]
     quick.recording.consent = True
+    quick.recording.start = "route"   # record_session among fsguard's commands, cut after too
     with db.begin() as session:
         lists.add(session, lists.make_spec("+12125550142", kind="block", level=3, reason="hardening test"))
     guard = start_guard()

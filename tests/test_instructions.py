@@ -9,6 +9,8 @@ would have written it.
 
 from __future__ import annotations
 
+import pytest
+
 from fsguard.rules import customers
 from fsguard.call.call import fold_variables
 from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
@@ -79,11 +81,18 @@ def test_a_single_variable_and_nolocal_exports_are_sent_as_written():
     assert fold_variables([nolocal, ("answer", "")], []) == [nolocal, ("answer", "")]
 
 
-def test_a_routed_call_through_the_whole_chain_takes_three_applications(settings, start_guard, db):
+@pytest.mark.parametrize("start, apps", [
+    ("bridge", ["multiset", "callcenter"]),                     # record_session is FreeSWITCH's to run at the bridge
+    ("route", ["multiset", "record_session", "callcenter"]),
+])
+def test_a_routed_call_through_the_whole_chain_takes_two_applications_three_recording_from_the_route(
+        settings, start_guard, db, start, apps):
     """Screening, outbound, verification, recording and routing all set variables; FreeSWITCH
-    runs one multiset, record_session and the route, and the agent's leg still gets every export."""
+    runs one multiset (and record_session, when the recording starts with the route) and the
+    route, and the agent's leg still gets every export."""
     settings.policy.stages = ["screening", "outbound", "verification", "recording", "routing"]
     settings.recording.consent = False
+    settings.recording.start = start
     with db.begin() as session:
         customers.save(session, ["+12125550123"], customers.normalise_customer(
             {"name": "Ada", "account_id": "A-1001", "vip": True}))
@@ -92,7 +101,8 @@ def test_a_routed_call_through_the_whole_chain_takes_three_applications(settings
     settle(guard)
 
     assert result.ok and result.outcome == "routed", result.violations
-    assert [app for app, _ in result.apps] == ["multiset", "record_session", "callcenter"]
+    assert [app for app, _ in result.apps] == apps
+    assert ("execute_on_pre_bridge_fsguard_recording" in result.variables) == (start == "bridge")
     assert result.exported["fsguard_customer_id"] == "A-1001" and result.exported["fsguard_vip"] == "true"
     assert result.variables["RECORD_STEREO"] == "true"
     assert set(result.variables["export_vars"].split(",")) == set(result.exported)

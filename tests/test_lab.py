@@ -146,12 +146,15 @@ def agents_redialling_freeze_the_number(morning: lab.LabReport, db_url: str) -> 
         with db.begin() as s:
             frozen = freeze.active_freeze(s, lab.REDIALLED)
             assert frozen is not None and frozen.source == "auto"
-            # every routed inbound call and every agent's call was recorded, and the file is complete
+            # every call recorded and bridged to someone (an agent, a called party that answered)
+            # has its complete file; one never bridged has none (recording.start = "bridge")
             statuses = Counter(r.status for r in s.scalars(select(Recording)))
     finally:
         db.dispose()
     recorded = [c for c in morning.calls if "recording.all" in codes(c)]
-    assert recorded and statuses == {"complete": len(recorded)}
+    bridged = [c for c in recorded if c.result.variables.get("bridge_uepoch", "0") != "0"]
+    assert bridged and len(bridged) < len(recorded)   # the barred re-dial never reached anyone
+    assert statuses == {"complete": len(bridged)}
 
 
 def the_table_tells_each_caller_what_happened_and_why(morning: lab.LabReport) -> None:

@@ -141,6 +141,9 @@ def run(settings: Any, start_guard: Callable[..., Any]) -> Callable[..., tuple[A
     def start(**recording: Any) -> tuple[Any, RecordingFreeSWITCH]:
         settings.policy.stages = ["recording", "routing"]
         settings.recording.consent_prompt = "ivr/consent.wav"
+        # the simulator's queue is a queue with no agent (as the lab's captures): these tests record
+        # from the route, and the ones about recording.start = "bridge" say so
+        settings.recording.start = "route"
         for key, value in recording.items():
             setattr(settings.recording, key, value)
         settings.validate()
@@ -416,24 +419,38 @@ def test_a_file_freeswitch_did_not_write_is_reported_at_the_end_of_the_call(run,
     assert rec.status == "missing" and rec.sha256 is None and "did not write it" in rec.error
 
 
-def test_by_default_the_file_starts_at_the_bridge_and_a_call_never_bridged_keeps_no_row(run, db):
-    """recording.start = "bridge": RECORD_BRIDGE_REQ goes with record_session; a call that only
-    waited in the queue (FreeSWITCH's bridge_uepoch is 0 at the end) has no file, and that is no
-    fault: its row goes instead of staying as a "missing" recording."""
-    guard, fs = run(mode="all")
-    result = fs.call(Caller(variables={"test_write_audio": "false"}))
+def test_from_the_bridge_freeswitch_starts_the_recording_when_the_caller_is_bridged(run, db, settings):
+    """recording.start = "bridge": no record_session with the route; the route's variables arm
+    ``execute_on_pre_bridge_fsguard_recording``, which FreeSWITCH runs when the bridge starts."""
+    settings.routing.rules = [{"name": "own agent", "dnis": "5000", "target": "bridge user/1001"}]
+    guard, fs = run(mode="all", start="bridge")
+    result = fs.call(Caller(dnis="5000", talk_time=300))
     settle(guard)
-    assert result.variables.get("RECORD_BRIDGE_REQ") == "true"
-    assert setting(result, "RECORD_BRIDGE_REQ", "true") < names(result).index("record_session")
-    assert recording_of(db, result.uuid) is None
+    apps = names(result)
+    armed = setting(result, "execute_on_pre_bridge_fsguard_recording", f"record_session {result.recordings[0]}")
+    assert armed < apps.index("bridge") < apps.index("record_session")
+    rec = recording_of(db, result.uuid)
+    assert rec.status == "complete" and rec.stereo
     assert verdict_of(db, result.uuid).details["start"] == "bridge"
 
 
+def test_from_the_bridge_a_call_that_only_waited_in_the_queue_keeps_no_recording(run, db):
+    """Never bridged (FreeSWITCH's bridge_uepoch is 0 at the end): no file, and that is no fault;
+    the row queued at the decision goes instead of staying as a "missing" recording."""
+    guard, fs = run(mode="all", start="bridge")
+    result = fs.call(Caller())
+    settle(guard)
+    assert "record_session" not in names(result)
+    assert result.variables["execute_on_pre_bridge_fsguard_recording"].startswith("record_session ")
+    assert recording_of(db, result.uuid) is None
+
+
 def test_a_rule_may_start_the_file_with_the_route(run, db):
-    guard, fs = run(mode="all", rules=[{"name": "ivr", "dnis": "5000", "mode": "all", "start": "route"}])
+    guard, fs = run(mode="all", start="bridge",
+                    rules=[{"name": "ivr", "dnis": "5000", "mode": "all", "start": "route"}])
     result = fs.call(Caller(dnis="5000"))
     settle(guard)
-    assert "RECORD_BRIDGE_REQ" not in result.variables
+    assert "record_session" in names(result) and "execute_on_pre_bridge_fsguard_recording" not in result.variables
     assert recording_of(db, result.uuid).status == "complete"
 
 

@@ -82,6 +82,9 @@ class IdentityTrust:
 #: applications that only start something (a media bug) and read no variable but their own
 #: ``record_*`` / ``RECORD_*`` ones: variables queued after them may be set before them
 HOISTABLE = frozenset({"record_session"})
+#: the variable that starts a recording at the bridge: FreeSWITCH runs every variable whose name
+#: begins with ``execute_on_pre_bridge`` when the leg is bridged (so a dialplan's own is kept)
+RECORD_AT_BRIDGE = "execute_on_pre_bridge_fsguard_recording"
 #: delimiters ``multiset`` can split on (``^^<c>`` picks one), tried in order
 MULTISET_DELIMITERS = "|~`^;#"
 
@@ -353,15 +356,19 @@ class Call:
 
     def record(self, path: str, *, stereo: bool = True, from_bridge: bool = False) -> None:
         """Record the whole call, caller and agent on separate channels when ``stereo``; with
-        ``from_bridge`` the file starts only once the leg is bridged (RECORD_BRIDGE_REQ).
+        ``from_bridge`` the recording starts only once the leg is bridged to someone.
 
         Queued like :meth:`set`: ``record_session`` only starts a media bug and returns, so it goes
         in the same write as the route (or before whatever the next stage plays), not in a round
-        trip of its own."""
+        trip of its own. From the bridge, it is not run now at all: FreeSWITCH runs the
+        ``execute_on_pre_bridge*`` variables' applications when the bridge starts
+        (switch_ivr_bridge.c), so a caller waiting in a queue costs no media bug (and no decoding
+        of every frame for it) until an agent answers."""
         self._pending.append(("set", f"RECORD_STEREO={'true' if stereo else 'false'}"))
         if from_bridge:
-            self._pending.append(("set", "RECORD_BRIDGE_REQ=true"))
-        self._pending.append(("record_session", path))
+            self._pending.append(("set", f"{RECORD_AT_BRIDGE}=record_session {path}"))
+        else:
+            self._pending.append(("record_session", path))
 
     def flush(self) -> None:
         """Send queued variables and applications now: one write, the variables of each run of

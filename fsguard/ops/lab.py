@@ -18,7 +18,8 @@ which is what ``tests/test_lab.py`` asserts on SQLite and PostgreSQL.
 Nothing here is a shortcut around the product: the policy is TOML read by ``load_settings``, the
 stages are the real ones, the simulator speaks the Event Socket protocol byte for byte. The only
 addition to the simulator is that it writes a (silent) WAV file where ``record_session`` is told to
-record, as FreeSWITCH would, so the recordings are complete rather than "missing".
+record, as FreeSWITCH would, so the recordings are complete rather than "missing", and that its
+queues have agents: a caller a queue takes is bridged to one (and the recording starts then).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import gevent
 
@@ -386,7 +388,25 @@ def seed(db: Database, settings: Settings) -> None:
 
 
 class _LabChannel(Channel):
-    """A simulated channel that writes the recording FreeSWITCH would write (one second of silence)."""
+    """A simulated channel that writes the recording FreeSWITCH would write (one second of
+    silence), in a switch whose queues have agents: a caller the queue takes is bridged to one
+    (CHANNEL_BRIDGE, and the ``execute_on_pre_bridge*`` applications: recording.start = "bridge")."""
+
+    def _after_transfer(self) -> None:
+        super()._after_transfer()
+        self._agent_answers()
+
+    def _app_callcenter(self, run: Any) -> Iterator[float]:
+        steps = super()._app_callcenter(run)
+        for delay in steps:   # the queue has answered the caller: an agent takes the call
+            self._agent_answers()
+            yield delay
+
+    def _agent_answers(self) -> None:
+        if not self.hung_up and self.bridged_t is None:
+            self.bridged_t = self.clock
+            self.emit("CHANNEL_BRIDGE", post=[("Bridge-A-Unique-ID", self.uuid), ("Bridge-B-Unique-ID", str(uuid4()))])
+            self._execute_on("execute_on_pre_bridge")
 
     def _app_record_session(self, run: Any) -> Iterator[float]:
         yield from super()._app_record_session(run)

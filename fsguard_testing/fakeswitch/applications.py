@@ -446,6 +446,25 @@ class Applications:
         self._answer()  # the queue extension answers the caller
         self._after(self.caller.talk_time, self._talk_over, "caller")
 
+    def _execute_on(self, prefix: str) -> None:
+        """switch_channel_execute_on: every variable whose name begins with ``prefix`` is an
+        ``app arg`` run now, in its own CHANNEL_EXECUTE / _COMPLETE pair (a bridge runs
+        ``execute_on_pre_bridge*`` as it starts: switch_ivr_bridge.c)."""
+        for name, value in list(self.vars.items()):
+            if not name.lower().startswith(prefix) or not isinstance(value, str) or not value.strip():
+                continue
+            app, _, arg = value.strip().partition(" ")
+            run = AppRun(app, arg, str(uuid4()))
+            post = [("Application", app)] + ([("Application-Data", arg)] if arg else [])
+            self.result.apps.append((app, arg))
+            self.emit("CHANNEL_EXECUTE", post=post + [("Application-UUID", run.event_uuid)])
+            handler = getattr(self, f"_app_{app.lower()}", None)
+            if handler is not None:
+                for _ in handler(run):   # the applications run this way start something and return
+                    pass
+            self.emit("CHANNEL_EXECUTE_COMPLETE",
+                      post=post + [("Application-Response", "_none_"), ("Application-UUID", run.event_uuid)])
+
     def _app_callcenter(self, run: AppRun) -> Iterator[float]:
         self._route(f"{run.name} {run.arg.strip()}")
         if run.name.lower() == "callcenter":
@@ -488,6 +507,7 @@ class Applications:
         self._setvar("bridge_to", other)
         self._setvar("last_bridge_to", other)
         self.emit("CHANNEL_BRIDGE", post=[("Bridge-A-Unique-ID", self.uuid), ("Bridge-B-Unique-ID", other)])
+        self._execute_on("execute_on_pre_bridge")
         yield max(0.0, c.talk_time)
         if self.hung_up:
             return

@@ -132,7 +132,8 @@ def test_crafted_display_name_cannot_unblock_a_hard_blocked_caller(
     assert end["Caller-Caller-ID-Number"] == BLOCKED
     assert end.var("hangup_cause") == "CALL_REJECTED"
     assert not answered(fs_events, end.uuid)
-    # ... and fsguard screened the true number
+    # ... and fsguard screened the true number (its row is committed with the writer's next batch)
+    assert app.writer.wait_idle(5)
     with app.db.begin() as session:
         from fsguard.store.models import CallRecord
         row = session.get(CallRecord, end.uuid)

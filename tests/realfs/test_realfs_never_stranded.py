@@ -222,6 +222,7 @@ def test_with_two_nodes_in_the_socket_target_the_second_takes_the_call_when_the_
     end = hangup(fs_events, b_leg)
     assert end.var("hangup_cause") == "CALL_REJECTED"
     assert not fs_events.find("CHANNEL_EXECUTE", where={"Unique-ID": b_leg, "Application-Data": FALLBACK})
+    assert app.writer.wait_idle(5)   # the row goes with the writer's next batch
     with app.db.begin() as session:
         from fsguard.store.models import CallRecord
         assert session.get(CallRecord, b_leg).node == "second"

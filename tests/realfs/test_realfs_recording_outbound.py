@@ -86,10 +86,13 @@ def test_routed_call_is_recorded_in_stereo_and_a_pause_is_silence_in_the_file(
     assert stop.get("Record-File-Path") == str(path)
 
     left, right, length = _windows(path)
-    # recording.start = "bridge" (the default): the file is as long as the caller was bridged to
-    # the agent (FreeSWITCH's clock), not as long as the call was up after record_session ran
-    assert record.var("RECORD_BRIDGE_REQ") == "true"
-    talk = (end.timestamp_us - bridge.timestamp_us) / 1e6
+    # recording.start = "bridge" (the default): FreeSWITCH ran record_session when the agent was
+    # bridged (execute_on_pre_bridge*), so the file is as long as the conversation by FreeSWITCH's
+    # clock, not as long as the call was up since the route
+    assert record.timestamp_us >= bridge.timestamp_us
+    names = [name for name, _ in fs_events.applications(b_leg)]
+    assert "record_session" not in names[:names.index("callcenter")]
+    talk = (end.timestamp_us - record.timestamp_us) / 1e6
     assert abs(length - talk) < 0.5, (length, talk)
     assert int(end.var("billsec")) >= int(length) - 1
     # caller (left) and agent (right, echoing the caller) on separate channels
@@ -109,28 +112,30 @@ def test_routed_call_is_recorded_in_stereo_and_a_pause_is_silence_in_the_file(
 def test_a_call_never_bridged_leaves_no_recording_file_and_no_row(
         start_fsguard: Callable[..., App], realfs_settings: Settings, fs_events: EventSocketClient,
         placer: CallPlacer) -> None:
-    """recording.start = "bridge": queued with no agent logged in, the caller hangs up. FreeSWITCH
-    ran record_session but wrote nothing (RECORD_BRIDGE_REQ); fsguard drops the row it queued
-    instead of keeping a recording whose file is missing."""
+    """recording.start = "bridge": queued with no agent logged in, the caller hangs up.
+    FreeSWITCH never ran record_session (it runs at the bridge) and wrote nothing; fsguard drops
+    the row it queued instead of keeping a recording whose file is missing."""
     realfs_settings.recording.consent = False
     app = start_fsguard(realfs_settings)
     a_leg, b_leg = placer.loopback(CALLER)
-    record = executed(fs_events, b_leg, "record_session")
-    path = Path(record["Application-Data"])
     executed(fs_events, b_leg, "callcenter")
     gevent.sleep(1.0)
     fs_events.api(f"uuid_kill {a_leg}")
     end = hangup(fs_events, b_leg)
-    assert end.var("bridge_uepoch") in (None, "0")
+    assert end.var("bridge_uepoch") == "0"
+    armed = end.var("execute_on_pre_bridge_fsguard_recording")
+    assert armed is not None and armed.startswith("record_session " + realfs_settings.recording.dir)
+    assert "record_session" not in [name for name, _ in fs_events.applications(b_leg)]
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (app.held or app.deciding):
         gevent.sleep(0.1)
     assert app.writer.wait_idle(10)
-    assert not path.exists()
+    assert not Path(armed.split(" ", 1)[1]).exists()
     with app.db.begin() as session:
         assert session.scalars(select(Recording).where(Recording.call_uuid == b_leg)).first() is None
         call = session.get(CallRecord, b_leg)
         assert call is not None and call.hangup_cause is not None
+
 
 
 def _wait_for_attempts(app: App, count: int, timeout: float = 10.0) -> None:
