@@ -165,9 +165,9 @@ class DatabaseSettings:
     write_retry_seconds: float = 30.0
     #: seconds a call waits at its end for its records to be committed before closing the socket
     write_wait_seconds: float = 2.0
-    #: seconds the call writer lets rows gather before it commits them (group commit): one
-    #: transaction per interval instead of one per call, at the price of a row reaching the
-    #: database that much later. 0 commits as soon as the writer wakes
+    #: the call writer commits at most once per this many seconds (group commit): a row after a
+    #: quiet spell is written at once, rows that come while commits are frequent share the next
+    #: one instead of a transaction per call. 0 commits as soon as the writer wakes
     write_gather_seconds: float = 0.05
 
     @property

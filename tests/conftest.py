@@ -146,6 +146,10 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
     # the simulator's calls are held on their socket (tests/test_ends.py lets go of them, with a
     # fake inbound event socket; nothing here may reach a real one on esl.inbound)
     s.esl.follow_ends = "socket"
+    # the simulator's queue bridges no agent (as the lab FreeSWITCH's, captured): its recordings
+    # start with the route; recording from the bridge (the default) is tested where it is named,
+    # and on a real FreeSWITCH with an agent (tests/realfs/)
+    s.recording.start = "route"
     s.recording.dir = str(tmp_path / "recordings")
     s.http.enabled = False
     return s

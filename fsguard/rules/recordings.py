@@ -266,7 +266,11 @@ def finalize_queued(writer: Writer, call_uuid: str, path: str, *, abandoned: boo
 
     No file is no fault when the caller hung up before the recording began (``abandoned``) or
     the recording was to start at a bridge that never came (``never_bridged``): the row goes."""
-    facts = in_thread(inspect_file, path)
+    if (abandoned or never_bridged) and not os.path.lexists(path):
+        # the expected case of a call that never reached anyone: no thread needed to find nothing
+        facts = FileFacts("missing")
+    else:
+        facts = in_thread(inspect_file, path)
     end = utcnow()
     if facts.status == "missing" and (abandoned or never_bridged):
         writer.submit("recording_discard", {"_key": call_uuid})

@@ -75,6 +75,7 @@ class Writer:
         #: how long rows gather after the writer wakes (database.write_gather_seconds): a commit
         #: costs the same for one call's rows as for a dozen calls'
         self.gather_seconds = gather_seconds
+        self._last_commit = -1e9
         self.max_batch = max_batch
         self.on_error = on_error
         #: kind of row -> the statement run with ``executemany`` over a batch's rows of that kind.
@@ -147,12 +148,17 @@ class Writer:
                 self._idle.set()
                 self._wake.clear()
                 self._wake.wait()
-            if self.gather_seconds and len(self.queue) < self.max_batch:
-                gevent.sleep(self.gather_seconds)
+            # group commit: at most one commit per gather interval. A row after a quiet spell is
+            # written at once; rows that come while commits are frequent wait for the interval to
+            # end and share the next one (a commit costs the same for one call's rows as for many)
+            wait = self._last_commit + self.gather_seconds - time.monotonic()
+            if wait > 0 and len(self.queue) < self.max_batch:
+                gevent.sleep(wait)
             else:
                 # one turn of the loop: calls that are ready to hand rows over do so first
                 gevent.idle()
             batch = [self.queue.popleft() for _ in range(min(self.max_batch, len(self.queue)))]
+            self._last_commit = time.monotonic()
             self._write_with_retry(batch)
 
     def _write_with_retry(self, batch: list[Ticket]) -> None:
