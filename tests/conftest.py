@@ -138,6 +138,9 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
     s = Settings()
     s.database.url = db_url
     s.database.pool_size = 10
+    # each call's socket closes once its rows are committed: no group-commit interval in front of
+    # that here, or every simulated call would wait for it (tests/test_db.py covers the interval)
+    s.database.write_gather_seconds = 0.0
     s.node.id = "test-node"
     s.policy.stages = ["routing"]  # each test names the stages it exercises
     s.esl.listen = "127.0.0.1:0"

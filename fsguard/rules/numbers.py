@@ -12,6 +12,11 @@ from functools import lru_cache
 
 import phonenumbers
 
+# A new caller's number goes through a hundred-odd metadata patterns; Python's own regex cache
+# keeps 512 patterns for the whole process, so under a flood of new numbers they were compiled
+# again and again. phonenumbers' own cache keeps every one once compiled (a few hundred KB).
+phonenumbers.enable_pattern_cache()
+
 #: what carriers and phones put in the caller id when there is no number to show
 ANONYMOUS_NAMES = frozenset({"", "anonymous", "unknown", "restricted", "private", "unavailable",
                              "withheld", "blocked", "0000000000", "0"})
