@@ -89,7 +89,18 @@ class Exchange:
     def commands(self) -> list[bytes]:
         """What fsguard sent, one command block each (``sendmsg`` with its header lines)."""
         sent = b"".join(c.data for c in self.chunks if c.direction == "to_fs" and c.channel == "outbound")
-        return [block for block in sent.split(b"\n\n") if block.strip()]
+        out, at = [], 0
+        while at < len(sent):
+            end = sent.find(b"\n\n", at)
+            end = len(sent) if end < 0 else end
+            block, at = sent[at:end], end + 2
+            length = re.search(rb"^content-length: *(\d+)", block, re.M | re.I)
+            if length:   # a long argument goes as the body (fsguard.esl.protocol.Execute)
+                body_end = at + int(length.group(1))
+                block, at = block + b"\n\n" + sent[at:body_end], body_end
+            if block.strip():
+                out.append(block)
+        return out
 
     def connect_reply(self) -> wire.Frame:
         first = self.frames[0]

@@ -492,7 +492,8 @@ class EventSocket:
         r = self.result
         app = (cmd.header("execute-app-name") or "").strip()
         arg = cmd.header("execute-app-arg")
-        if arg is None and cmd.body:
+        if not arg and cmd.body and (cmd.header("content-type") or "").strip().lower() == "text/plain":
+            # switch_ivr_parse_event: no execute-app-arg, a text/plain body is the argument
             arg = cmd.body.decode("utf-8", "surrogateescape")
         arg = arg or ""
         if "\r" in arg or "\n" in arg:
