@@ -578,7 +578,9 @@ def test_fsguard_finishes_a_caller_hangup_wherever_the_linger_notice_falls(start
         lists.add(session, lists.make_spec("+" + SOFT, kind="block", level=2))
     proxy = RecordingProxy(guard.address).start()
     try:
-        fs = FakeFreeSWITCH(proxy.address, time_scale=0.05, linger_notice=place)
+        # a simulated second is 150 ms: the challenge is answered 2 simulated seconds in, the
+        # caller hangs up at 3, and fsguard must fit its own work in between even on a busy machine
+        fs = FakeFreeSWITCH(proxy.address, time_scale=0.15, linger_notice=place)
         caller = _sim_caller("challenge_caller_hangup")
         recording = proxy.expect(place)
         result = fs.call(caller)
