@@ -12,9 +12,23 @@ from functools import lru_cache
 from typing import Any
 
 import phonenumbers
-from phonenumbers import geocoder
 
 __all__ = ["Region", "caller_region", "US_STATES", "CA_PROVINCES"]
+
+
+
+def _geocoder() -> Any:
+    """phonenumbers' geocoder, imported on first use: its place names take 0.4 s to load, which
+    every ``fsguard`` command would pay at start. A serving process loads it before its first
+    call (:func:`load`)."""
+    from phonenumbers import geocoder
+
+    return geocoder
+
+
+def load() -> None:
+    """Load the geocoder now (``fsguard serve``, before the first call and before freezing the heap)."""
+    _geocoder()
 
 US_STATES = {
     "AL": "Alabama", "AK": "Alaska", "AZ": "Arizona", "AR": "Arkansas", "CA": "California", "CO": "Colorado",
@@ -107,7 +121,7 @@ def caller_region(e164: str | None) -> Region:
     country = phonenumbers.region_code_for_number(parsed)
     if country in (None, "ZZ", "001"):
         return Region()
-    place = geocoder.description_for_number(parsed, "en") if phonenumbers.is_valid_number(parsed) else ""
+    place = _geocoder().description_for_number(parsed, "en") if phonenumbers.is_valid_number(parsed) else ""
     if place and place.lower() == _country_name(country):
         place = ""  # the geocoder only knew the country: not a place
     length = phonenumbers.length_of_geographical_area_code(parsed)
@@ -118,4 +132,4 @@ def caller_region(e164: str | None) -> Region:
 @lru_cache(maxsize=512)
 def _country_name(code: str) -> str:
     example = phonenumbers.example_number(code)
-    return geocoder.country_name_for_number(example, "en").lower() if example else ""
+    return _geocoder().country_name_for_number(example, "en").lower() if example else ""
