@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import shutil
 import socket as _stdsocket
 import sys
 import tempfile
@@ -354,7 +355,7 @@ def capture(out_dir: Path, names: list[str], *, binary: str | None = None, workd
     """Run ``names`` (keys of :data:`SCENARIOS`) through a real FreeSWITCH; write ``out_dir/<name>.txt``."""
     from fsguard.store import migrate
     from fsguard.service.app import App
-    from fsguard.config import Settings
+    from fsguard.config import Settings, packaged_sound
     from fsguard.store.db import Database
     from fsguard.service.server import CallServer
     from fsguard_testing.freeswitch import CallPlacer, Ports, RealFreeSWITCH, find_freeswitch, free_port
@@ -376,6 +377,13 @@ def capture(out_dir: Path, names: list[str], *, binary: str | None = None, workd
         # of the call up to its end (letting go of it is proven by tests/realfs/test_realfs_ends.py)
         settings.esl.follow_ends = "socket"
         settings.recording.dir = str(fs.recordings)
+        # fsguard's own notice, played from FreeSWITCH's sound prefix (a path relative to it), so
+        # that the captures name no directory of the machine they were made on
+        shipped = Path(packaged_sound(settings.recording.consent_prompt))
+        relative = Path("fsguard") / shipped.name
+        (fs.sounds / "en" / "us" / "callie" / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shipped, fs.sounds / "en" / "us" / "callie" / relative)
+        settings.recording.consent_prompt = str(relative)
         settings.http.enabled = False
         db = Database(settings.database)
         migrate.upgrade(db)

@@ -512,3 +512,19 @@ def test_an_api_command_that_is_never_answered_times_out_and_drops_the_connectio
         assert not fs.connected
     finally:
         fake.stop()
+
+
+def test_a_long_application_argument_is_sent_as_the_body_freeswitch_reads_in_one_go():
+    """mod_event_socket reads headers a byte at a time and a body at once; switch_ivr_parse_event
+    takes a text/plain body as the argument when there is no execute-app-arg."""
+    from fsguard.esl.protocol import INLINE_ARG_MAX, Execute
+
+    short = bytes(Execute("transfer", "default XML queues"))
+    assert short == b"sendmsg\ncall-command: execute\nexecute-app-name: transfer\nexecute-app-arg: default XML queues\n\n"
+    arg = "^^|" + "|".join(f"fsguard_v{i}=é{i}" for i in range(20))
+    assert len(arg.encode()) > INLINE_ARG_MAX
+    head, body = bytes(Execute("multiset", arg, "u-1")).split(b"\n\n", 1)
+    assert head.split(b"\n") == [b"sendmsg", b"call-command: execute", b"execute-app-name: multiset",
+                                 b"Event-UUID: u-1", b"content-type: text/plain",
+                                 f"content-length: {len(arg.encode())}".encode()]
+    assert body == arg.encode()   # the length in bytes, not characters

@@ -524,9 +524,7 @@ class Execute(Command):
         arg = self.arg.encode("utf-8")
         if len(arg) <= INLINE_ARG_MAX:
             return super().__bytes__()
-        lines = ["sendmsg", "call-command: execute", f"execute-app-name: {self.app}"]
-        if self.event_uuid:
-            lines.append(f"Event-UUID: {self.event_uuid}")
+        lines = [line for line in self.lines() if not line.startswith("execute-app-arg: ")]
         lines += ["content-type: text/plain", f"content-length: {len(arg)}"]
         return ("\n".join(lines) + "\n\n").encode("utf-8") + arg
 
