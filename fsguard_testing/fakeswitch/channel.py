@@ -258,7 +258,8 @@ class Channel(EventSocket, ApiCommands, SocketApplication, Applications, CallerB
         r.answered = self.answered_t is not None
         r.early_media = self.early_t is not None
         end = self.hangup_t if self.hangup_t is not None else self.clock
-        r.billsec = max(0.0, end - self.answered_t) if self.answered_t is not None else 0.0
+        # to the microsecond, as FreeSWITCH's epochs are: 1.5 s of simulated time must not read 1.4999999999999996
+        r.billsec = round(max(0.0, end - self.answered_t), 6) if self.answered_t is not None else 0.0
         r.variables = {k: (v if isinstance(v, str) else wire.serialize_value(v)) for k, v in self.vars.items()}
         if r.outcome is None:
             r.outcome = "protocol_error"
