@@ -98,7 +98,7 @@ def test_over_capacity_calls_get_the_fail_open_route_not_a_bare_close(settings, 
     settings.esl.max_calls = 2
     guard = start_guard()
     fs = FakeFreeSWITCH(guard.address, time_scale=0.005)
-    held = [fs.spawn(Caller(talk_time=400)) for _ in range(2)]
+    held = [fs.spawn(Caller(talk_time=200)) for _ in range(2)]
     wait_for(lambda: len(guard.app.held) == 2)
     refused = fs.call(Caller())
     assert refused.outcome == "routed" and refused.route == settings.policy.fail_open_route

@@ -218,7 +218,7 @@ def test_a_caller_controlled_name_is_shown_as_text(node):
     evil = '<script>document.title="owned"</script><img src=x onerror=alert(1)>'
     client = Browser(node.address)
     client.login("vic")
-    held = node.fs.spawn(Caller(ani="12025550199", name=evil, talk_time=2000))   # 10 s at this time scale
+    held = node.fs.spawn(Caller(ani="12025550199", name=evil, talk_time=600))   # 3 s at this time scale
     with gevent.Timeout(10):
         while not node.guard.app.held:
             gevent.sleep(0.01)

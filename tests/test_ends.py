@@ -186,7 +186,7 @@ def test_a_refused_calls_socket_is_closed_only_once_closing_cannot_reset_its_rou
     busy = sim.spawn(Caller(variables=DIALPLAN, talk_time=400))
     wait_for(lambda: len(guard.app.held) == 1, what="fsguard busy with one call")
 
-    refused = sim.call(Caller(variables=dialplan, talk_time=400))
+    refused = sim.call(Caller(variables=dialplan, talk_time=100))
 
     assert refused.outcome == "routed" and refused.ok, refused.violations
     commands = _commands(refused)

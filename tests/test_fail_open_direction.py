@@ -158,7 +158,7 @@ def test_over_capacity_a_call_gets_its_directions_fail_open_route(direction, set
     settings.esl.max_calls = 2
     guard = start_guard()
     fs = simulator(guard)
-    held = [fs.spawn(Caller(talk_time=400)) for _ in range(2)]
+    held = [fs.spawn(Caller(talk_time=200)) for _ in range(2)]
     wait_for(lambda: len(guard.app.held) == 2)
     refused = fs.call(agent() if direction == "outbound" else Caller())
     if direction == "outbound":
@@ -180,7 +180,7 @@ def test_over_capacity_an_outbound_context_call_is_dialled(settings, start_guard
     settings.node.outbound_contexts = ["agents"]
     guard = start_guard()
     fs = simulator(guard)
-    held = fs.spawn(Caller(talk_time=400))
+    held = fs.spawn(Caller(talk_time=200))
     wait_for(lambda: len(guard.app.held) == 1)
     refused = fs.call(agent("5557654321", variables={}))
     assert dialled(refused), refused
