@@ -228,6 +228,12 @@ class NodeSettings:
     #: region used to read numbers that are not in international form (ISO 3166 code)
     default_region: str = "US"
 
+    def validate(self) -> None:
+        # the id goes into FreeSWITCH's commands as it is: a channel variable (fsguard_node), the
+        # end watcher's event filter, uuid_setvar_multi's name=value;... list
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", self.id or ""):
+            raise ConfigError(f"node.id: letters, digits, '.', '_' and '-' only (a host name), got {self.id!r}")
+
 
 @dataclass
 class PolicySettings:

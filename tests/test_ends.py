@@ -55,10 +55,12 @@ def test_routed_call_is_let_go_of_after_the_route_and_its_end_comes_from_the_inb
 
     assert result.outcome == "routed" and result.ok, result.violations
     commands = _commands(result)
-    # no resume (the dialplan's socket_resume does it), the route's multiset turns it off, and the
-    # socket is let go of as soon as FreeSWITCH has it: exit comes before the call ends
-    assert "resume" not in commands
-    assert commands[-2:] == ["getvar socket_resume", "exit"]
+    # no resume (the dialplan's socket_resume does it); once the route is queued the listener
+    # turns it off (and names the node) at once, and the socket is closed, without exit, before
+    # the call ends
+    assert "resume" not in commands and "exit" not in commands
+    assert commands[-1] == f"api uuid_setvar_multi {result.uuid} fsguard_node=test-node;socket_resume=false"
+    assert commands.index(commands[-1]) > commands.index("sendmsg")
     assert result.variables["socket_resume"] == "false" and result.variables["fsguard_node"] == "test-node"
     assert not result.late_commands
     assert inbound.commands[1:3] == ["filter variable_fsguard_node test-node", "event plain CHANNEL_HANGUP_COMPLETE"]
@@ -96,7 +98,7 @@ def test_a_dialplan_without_socket_resume_gets_resume_and_the_call_is_held(
     assert result.ok, result.violations
     commands = _commands(result)
     assert commands.index("resume") > commands.index("linger")   # after the connect reply said so
-    assert "getvar socket_resume" not in commands and "fsguard_node" not in result.variables
+    assert not any("uuid_setvar_multi" in c for c in commands) and "fsguard_node" not in result.variables
     settle(guard)
     row = records.find_call(db, result.uuid)
     assert row is not None and row.hangup_cause == "NORMAL_CLEARING"
@@ -112,7 +114,8 @@ def test_with_the_inbound_socket_down_the_call_is_held_and_its_end_row_written(
     result = _simulator(guard, inbound).call(Caller(variables=DIALPLAN, talk_time=1.0))
 
     assert result.ok, result.violations
-    assert "exit" not in result.commands[:-1] and "getvar socket_resume" not in _commands(result)
+    # held: exit only once the call is over (socket_resume=false went with the route all the same)
+    assert _commands(result)[-1] == "exit" and "exit" not in result.commands[:-1]
     settle(guard)
     row = records.find_call(db, result.uuid)
     assert row is not None and row.hangup_cause == "NORMAL_CLEARING" and row.billsec == int(result.billsec)
@@ -192,13 +195,15 @@ def test_a_refused_calls_socket_is_closed_only_once_closing_cannot_reset_its_rou
     commands = _commands(refused)
     assert guard.app.metrics.over_capacity.labels(reason="over_capacity")._value.get() == 1
     if let_go_at_once:
-        # socket_resume=false went with the route, and exit only once FreeSWITCH had run it
+        # socket_resume=false went with the route, and again by the listener once it was queued:
+        # the socket was then closed, without exit
         assert refused.variables["socket_resume"] == "false"
-        assert commands[-2:] == ["getvar socket_resume", "exit"]
+        assert commands[-1] == f"api uuid_setvar_multi {refused.uuid} socket_resume=false"
+        assert "exit" not in commands
         assert not refused.late_commands
     else:
         # fsguard sent resume, which nothing undoes: the socket stays until the call is over
-        assert "resume" in commands and "getvar socket_resume" not in commands
+        assert "resume" in commands and not any("uuid_setvar_multi" in c for c in commands)
         assert [c.splitlines()[0] for c in refused.late_commands] == ["exit"]
     guard.server.stop(drain=0.2)
     busy.kill()

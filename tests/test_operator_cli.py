@@ -348,6 +348,16 @@ def test_config_check_reports_every_problem_and_unknown_variables(run, tmp_path,
     one_line_error(err, "esl.max_calls: expected an integer", "and 3 more problem(s)", "config check")
 
 
+def test_a_node_id_that_would_break_freeswitchs_commands_is_refused_by_config_check(run, monkeypatch):
+    # the id goes as it is into uuid_setvar_multi's name=value;... list and the end watcher's filter
+    monkeypatch.setenv("FSGUARD_NODE_ID", "node-1;socket_resume=true")
+    code, out, err = run("config", "check")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert "node.id: letters, digits, '.', '_' and '-' only" in err
+    monkeypatch.setenv("FSGUARD_NODE_ID", "fs-node-1.example")
+    assert run("config", "check")[0] == 0
+
+
 # ------------------------------------------------------------ 8: finding calls
 
 

@@ -217,8 +217,10 @@ class Call:
         self._clock: ChannelClock | None = None
         #: variables and applications queued for the next write to FreeSWITCH
         self._pending: list[tuple[str, str]] = []
-        #: variables set with the route, in its multiset (the node's end watcher: service/ends.py)
+        #: variables FreeSWITCH's listener sets once the route is queued (service/ends.py)
         self.route_variables: dict[str, str] = {}
+        #: a route with route_variables went to FreeSWITCH: its end reaches the node's end watcher
+        self.routed_with_variables = False
         #: the channel's export_vars as fsguard has left it (the dialplan's, then fsguard's exports)
         self._export_vars: list[str] = [n for n in self.variables.get("export_vars", "").split(",") if n]
 
@@ -370,26 +372,27 @@ class Call:
         else:
             self._pending.append(("record_session", path))
 
-    def flush(self) -> None:
+    def flush(self, then_set: dict[str, str] | None = None) -> None:
         """Send queued variables and applications now: one write, the variables of each run of
-        ``set`` / ``export`` folded into one ``multiset`` (see :func:`fold_variables`)."""
+        ``set`` / ``export`` folded into one ``multiset`` (see :func:`fold_variables`); ``then_set``
+        set by FreeSWITCH's listener once they are queued (OutboundSession.send_apps)."""
         pending, self._pending = self._pending, []
         self.session.break_media()
-        self.session.send_apps(fold_variables(pending, self._export_vars))
+        self.session.send_apps(fold_variables(pending, self._export_vars), then_set=then_set)
 
     def route(self, target: Instruction | str) -> None:
         """Send the call on: ``transfer default XML queues``, ``callcenter support@default``, ``bridge ...``."""
         instruction = Instruction.parse(target) if isinstance(target, str) else target
         self.final_action = instruction
-        if self.route_variables:
-            self.set(**self.route_variables)
         if instruction.app == "bridge" and not any(a == "set" and v.startswith("hangup_after_bridge=")
                                                    for a, v in self._pending):
             # a bridge ends back in the socket application: without this the caller's (or the
             # agent's) leg stays up, silent, after the far end hangs up (seen on FreeSWITCH 1.10.12)
             self._pending.append(("set", "hangup_after_bridge=true"))
         self._pending.append((instruction.app, instruction.arg))
-        self.flush()
+        # set by the listener as soon as the route is queued: the socket may then be let go
+        self.flush(then_set=self.route_variables or None)
+        self.routed_with_variables = bool(self.route_variables)
 
     def hangup(self, cause: str = "NORMAL_CLEARING") -> None:
         """Hang the call up with a cause FreeSWITCH sends back to the carrier."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 import uuid as uuidlib
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import gevent.socket as gsocket
 
@@ -74,6 +74,8 @@ class OutboundSession(OutboundChannel):
         self.closed = False
         #: the application we are waiting on, if a wait was interrupted it is still running
         self.running: str | None = None
+        #: channel variables FreeSWITCH's listener confirmed it set (``then_set``, set_by_listener)
+        self.listener_set: dict[str, str] = {}
 
     # ------------------------------------------------------------------- I/O
 
@@ -181,11 +183,14 @@ class OutboundSession(OutboundChannel):
         self.completions_subscribed = False
         return self.channel
 
-    def send_apps(self, apps: list[tuple[str, str]]) -> None:
+    def send_apps(self, apps: list[tuple[str, str]], *, then_set: Mapping[str, str] | None = None) -> None:
         """Queue applications on the channel in one write, without waiting for them to run.
 
         In async mode FreeSWITCH answers each ``sendmsg`` at once and runs the applications in
         order, so setting variables and then routing costs one round trip, not one per application.
+        ``then_set``: channel variables the listener thread sets itself as soon as it has queued
+        the applications (``api uuid_setvar_multi``, in the same write), where a ``multiset``
+        would wait for the channel's thread; those it confirmed are in :attr:`listener_set`.
         """
         if not apps:
             return
@@ -193,10 +198,30 @@ class OutboundSession(OutboundChannel):
         if self.hungup:
             raise CallGone(f"channel gone before {apps[0][0]}")
         commands = self.commands_to_queue(apps)
-        self.send(*commands)
+        setter = self.setvar_command(then_set) if then_set else None
+        self.send(*commands, *((setter,) if setter else ()))
         refused = self._check_replies(commands)
+        if setter is not None and then_set:
+            self._set_by_listener(then_set, self.reply())
         if refused:
             raise CommandFailed("; ".join(refused))
+
+    def set_by_listener(self, variables: Mapping[str, str]) -> bool:
+        """Set channel variables now, from the listener thread (``api uuid_setvar_multi``).
+
+        False when FreeSWITCH refused: no such channel (it has begun to hang up: its session lock
+        refuses such a channel), or a ``socket`` without ``full`` that may not run ``api``."""
+        return self._set_by_listener(variables, self.command(self.setvar_command(variables)))
+
+    def setvar_command(self, variables: Mapping[str, str]) -> Api:
+        return Api(f"uuid_setvar_multi {self.uuid} " + ";".join(f"{k}={v}" for k, v in variables.items()))
+
+    def _set_by_listener(self, variables: Mapping[str, str], reply: Reply) -> bool:
+        if not reply.ok:
+            self.log.info("esl.setvar_refused", reply=reply.error)
+            return False
+        self.listener_set.update(variables)
+        return True
 
     def execute(self, app: str, arg: str = "", *, wait: bool = True, timeout: float | None = None) -> EventHeaders | None:
         """Run a dialplan application on the channel.
@@ -259,12 +284,15 @@ class OutboundSession(OutboundChannel):
             pass
         return self.hangup_complete
 
-    def close(self) -> None:
-        """Say ``exit`` if FreeSWITCH is still there, then close. Safe to call more than once."""
+    def close(self, *, say_exit: bool = True) -> None:
+        """Say ``exit`` if FreeSWITCH is still there, then close. Safe to call more than once.
+
+        Without ``say_exit`` the socket is only closed: FreeSWITCH's listener reads the end of the
+        stream and ends as after ``exit``, without the reply and the goodbye (a let-go call)."""
         if self.closed:
             return
         try:
-            if not self.eof:
+            if say_exit and not self.eof:
                 self.send(Exit())
                 try:
                     self._wait(lambda: self.exited, min(self.command_timeout, 1.0), "exit")

@@ -7,7 +7,7 @@ fsguard only held it to read the final CHANNEL_HANGUP_COMPLETE (cause, billsec, 
 ``record_*`` variables) for the stages' ``after_call`` hooks and the end row. Here that event
 comes instead over ONE inbound connection (``esl.inbound``) subscribed to
 ``event plain CHANNEL_HANGUP_COMPLETE`` with ``filter variable_fsguard_node <node id>``: the
-variable is set in the route's multiset, so each node receives its own calls' ends only.
+variable is set with the route, so each node receives its own calls' ends only.
 
 Letting go is safe only when FreeSWITCH will not reset the channel when the socket goes away.
 mod_event_socket (1.10.12) sets ``CS_RESET`` on the channel at the end of the listener when
@@ -15,9 +15,14 @@ mod_event_socket (1.10.12) sets ``CS_RESET`` on the channel at the end of the li
 routing application ran breaks the bridge to the agent (the call is hung up, or left without an
 agent), and a ``bridge`` queued behind an ``exit`` is abandoned and the dialplan's fallback runs.
 So in this mode the dialplan sets ``socket_resume=true`` (the same protection as ``resume`` until
-the route), fsguard does not send ``resume``, the route's multiset sets ``socket_resume=false``,
-and the socket is let go only once FreeSWITCH says it is false (``getvar``): the route is then on
-the channel and nothing resets it, whichever of ``exit`` and the route runs first.
+the route), fsguard does not send ``resume``, and the route's write ends with ``api
+uuid_setvar_multi <uuid> fsguard_node=<node>;socket_resume=false``: FreeSWITCH's listener thread
+queues the route's applications, then sets the two variables itself, at once (a ``multiset`` would
+run only on a media tick of the channel's thread, and fsguard had to poll ``getvar`` until it had:
+a 20 ms wait and more polls than one from a busy FreeSWITCH). Its ``+OK`` means the route is
+queued and nothing resets the channel, so the socket is closed there and then, without ``exit``:
+the listener reads the end of the stream and takes the same way out (``exit`` cost it a system
+call per byte, a reply and a notice).
 
 The connection is a :class:`fsguard.esl.client.FreeSWITCHAPI` (subscribe, filter, next_event,
 and ``api uuid_exists`` after a reconnection, whose answers interleave with the events).
@@ -36,7 +41,7 @@ from gevent.event import AsyncResult
 from fsguard.call.call import fold_variables
 from fsguard.config import ESLSettings
 from fsguard.esl.client import FreeSWITCHAPI, InboundError
-from fsguard.esl.protocol import ESLError
+from fsguard.esl.protocol import Api, ESLError
 from fsguard.esl.session import CallGone, ESLTimeout, OutboundSession
 
 log = structlog.get_logger("fsguard.service.ends")
@@ -50,55 +55,48 @@ KEEP_SECONDS = 120.0
 KEEP_MAX = 20_000
 #: reconnection backoff, seconds
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
-#: ``getvar socket_resume`` is asked after one media tick (the multiset runs on the next 20 ms
-#: tick), then after twice as long each time, for at most RELEASE_WAIT seconds before the socket
-#: is held instead: every command costs the listener thread a system call per byte, and a
-#: FreeSWITCH too busy to run the multiset must not be asked more often
-RELEASE_WAIT, RELEASE_FIRST = 1.0, 0.02
 
 
-def released(session: OutboundSession) -> bool:
-    """FreeSWITCH has run the route's multiset: ``socket_resume`` is false on the channel.
+def released(session: OutboundSession, **variables: str) -> bool:
+    """Closing the socket is safe now: ``socket_resume`` is false on the channel, with ``variables``,
+    set by FreeSWITCH's listener thread (``api uuid_setvar_multi``) after the route was queued:
+    in the route's own write (``Call.route``), or now.
 
-    Asked after one media tick, then backing off, for at most RELEASE_WAIT seconds; False when
-    the channel hung up or went away first, or FreeSWITCH never ran it in that time."""
-    deadline = time.monotonic() + RELEASE_WAIT
-    pause = RELEASE_FIRST
+    FreeSWITCH finds no channel that has begun to hang up (its session read lock refuses one), so
+    once this is so the channel's CHANNEL_HANGUP_COMPLETE is still to come and carries the
+    variables (``fsguard_node``: the end watcher's filter). False when the channel hung up or went
+    away first, or FreeSWITCH refused the command (a ``socket`` without ``full`` may not run
+    ``api``): the socket is then held to the call's end."""
+    wanted = {**variables, RELEASE_VARIABLES[0]: RELEASE_VARIABLES[1]}
+    if all(session.listener_set.get(name) == value for name, value in wanted.items()):
+        return True
+    if session.hungup:
+        return False
     try:
-        while not session.hungup:
-            gevent.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            session.poll()
-            if session.hungup:
-                break
-            if session.getvar(RELEASE_VARIABLES[0]) == RELEASE_VARIABLES[1]:
-                return True
-            if time.monotonic() >= deadline:
-                log.info("ends.held", reason="socket_resume never became false")
-                return False
-            pause *= 2
+        return session.set_by_listener(wanted)
     except (CallGone, ESLTimeout):
-        pass
-    return False
+        return False
 
 
 def route_and_close(session: OutboundSession, app: str, arg: str, hold_seconds: float) -> bool:
     """Give a call its last route (refused, failed, shut down) and close its socket only when
     closing cannot reset the channel under that route. True when the socket was let go at once.
 
-    With ``socket_resume=true`` from the dialplan, ``socket_resume=false`` goes in the same write
-    before the route (one ``multiset`` with a bridge's ``hangup_after_bridge=true``), and the
-    socket is closed once FreeSWITCH says it ran (:func:`released`). When fsguard sent ``resume`` itself, nothing on the channel undoes it (mod_event_socket keeps
+    With ``socket_resume=true`` from the dialplan, the listener sets ``socket_resume=false`` once
+    the route is queued, in the same write (:func:`released`), and the socket is closed then.
+    When fsguard sent ``resume`` itself, nothing on the channel undoes it (mod_event_socket keeps
     it as a flag of the listener), so the socket is held until the channel hangs up, for at most
-    ``hold_seconds``: the same when the multiset is not seen in time. Raises what
+    ``hold_seconds``: the same when FreeSWITCH refuses ``uuid_setvar_multi``. Raises what
     :meth:`OutboundSession.send_apps` raises when the route cannot be sent; the socket is then
     left to the caller to close.
     """
-    variables = [] if session.resume_sent else [("set", "=".join(RELEASE_VARIABLES))]
+    variables = []
     if app == "bridge":
         # as Call.route does: once the socket is gone the socket application returns when the
         # bridge ends, and the dialplan's own fallback after it would dial the number again
         variables.append(("set", "hangup_after_bridge=true"))
-    session.send_apps(fold_variables([*variables, (app, arg)], []))
+    then_set = None if session.resume_sent else dict([RELEASE_VARIABLES])
+    session.send_apps(fold_variables([*variables, (app, arg)], []), then_set=then_set)
     return let_go(session, hold_seconds)
 
 
@@ -107,7 +105,7 @@ def let_go(session: OutboundSession, hold_seconds: float) -> bool:
     once when ``socket_resume`` is false on the channel, else when the call ends or after
     ``hold_seconds``. True when it was let go at once."""
     if not session.resume_sent and released(session):
-        session.close()
+        session.close(say_exit=False)
         return True
     try:
         session.wait_for_end(hold_seconds)
@@ -179,19 +177,21 @@ class EndWatcher:
 
         False, with the socket untouched, when the call cannot be let go: the watcher is not
         connected, fsguard had to send ``resume`` (the dialplan does not set socket_resume), the
-        channel is already ending, or the route's ``socket_resume=false`` never took effect (an
-        instruction sent without it: a fail-open route, a hang-up). Otherwise the session ends up
+        channel is already ending, or FreeSWITCH refused ``uuid_setvar_multi``. Only a call whose route
+        carried ``fsguard_node`` may come here (a hang-up does not: the watcher would never see
+        its end; ``Call.routed_with_variables``). Otherwise the session ends up
         as it would have after holding the socket: ``hangup_complete`` set, ``answered`` when the
         channel was answered after fsguard got it (the CHANNEL_ANSWER the socket would have read).
         Raises ESLTimeout after ``timeout`` and EndMissed if the end was lost, as a held socket
         that timed out or broke does (the call then gets no end row).
         """
-        if not self.connected or session.resume_sent or session.hungup or not released(session):
+        if (not self.connected or session.resume_sent or session.hungup
+                or not released(session, **{NODE_VARIABLE: self.node})):
             return False
         uuid = session.uuid
         waiter = self.register(uuid)
         try:
-            session.close()
+            session.close(say_exit=False)
             try:
                 event = waiter.get(timeout=timeout)
             except gevent.Timeout:

@@ -1,7 +1,9 @@
 """The API commands a target sends with ``api`` / ``bgapi`` (mod_commands): status, uuid_* on this channel.
 
 Only the channel's own uuid is known (any other: ``-ERR No such channel!``).  ``uuid_getvar``
-answers the raw value as ``getvar`` does; ``uuid_break`` stops the running media application on
+answers the raw value as ``getvar`` does; ``uuid_setvar`` and ``uuid_setvar_multi`` answer
+``+OK`` for a channel that has not begun to hang up (FreeSWITCH's session lock refuses one that
+has: ``-ERR No such channel!``); ``uuid_break`` stops the running media application on
 its next frame, after the reply has gone out; ``uuid_transfer`` takes the call out of the
 socket application as the ``transfer`` application does.
 """
@@ -46,7 +48,18 @@ class ApiCommands:
                 return value or "_undef_"
             if lc == "uuid_setvar" and len(args) > 1:
                 self._setvar(args[1], arg.split(" ", 2)[2] if len(args) > 2 else None)
-                return "+OK"
+                return "+OK\n"
+            if lc == "uuid_setvar_multi" and len(args) > 1:
+                # name=value;name=value... (mod_commands splits on ';', then on the first '=')
+                names = 0
+                for item in arg.split(" ", 1)[1].split(";"):
+                    name, _, value = item.partition("=")
+                    if name:
+                        self._setvar(name, value)
+                        names += 1
+                if names:
+                    return "+OK\n"
+                return "-USAGE: <uuid> <var>=<value>;<var>=<value>...\n"
             if lc == "uuid_kill":
                 self._decided()
                 cause = cause_name(args[1]) if len(args) > 1 else None
