@@ -77,7 +77,7 @@ class ReplaySession:
     def execute(self, app: str, arg: str = "", *, wait: bool = True, timeout: float | None = None) -> dict[str, str]:
         return {}
 
-    def send_apps(self, apps: list[tuple[str, str]]) -> None:
+    def send_apps(self, apps: list[tuple[str, str]], *, then_set: Mapping[str, str] | None = None) -> None:
         pass
 
     def break_media(self) -> None:
