@@ -1,9 +1,11 @@
-"""The real-FreeSWITCH phase of the benchmark: fsguard and the bare greenswitch app through one
+"""The real-FreeSWITCH phase of the benchmark: fsguard and the bare greenswitch app through
 FreeSWITCH 1.10.12, the same harness, the same load, side by side.
 
 FreeSWITCH runs from ``conf/freeswitch/`` as shipped (``fsguard_testing.freeswitch``), its one
-socket target on a free port; each target in turn listens there (fsguard as ``fsguard serve``
-through ``bench/serve.py``, the baseline as ``bench/greenswitch_app.py``), each in its own process.
+socket target on a free port; each target in turn gets a FreeSWITCH of its own, started the same
+way (one that has carried a target's calls costs more per call for the next), and listens there
+(fsguard as ``fsguard serve`` through ``bench/serve.py``, the baseline as
+``bench/greenswitch_app.py``), each in its own process.
 
 The load: loopback calls to ``18005550100`` originated over the inbound Event Socket at a fixed
 rate (``bgapi originate {origination_uuid=..,origination_caller_id_number=..}loopback/18005550100/public
@@ -537,17 +539,8 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": bench.machine(), "hold_s": args.hold, "db": args.db, "phases": [],
                               "saturation": {}}
     report["machine"]["loadavg_at_start"] = round(os.getloadavg()[0], 2)
-    fs = RealFreeSWITCH(binary, workdir / "freeswitch", Ports.pick(nodes=1))
     drop = None
     try:
-        fs.start()
-        control = Inbound(fs.esl_address)
-        # the shipped 1,000 sessions cap a saturation search (two legs per call, held for --hold s)
-        control.api("fsctl max_sessions 10000")
-        report["freeswitch"] = {"version": control.api("version").strip(), "binary": binary}
-        port = fs.ports.targets[0]
-        log(f"FreeSWITCH {report['freeswitch']['version']} on {fs.esl_address}; socket target 127.0.0.1:{port}")
-
         targets = [t.strip() for t in args.targets.split(",") if t.strip()]
         targets += [name for name in variants if name not in targets]
         mix: list[tuple[float, list[str]]] = []
@@ -562,13 +555,26 @@ def main(argv: list[str] | None = None) -> int:
         rates = [float(r) for r in args.rates.split(",") if r.strip()]
         ladder = [float(r) for r in args.ladder.split(",") if r.strip()]
         for name in targets:
-            log(f"target: {name}")
-            if name == "greenswitch":
-                target = start_greenswitch(port, workdir)
-            else:
-                target = start_fsguard(port, workdir, db_url, fs, tag=name.replace(" ", "-"),  # type: ignore[arg-type]
-                                       environment=variants.get(name, {}))
+            # a FreeSWITCH of its own for each target: one that has carried a target's calls costs
+            # more per call for the next (seen: 1-3 ms per call more for whichever target came second)
+            fs = RealFreeSWITCH(binary, workdir / f"freeswitch-{len(report.get('freeswitch_runs', []))}",
+                                Ports.pick(nodes=1))
+            fs.start()
+            control = Inbound(fs.esl_address)
+            # the shipped 1,000 sessions cap a saturation search (two legs per call, held for --hold s)
+            control.api("fsctl max_sessions 10000")
+            report["freeswitch"] = {"version": control.api("version").strip(), "binary": binary}
+            report.setdefault("freeswitch_runs", []).append(name)
+            port = fs.ports.targets[0]
+            log(f"target: {name}; a new FreeSWITCH {report['freeswitch']['version']} on {fs.esl_address}, "
+                f"socket target 127.0.0.1:{port}")
+            target: Any = None
             try:
+                if name == "greenswitch":
+                    target = start_greenswitch(port, workdir)
+                else:
+                    target = start_fsguard(port, workdir, db_url, fs, tag=name.replace(" ", "-"),  # type: ignore[arg-type]
+                                           environment=variants.get(name, {}))
                 if args.held:
                     report.setdefault("held", []).append(held_calls(fs, target, args.held, mix=mix))
                 if args.only_held:
@@ -586,10 +592,11 @@ def main(argv: list[str] | None = None) -> int:
                                                             settle=args.settle, mix=mix)
                     log(f"  {name}: saturation rate {report['saturation'][name]['rate']} cps")
             finally:
-                target.stop()
-        control.close()
+                if target is not None:
+                    target.stop()
+                control.close()
+                fs.stop()
     finally:
-        fs.stop()
         if drop is not None:
             drop()
         report["elapsed_s"] = round(time.monotonic() - T0, 1)

@@ -221,9 +221,15 @@ class RealFreeSWITCH:
         self.stop()
         raise RuntimeError(f"FreeSWITCH did not answer on {self.esl_address} within {timeout} s; see {self.log_file}")
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """``fsctl shutdown``, then SIGKILL if it has not gone in time."""
+    def stop(self, timeout: float = 15.0, *, graceful: bool = True) -> None:
+        """``fsctl shutdown``, then SIGKILL if it has not gone in time; not ``graceful``: SIGKILL
+        at once (a test's FreeSWITCH, whose files go with its temporary directory: its orderly
+        shutdown, the SIP profiles' above all, takes some 5 s)."""
         if self.process is None or self.process.poll() is not None:
+            return
+        if not graceful:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
             return
         try:
             with EventSocketClient(self.esl_address, subscribe=False, timeout=3.0) as client:

@@ -28,9 +28,9 @@ from fsguard.service.server import CallServer
 from fsguard_testing.freeswitch import CallPlacer, EventSocketClient, Ports, RealFreeSWITCH, find_freeswitch
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def freeswitch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealFreeSWITCH]:
-    """One real FreeSWITCH for the whole session (about a second to start)."""
+    """One real FreeSWITCH for the real-FreeSWITCH tests (about a second to start), killed after them."""
     binary = find_freeswitch()
     if binary is None:
         if os.environ.get("CI"):
@@ -40,7 +40,7 @@ def freeswitch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealFreeSWI
     try:
         yield fs
     finally:
-        fs.stop()
+        fs.stop(graceful=False)
 
 
 @pytest.fixture
