@@ -19,11 +19,6 @@ labelled in the report:
 ``longnix``   the subscription and applications written as before (``nixevent`` naming the 19
               events fsguard does not read, an ``Event-UUID`` on every application): 330 bytes
               more per call, each a ``recv`` and a ``sched_yield`` in FreeSWITCH.
-``letgo``     a what-if, never a product mode: fsguard lets go of each call once it is routed
-              (``exit`` at once, as the greenswitch app does) instead of holding the socket with
-              ``linger`` to the hang-up. Its calls are recorded without their end (no billsec,
-              no cause, recordings not completed): it measures what holding a socket per
-              routed call costs FreeSWITCH.
 """
 
 from gevent import monkey
@@ -162,22 +157,15 @@ def longnix_variant() -> None:
     channel.Execute = session.Execute = Execute  # type: ignore[misc]
 
 
-def letgo_variant() -> None:
-    """Routed calls are not followed: the wait for the end returns at once (see the docstring)."""
-    OutboundSession.wait_for_end = lambda self, timeout: None  # type: ignore[method-assign]
-
-
 def main() -> int:
     variants = {v for v in os.environ.get("FSGUARD_BENCH_VARIANT", "").split(",") if v}
-    unknown = variants - {"allevents", "unfolded", "letgo", "longnix"}
+    unknown = variants - {"allevents", "unfolded", "longnix"}
     if unknown:
         raise SystemExit(f"FSGUARD_BENCH_VARIANT: unknown experiment(s) {', '.join(sorted(unknown))}")
     if "allevents" in variants:
         all_events_variant()
     if "unfolded" in variants:
         unfolded_variant()
-    if "letgo" in variants:
-        letgo_variant()
     if "longnix" in variants:
         longnix_variant()
     count_frames()
