@@ -36,7 +36,7 @@ from fsguard.call.instructions import Hangup, Instruction
 from fsguard.call.pipeline import Stage
 from fsguard.call.results import CallEnd
 from fsguard.call.verdict import Verdict
-from fsguard.rules import freeze as outbound
+from fsguard.rules import freeze
 from fsguard.store.db import DatabaseError
 
 log = structlog.get_logger("fsguard.rules.freeze")
@@ -52,16 +52,16 @@ class OutboundStage(Stage):
 
     def run(self, call: Call) -> Verdict:
         rules = self.settings.outbound
-        number = outbound.dialled_number(call.dnis, call.region)
+        number = freeze.dialled_number(call.dnis, call.region)
         facts: dict[str, Any] = {"number": number, "dnis": call.dnis, "freeze": None, "prevented": False,
                                  "target": None, "checked": False}
         call.facts["outbound"] = facts
         if number is None:
             return self._unreadable(call, facts)
 
-        target = rules.dial(*outbound.dial_parts(number))
+        target = rules.dial(*freeze.dial_parts(number))
         try:
-            freeze = self._freeze_on(call, number)
+            in_force = self._freeze_on(call, number)
         except DatabaseError as exc:
             if self.settings.policy.on_error != "open":
                 raise
@@ -73,15 +73,15 @@ class OutboundStage(Stage):
                                  "outbound.unchecked", number=number, error=str(exc).splitlines()[0][:300])
         facts["checked"] = True
 
-        if freeze is None:
+        if in_force is None:
             facts["target"] = target
             return Verdict.route(target, f"{number} is not frozen: dialled", "outbound.dial", number=number)
 
-        facts["freeze"] = freeze.as_dict()
-        why = (f"{number} is frozen until {freeze.until:%Y-%m-%d %H:%M} UTC "
-               f"({'freeze rule' if freeze.source == 'auto' else 'operator ' + freeze.created_by}: {freeze.reason})")
-        details = {"number": number, "freeze_id": freeze.id, "until": freeze.until.isoformat(),
-                   "source": freeze.source, "freeze_reason": freeze.reason}
+        facts["freeze"] = in_force.as_dict()
+        by = "freeze rule" if in_force.source == "auto" else "operator " + in_force.created_by
+        why = f"{number} is frozen until {in_force.until:%Y-%m-%d %H:%M} UTC ({by}: {in_force.reason})"
+        details = {"number": number, "freeze_id": in_force.id, "until": in_force.until.isoformat(),
+                   "source": in_force.source, "freeze_reason": in_force.reason}
         if not self.settings.policy.enforced(self.name):
             facts["target"] = target
             verdict = Verdict.route(target, f"would not dial: {why}; shadow mode, dialled", "outbound.frozen",
@@ -95,7 +95,7 @@ class OutboundStage(Stage):
 
     # --------------------------------------------------------------- steps
 
-    def _freeze_on(self, call: Call, number: str) -> outbound.Freeze | None:
+    def _freeze_on(self, call: Call, number: str) -> freeze.Freeze | None:
         """The freeze in force on the number, from memory (a replay reuses the recorded answer)."""
         return call.inputs.fact("outbound_freeze", lambda: self.app.policy.freeze_on(number),
                                 encode=lambda f: f.as_dict() if f else None,
@@ -138,7 +138,7 @@ class OutboundStage(Stage):
         agent = call.presented_number or call.network_number
         if facts.get("prevented"):
             with self.db.begin() as session:
-                attempt_id = outbound.record_prevented(session, number, (facts.get("freeze") or {}).get("id"),
+                attempt_id = freeze.record_prevented(session, number, (facts.get("freeze") or {}).get("id"),
                                                        call_uuid=call.uuid, node=node, agent=agent)
             facts["attempt"] = {"id": attempt_id, "outcome": "prevented", "strike": False}
             log.info("outbound.prevented", number=number)
@@ -148,9 +148,9 @@ class OutboundStage(Stage):
 
         answered, talk, cause = far_end(end)
         rules = self.settings.outbound
-        outcome = outbound.classify(answered=answered, talk_seconds=talk, cause=cause, rules=rules)
+        outcome = freeze.classify(answered=answered, talk_seconds=talk, cause=cause, rules=rules)
         with self.db.begin() as session:
-            result = outbound.record_attempt(session, number, outcome=outcome, rules=rules, call_uuid=call.uuid,
+            result = freeze.record_attempt(session, number, outcome=outcome, rules=rules, call_uuid=call.uuid,
                                              node=node, agent=agent, hangup_cause=cause, talk_seconds=talk)
         facts["attempt"] = {**result.as_dict(), "talk_seconds": talk, "hangup_cause": cause}
         log.info("outbound.attempt", number=number, outcome=outcome, talk_seconds=talk, hangup_cause=cause,
@@ -176,10 +176,10 @@ def far_end(end: CallEnd) -> tuple[bool, float | None, str | None]:
     return False, None, end.disposition if failed else end.hangup_cause
 
 
-def _freeze_from(data: dict[str, Any]) -> outbound.Freeze:
+def _freeze_from(data: dict[str, Any]) -> freeze.Freeze:
     def when(key: str) -> datetime | None:
         return datetime.fromisoformat(data[key]) if data.get(key) else None
 
-    return outbound.Freeze(id=data["id"], number=data["number"], created_at=when("created_at"),  # type: ignore[arg-type]
+    return freeze.Freeze(id=data["id"], number=data["number"], created_at=when("created_at"),  # type: ignore[arg-type]
                            until=when("until"), source=data.get("source", ""),  # type: ignore[arg-type]
                            reason=data.get("reason", ""), created_by=data.get("created_by", ""))
