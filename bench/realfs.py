@@ -554,17 +554,15 @@ def main(argv: list[str] | None = None) -> int:
             mix = bench.caller_mix(pop)
         rates = [float(r) for r in args.rates.split(",") if r.strip()]
         ladder = [float(r) for r in args.ladder.split(",") if r.strip()]
-        for name in targets:
+        for index, name in enumerate(targets):
             # a FreeSWITCH of its own for each target: one that has carried a target's calls costs
             # more per call for the next (seen: 1-3 ms per call more for whichever target came second)
-            fs = RealFreeSWITCH(binary, workdir / f"freeswitch-{len(report.get('freeswitch_runs', []))}",
-                                Ports.pick(nodes=1))
+            fs = RealFreeSWITCH(binary, workdir / f"freeswitch-{index}", Ports.pick(nodes=1))
             fs.start()
             control = Inbound(fs.esl_address)
             # the shipped 1,000 sessions cap a saturation search (two legs per call, held for --hold s)
             control.api("fsctl max_sessions 10000")
             report["freeswitch"] = {"version": control.api("version").strip(), "binary": binary}
-            report.setdefault("freeswitch_runs", []).append(name)
             port = fs.ports.targets[0]
             log(f"target: {name}; a new FreeSWITCH {report['freeswitch']['version']} on {fs.esl_address}, "
                 f"socket target 127.0.0.1:{port}")

@@ -219,8 +219,6 @@ class Call:
         self._pending: list[tuple[str, str]] = []
         #: variables FreeSWITCH's listener sets once the route is queued (service/ends.py)
         self.route_variables: dict[str, str] = {}
-        #: a route with route_variables went to FreeSWITCH: its end reaches the node's end watcher
-        self.routed_with_variables = False
         #: the channel's export_vars as fsguard has left it (the dialplan's, then fsguard's exports)
         self._export_vars: list[str] = [n for n in self.variables.get("export_vars", "").split(",") if n]
 
@@ -392,7 +390,6 @@ class Call:
         self._pending.append((instruction.app, instruction.arg))
         # set by the listener as soon as the route is queued: the socket may then be let go
         self.flush(then_set=self.route_variables or None)
-        self.routed_with_variables = bool(self.route_variables)
 
     def hangup(self, cause: str = "NORMAL_CLEARING") -> None:
         """Hang the call up with a cause FreeSWITCH sends back to the carrier."""

@@ -74,7 +74,7 @@ class OutboundSession(OutboundChannel):
         self.closed = False
         #: the application we are waiting on, if a wait was interrupted it is still running
         self.running: str | None = None
-        #: channel variables FreeSWITCH's listener confirmed it set (``then_set``, set_by_listener)
+        #: channel variables FreeSWITCH's listener confirmed it set (send_apps' ``then_set``)
         self.listener_set: dict[str, str] = {}
 
     # ------------------------------------------------------------------- I/O
@@ -198,30 +198,22 @@ class OutboundSession(OutboundChannel):
         if self.hungup:
             raise CallGone(f"channel gone before {apps[0][0]}")
         commands = self.commands_to_queue(apps)
-        setter = self.setvar_command(then_set) if then_set else None
-        self.send(*commands, *((setter,) if setter else ()))
+        setter: list[Command] = []
+        if then_set:
+            assignments = ";".join(f"{name}={value}" for name, value in then_set.items())
+            setter.append(Api(f"uuid_setvar_multi {self.uuid} {assignments}"))
+        self.send(*commands, *setter)
         refused = self._check_replies(commands)
-        if setter is not None and then_set:
-            self._set_by_listener(then_set, self.reply())
+        if then_set:
+            # refused: no such channel (FreeSWITCH's session lock refuses one that has begun to
+            # hang up), or a ``socket`` without ``full``, which may not run ``api``
+            reply = self.reply()
+            if reply.ok:
+                self.listener_set.update(then_set)
+            else:
+                self.log.info("esl.setvar_refused", reply=reply.error)
         if refused:
             raise CommandFailed("; ".join(refused))
-
-    def set_by_listener(self, variables: Mapping[str, str]) -> bool:
-        """Set channel variables now, from the listener thread (``api uuid_setvar_multi``).
-
-        False when FreeSWITCH refused: no such channel (it has begun to hang up: its session lock
-        refuses such a channel), or a ``socket`` without ``full`` that may not run ``api``."""
-        return self._set_by_listener(variables, self.command(self.setvar_command(variables)))
-
-    def setvar_command(self, variables: Mapping[str, str]) -> Api:
-        return Api(f"uuid_setvar_multi {self.uuid} " + ";".join(f"{k}={v}" for k, v in variables.items()))
-
-    def _set_by_listener(self, variables: Mapping[str, str], reply: Reply) -> bool:
-        if not reply.ok:
-            self.log.info("esl.setvar_refused", reply=reply.error)
-            return False
-        self.listener_set.update(variables)
-        return True
 
     def execute(self, app: str, arg: str = "", *, wait: bool = True, timeout: float | None = None) -> EventHeaders | None:
         """Run a dialplan application on the channel.

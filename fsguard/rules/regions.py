@@ -16,7 +16,6 @@ import phonenumbers
 __all__ = ["Region", "caller_region", "US_STATES", "CA_PROVINCES"]
 
 
-
 def _geocoder() -> Any:
     """phonenumbers' geocoder, imported on first use: its place names take 0.4 s to load, which
     every ``fsguard`` command would pay at start. A serving process loads it before its first

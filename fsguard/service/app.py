@@ -124,8 +124,7 @@ class App:
             if not self.stopping and (decision.outcome != "abandoned" or not session.hangup_complete):
                 self.held.add(me)
                 max_seconds = self.settings.esl.max_call_seconds
-                if not (call.routed_with_variables
-                        and self.ends.follow(session, max_seconds, answered_at_connect=answered_at_connect)):
+                if not self.ends.follow(session, max_seconds, answered_at_connect=answered_at_connect):
                     session.wait_for_end(max_seconds)
             elif self.stopping and not session.hungup:
                 # decided while shutting down: not followed, but the socket goes only when its

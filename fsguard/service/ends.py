@@ -41,8 +41,8 @@ from gevent.event import AsyncResult
 from fsguard.call.call import fold_variables
 from fsguard.config import ESLSettings
 from fsguard.esl.client import FreeSWITCHAPI, InboundError
-from fsguard.esl.protocol import Api, ESLError
-from fsguard.esl.session import CallGone, ESLTimeout, OutboundSession
+from fsguard.esl.protocol import ESLError
+from fsguard.esl.session import ESLTimeout, OutboundSession
 
 log = structlog.get_logger("fsguard.service.ends")
 
@@ -58,24 +58,17 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
 
 
 def released(session: OutboundSession, **variables: str) -> bool:
-    """Closing the socket is safe now: ``socket_resume`` is false on the channel, with ``variables``,
-    set by FreeSWITCH's listener thread (``api uuid_setvar_multi``) after the route was queued:
-    in the route's own write (``Call.route``), or now.
+    """Closing the socket is safe: FreeSWITCH's listener confirmed, in the route's own write
+    (``then_set``: ``Call.route``, :func:`route_and_close`), that it set ``socket_resume`` false,
+    and ``variables`` with it.
 
     FreeSWITCH finds no channel that has begun to hang up (its session read lock refuses one), so
-    once this is so the channel's CHANNEL_HANGUP_COMPLETE is still to come and carries the
-    variables (``fsguard_node``: the end watcher's filter). False when the channel hung up or went
-    away first, or FreeSWITCH refused the command (a ``socket`` without ``full`` may not run
-    ``api``): the socket is then held to the call's end."""
+    the channel's CHANNEL_HANGUP_COMPLETE was still to come and carries the variables
+    (``fsguard_node``: the end watcher's filter). False for an instruction sent without them (a
+    hang-up), or when FreeSWITCH refused the command (the channel was already hanging up, a
+    ``socket`` without ``full``): the socket is then held to the call's end."""
     wanted = {**variables, RELEASE_VARIABLES[0]: RELEASE_VARIABLES[1]}
-    if all(session.listener_set.get(name) == value for name, value in wanted.items()):
-        return True
-    if session.hungup:
-        return False
-    try:
-        return session.set_by_listener(wanted)
-    except (CallGone, ESLTimeout):
-        return False
+    return all(session.listener_set.get(name) == value for name, value in wanted.items())
 
 
 def route_and_close(session: OutboundSession, app: str, arg: str, hold_seconds: float) -> bool:
@@ -177,9 +170,9 @@ class EndWatcher:
 
         False, with the socket untouched, when the call cannot be let go: the watcher is not
         connected, fsguard had to send ``resume`` (the dialplan does not set socket_resume), the
-        channel is already ending, or FreeSWITCH refused ``uuid_setvar_multi``. Only a call whose route
-        carried ``fsguard_node`` may come here (a hang-up does not: the watcher would never see
-        its end; ``Call.routed_with_variables``). Otherwise the session ends up
+        channel is already ending, or the route's write did not set ``fsguard_node`` and
+        ``socket_resume=false`` (:func:`released`: a hang-up, a refused ``uuid_setvar_multi``).
+        Otherwise the session ends up
         as it would have after holding the socket: ``hangup_complete`` set, ``answered`` when the
         channel was answered after fsguard got it (the CHANNEL_ANSWER the socket would have read).
         Raises ESLTimeout after ``timeout`` and EndMissed if the end was lost, as a held socket
