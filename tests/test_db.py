@@ -62,8 +62,11 @@ def test_the_write_ahead_log_stays_small_under_a_steady_stream_of_writes(sqlite_
                     gevent.sleep(0.001)   # the calls' greenlets yield like this between statements
         page = 4096
         wal = Path(f"{path}-wal").stat().st_size
-        # every insert wrote at least one page to the log: without restarts it would hold them all
-        assert wal < written * page / 4, f"write-ahead log of {wal} bytes for {written} commits"
+        # every insert wrote at least one page to the log (three, measured): without restarts it
+        # would hold them all, 12,800 pages. With them it holds the most written between two
+        # restarts, mostly before the first checkpoint: 770 to 1,050 pages here, the more the
+        # busier the machine (a checkpoint's sync takes longer), so the bound is half a page a commit
+        assert wal < written * page / 2, f"write-ahead log of {wal} bytes for {written} commits"
     finally:
         db.stop_checkpointer()
         db.dispose()
