@@ -19,19 +19,19 @@ from typing import Any
 #: (category, pattern on "function (file:line)"), tried on each frame from the leaf up
 CATEGORIES: list[tuple[str, re.Pattern[str]]] = [
     ("event and frame parsing", re.compile(
-        r"(parse_headers|parse_event_plain|parse_event_json|plain_header|PlainEvent|_wanted|FrameReader|_dispatch"
-        r"|_event) \(fsguard/esl\.py"
+        r"(parse_headers|parse_event_plain|parse_event_json|plain_header|PlainEvent|_parsed|FrameReader|frames|feed"
+        r"|match_notice|raw_value) \(fsguard/esl/protocol\.py"
         r"|urllib/parse\.py|json/decoder\.py|^loads \(json/")),
-    ("database", re.compile(r"sqlalchemy/|psycopg|sqlite3|fsguard/records\.py|fsguard/db\.py|fsguard/writer\.py")),
-    ("logging", re.compile(r"structlog/|logging/__init__\.py|fsguard/logs\.py|json/encoder\.py|^dumps \(json/")),
-    ("metrics", re.compile(r"prometheus_client/")),
+    ("database", re.compile(r"sqlalchemy/|psycopg|sqlite3|fsguard/store/")),
+    ("logging", re.compile(r"structlog/|logging/__init__\.py|fsguard/service/logs\.py|json/encoder\.py|^dumps \(json/")),
+    ("metrics", re.compile(r"prometheus_client/|fsguard/service/metrics\.py")),
     ("socket I/O and the gevent hub", re.compile(r"gevent/|socket\.py|selectors")),
     ("commands written (sendmsg, uuid4)", re.compile(
-        r"(_write|send|send_apps|_sendmsg|command|reply) \(fsguard/esl\.py|uuid\.py")),
-    ("stages (their own Python)", re.compile(r"fsguard/stages/|fsguard/lists\.py|fsguard/customers\.py"
-                                             r"|fsguard/routing_table\.py|fsguard/stirshaken\.py")),
-    ("call set-up (Call, numbers)", re.compile(r"fsguard/call\.py|fsguard/numbers\.py|phonenumbers/")),
-    ("pipeline and app", re.compile(r"fsguard/pipeline\.py|fsguard/app\.py|fsguard/server\.py")),
+        r"fsguard/esl/protocol\.py|(_write|send|send_apps|_sendmsg|command|reply|api) \(fsguard/esl/|uuid\.py")),
+    ("the Event Socket session (reading, waiting)", re.compile(r"fsguard/esl/")),
+    ("stages and their rules (their own Python)", re.compile(r"fsguard/stages/|fsguard/rules/")),
+    ("the call (Call, pipeline, results)", re.compile(r"fsguard/call/|phonenumbers/")),
+    ("service (server, app, ends)", re.compile(r"fsguard/service/")),
 ]
 
 
@@ -40,7 +40,7 @@ IDLE = re.compile(r"acquire_with_timeout \(gevent/_threading\.py|_Condition\.wai
 
 
 #: frames that run once FreeSWITCH has its instruction: the call's record, its end, after_call hooks
-AFTER_DECISION = re.compile(r"fsguard/records\.py|fsguard/writer\.py|after_call|App\._end|record_end|finalize")
+AFTER_DECISION = re.compile(r"fsguard/store/records\.py|fsguard/store/writer\.py|after_call|_end \(|record_end|finalize")
 
 
 def summarise(raw: str, top: int = 15) -> dict[str, Any]:

@@ -96,3 +96,25 @@ def test_rows_handed_over_within_the_gather_interval_share_one_commit(db: Databa
     hand_over(eager)
     eager.close()
     assert eager.batches == 5 and eager.rows_written == 5
+
+
+def test_a_statement_on_the_calls_path_commits_on_its_own_and_fails_as_a_database_error(db: Database) -> None:
+    """Database.statement (the flood counter's path) bypasses SQLAlchemy's connection objects:
+    its rows are committed without a transaction around them, its failures are the
+    DatabaseError the stages fail open on, and its connection always goes back to the pool."""
+    from fsguard.store.db import DatabaseError
+
+    upsert = text("INSERT INTO call_counters (number, dnis, bucket, calls, short_calls) VALUES (:n, '*', :b, 1, 0)"
+                  " ON CONFLICT (number, dnis, bucket) DO UPDATE SET calls = call_counters.calls + 1 RETURNING calls")
+    assert db.statement(upsert, {"n": "+12125550147", "b": 300}) == [(1,)]
+    assert db.statement(upsert, {"b": 300, "n": "+12125550147"}) == [(2,)]   # named, whatever the driver's style
+    with db.begin() as session:   # committed: another connection sees it
+        assert session.execute(text("SELECT calls FROM call_counters")).scalar_one() == 2
+    try:
+        db.statement(text("INSERT INTO no_such_table (x) VALUES (:x)"), {"x": 1})
+    except DatabaseError as exc:
+        assert "no_such_table" in str(exc)
+    else:
+        raise AssertionError("a failed statement raised nothing")
+    assert db.engine.pool.checkedout() == 0
+    assert db.statement(upsert, {"n": "+12125550147", "b": 300}) == [(3,)]   # the pool's connection is sound

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import gevent
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from fsguard.config import DatabaseSettings, PolicySettings
 from fsguard.ops import cli
@@ -22,6 +22,7 @@ from fsguard.rules.snapshot import STALE_SECONDS, PolicySnapshot
 from fsguard.store.db import Database
 from fsguard.store.models.recordings import Recording
 from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH
+from fsguard_testing.statements import driver_statements
 from fsguard_testing.waiting import settle, wait_for
 
 CALLER = "+12125550147"
@@ -49,10 +50,10 @@ def put_customer(db: Database, number: str, **fields: Any) -> None:
 
 
 class Statements:
-    """The statements run by the greenlet that is inside ``Pipeline.decide``."""
+    """The statements run by the greenlet that is inside ``Pipeline.decide``, as they reach the
+    database driver (whichever path they take there)."""
 
     def __init__(self, app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.seen: list[str] = []
         self.deciding: set[Any] = set()
         decide = app.pipeline.decide
 
@@ -65,19 +66,15 @@ class Statements:
                 self.deciding.discard(me)
 
         monkeypatch.setattr(app.pipeline, "decide", counted)
-        self.engine = app.db.engine
-        event.listen(self.engine, "before_cursor_execute", self._seen)
-
-    def _seen(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if gevent.getcurrent() in self.deciding:
-            self.seen.append(statement)
+        # who is deciding is known only while the statement runs
+        self._watching = driver_statements(lambda _sql: gevent.getcurrent() in self.deciding)
+        self._watched = self._watching.__enter__()
 
     def take(self) -> list[str]:
-        seen, self.seen = self.seen, []
-        return seen
+        return self._watched.take()
 
     def close(self) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._seen)
+        self._watching.__exit__(None, None, None)
 
 
 @pytest.fixture

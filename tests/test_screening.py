@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import gevent
 import pytest
-from sqlalchemy import event, func, select, update
+from sqlalchemy import func, select, update
 
 from fsguard.rules import changes, counters, lists
 from fsguard.store import records
@@ -28,6 +28,7 @@ from fsguard.store.db import Database
 from fsguard.store.models import CallRecord, utcnow
 from fsguard.store.models.lists import CallCounter, ListEntry
 from fsguard_testing.fakeswitch import Caller, FakeFreeSWITCH, SimResult
+from fsguard_testing.statements import driver_statements
 from test_stirshaken import Pki  # the throwaway STI PKI (tests/ is on sys.path under pytest)
 
 CALLER = "+12125550147"
@@ -330,17 +331,9 @@ def test_two_nodes_sharing_the_database_block_a_flood_at_exactly_the_same_count(
 
 
 def test_the_counter_is_the_one_statement_a_screened_call_makes_and_the_list_is_read_from_memory(line, db):
-    statements: list[str] = []
-
-    def seen(conn, cursor, statement, parameters, context, executemany):
-        if "list_entries" in statement or "call_counters" in statement:
-            statements.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", seen)
-    try:
+    with driver_statements(lambda sql: "list_entries" in sql or "call_counters" in sql) as watched:
         routed(line.call())
-    finally:
-        event.remove(db.engine, "before_cursor_execute", seen)
+    statements = watched.take()
     assert len(statements) == 1, statements
     assert statements[0].startswith("INSERT INTO call_counters") and "RETURNING" in statements[0]
 

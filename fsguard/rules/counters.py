@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from sqlalchemy import Connection, case, delete, func, select, text
 from sqlalchemy.orm import Session
 
+from fsguard.store.db import Database
 from fsguard.store.models.base import utcnow
 from fsguard.store.models.lists import CallCounter
 
@@ -62,13 +63,23 @@ _COUNT_CALL = ("INSERT INTO call_counters (number, dnis, bucket, calls, short_ca
                " RETURNING dnis, calls, " + _EARLIER.format(col="calls", start="hour_start")
                + ", " + _EARLIER.format(col="calls", start="day_start"))
 
-_COUNT_SHORT = ("INSERT INTO call_counters (number, dnis, bucket, calls, short_calls)"
+_COUNT_SHORT = text("INSERT INTO call_counters (number, dnis, bucket, calls, short_calls)"
                 " VALUES (:number, '*', :bucket, 0, 1)"
                 " ON CONFLICT (number, dnis, bucket) DO UPDATE SET short_calls = call_counters.short_calls + 1"
                 " RETURNING short_calls, " + _EARLIER.format(col="short_calls", start="window_start"))
 
+#: where a count runs: the database itself (the calls' path: one statement, committed on its own,
+#: Database.statement) or a session or connection the caller holds (tests, the CLI)
+Target = Database | Session | Connection
 
-def count_call(session: Session | Connection, number: str, dnis_keys: Sequence[str], *, now: float) -> dict[str, Counts]:
+
+def _rows(target: Target, stmt: Any, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    if isinstance(target, Database):
+        return target.statement(stmt, params)
+    return [tuple(row) for row in target.execute(stmt, params)]
+
+
+def count_call(target: Target, number: str, dnis_keys: Sequence[str], *, now: float) -> dict[str, Counts]:
     """Count a call from ``number`` under each key (``*`` for all dialled numbers, or a dialled
     number with thresholds of its own) and return the totals. ONE statement: the upsert increments
     the current bucket and its RETURNING clause adds the earlier buckets of the hour and the day.
@@ -81,7 +92,7 @@ def count_call(session: Session | Connection, number: str, dnis_keys: Sequence[s
                               "day_start": _window_start(bucket, DAY)}
     for i, key in enumerate(keys):
         params[f"dnis{i}"] = key
-    rows = session.execute(_count_call_statement(len(keys)), params)
+    rows = _rows(target, _count_call_statement(len(keys)), params)
     return {d: Counts(hour=int(calls) + int(hour), day=int(calls) + int(day)) for d, calls, hour, day in rows}
 
 
@@ -92,11 +103,11 @@ def _count_call_statement(keys: int) -> Any:
     return text(_COUNT_CALL.format(values=values))
 
 
-def count_short_call(session: Session | Connection, number: str, *, window_seconds: float, now: float) -> int:
+def count_short_call(target: Target, number: str, *, window_seconds: float, now: float) -> int:
     """Record a call from ``number`` that ended within seconds; returns the short calls in the window."""
     bucket = bucket_of(now)
-    short, earlier = session.execute(text(_COUNT_SHORT), {
-        "number": number, "bucket": bucket, "window_start": _window_start(bucket, window_seconds)}).one()
+    (short, earlier), = _rows(target, _COUNT_SHORT, {
+        "number": number, "bucket": bucket, "window_start": _window_start(bucket, window_seconds)})
     return int(short) + int(earlier)
 
 

@@ -223,8 +223,7 @@ class ScreeningStage(Stage):
         return match, counts, auto
 
     def _count(self, number: str, keys: list[str]) -> dict[str, counters.Counts]:
-        with self.db.autocommit() as conn:
-            return counters.count_call(conn, number, keys, now=time.time())
+        return counters.count_call(self.db, number, keys, now=time.time())
 
     def _flood(self, call: Call, number: str, dnis: str, counts: dict[str, counters.Counts],
                entry: ListEntry | None) -> tuple[str, str, int] | None:
@@ -376,9 +375,8 @@ class ScreeningStage(Stage):
                 or facts.get("outcome") == "reject" or end.duration is None or end.duration > cfg.nuisance_seconds
                 or (call.final_action is not None and call.final_action.hangs_up)):
             return   # not a short call the caller made, or one fsguard itself ended
-        # one statement (autocommit): the count; a transaction only for the rare block it leads to
-        with self.db.autocommit() as conn:
-            short = counters.count_short_call(conn, number, window_seconds=self.nuisance_window, now=time.time())
+        # one statement, committed on its own: the count; a transaction only for the rare block
+        short = counters.count_short_call(self.db, number, window_seconds=self.nuisance_window, now=time.time())
         if short < cfg.nuisance_calls:
             return
         if not self.settings.policy.enforced(self.name):
