@@ -7,6 +7,7 @@ chromium."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import uuid as uuidlib
 from types import SimpleNamespace
@@ -384,6 +385,22 @@ def test_the_glance_page_draws_calls_by_outcome(node):
     assert "Calls per 1 minute by outcome" in client.get("/console/glance?hours=1").text
     assert client.get("/console/glance?hours=0").status == 400
     assert "database: ok" in page.text and 'id="backlog">0<' in page.text
+
+
+def test_the_readiness_tile_says_what_readyz_says_a_stale_policy_included(node, monkeypatch):
+    """The console's tile and the load balancer's probe run the same checks: a policy that has
+    not been confirmed current for too long is shown to the supervisor, not only to the probe."""
+    client = Browser(node.address)
+    client.login("vic")
+    tile = re.search(r'id="readiness">(.*?)</div>', client.get("/console/glance").text, re.S).group(1)
+    assert "database: ok" in tile and "policy: ok" in tile and "esl: ok" in tile, tile
+    monkeypatch.setattr(node.guard.app.policy, "age", lambda: 3600.0)
+    reply = Browser(node.address).get("/readyz")
+    probe = json.loads(reply.text)
+    assert reply.status == 503 and probe["ready"] is False and probe["checks"]["policy"] == "stale: last known current 3600s ago", probe
+    page = client.get("/console/glance")
+    tile = re.search(r'id="readiness">(.*?)</div>', page.text, re.S).group(1)
+    assert "policy: stale: last known current 3600s ago" in tile and 'class="tile bad"' in page.text, tile
 
 
 # ------------------------------------------------------------------ the CLI

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from fsguard.config import DatabaseSettings, PolicySettings
 from fsguard.ops import cli
-from fsguard.ops.web.api.ops import policy_check
+from fsguard.ops.web.readiness import policy_check
 from fsguard.rules import changes, customers, lists
 from fsguard.rules import freeze as outbound
 from fsguard.rules.snapshot import STALE_SECONDS, PolicySnapshot

@@ -5,7 +5,8 @@ Falcon and Bottle because the console needs what it brings in one well-kept pack
 templates with autoescape, blueprints to split the API by area, Werkzeug's Range-capable file
 responses for recordings, and a test-free WSGI app that runs unchanged on pywsgi.
 
-    /healthz /readyz /metrics   no auth, never queued behind the API (fsguard/ops/web/api/ops.py)
+    /healthz /readyz /metrics   no auth, never queued behind the API (fsguard/ops/web/api/ops.py;
+                                 readiness's checks, also the console's tile: fsguard/ops/web/readiness.py)
     /api/...                     ``Authorization: Bearer <http.token>`` (fsguard/ops/web/api/)
     /console/...                 operators' sessions (fsguard/ops/web/console.py)
 """

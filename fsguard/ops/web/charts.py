@@ -126,19 +126,3 @@ def gauge(value: float | None, label: str, *, width: int = 220, height: int = 40
                   f'<rect x="0" y="8" width="{width}" height="18" class="gauge-bg"/>'
                   f'<rect x="0" y="8" width="{filled:.1f}" height="18" class="gauge-fill"/>'
                   f'<text x="6" y="22" class="gauge-text">{escape(label)}: {value:.0f}%</text></svg>')
-
-
-def readiness(app: Any, server: Any) -> dict[str, str]:
-    """The same checks as /readyz, in words."""
-    checks: dict[str, str] = {}
-    try:
-        checks["database"] = "ok" if app.db.ping() else "unreachable"
-    except Exception as exc:  # noqa: BLE001
-        checks["database"] = f"error: {type(exc).__name__}"
-    if server is None:
-        checks["esl"] = "no listener in this process"
-    elif server.stopping:
-        checks["esl"] = "draining"
-    else:
-        checks["esl"] = "ok" if server.server.started else "not listening"
-    return checks

@@ -27,7 +27,7 @@ from pydantic import Field
 from fsguard.store import audit, records
 from fsguard.rules import lists
 from fsguard.ops import operators
-from fsguard.ops.web import web
+from fsguard.ops.web import readiness, web
 from fsguard.ops.web.core import MAX_UPLOAD, HTTPError, Input, Line, bad_request, check_uuid, off_hub
 
 log = structlog.get_logger("fsguard.console")
@@ -246,7 +246,7 @@ def glance() -> Any:
 
     q = GlanceQuery.from_query()
     facts = off_hub(charts.glance_facts, web().app, q.hours)
-    facts["ready"] = charts.readiness(web().app, web().server)
+    facts["ready"] = readiness.checks(web().app, web().server)
     facts["backlog"] = len(getattr(web().app.writer, "queue", ()) or ())
     return page("glance.html", facts=facts, hours=q.hours, charts=charts, bucket=charts.bucket_for(q.hours))
 
