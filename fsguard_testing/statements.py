@@ -42,8 +42,9 @@ def driver_statements(keep: Callable[[str], bool] | None = None) -> Iterator[Dri
     originals: list[tuple[type, str, Any]] = []
     for cls in (GreenCursor, psycopg.Cursor):
         for name in ("execute", "executemany"):
-            original = cls.__dict__.get(name) or getattr(cls, name)
-            originals.append((cls, name, cls.__dict__.get(name)))
+            own = cls.__dict__.get(name)   # None: inherited, deleted again afterwards
+            original = own or getattr(cls, name)
+            originals.append((cls, name, own))
 
             def patched(self: Any, query: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
                 watched._note(query)

@@ -139,7 +139,7 @@ class OutboundStage(Stage):
         if facts.get("prevented"):
             with self.db.begin() as session:
                 attempt_id = freeze.record_prevented(session, number, (facts.get("freeze") or {}).get("id"),
-                                                       call_uuid=call.uuid, node=node, agent=agent)
+                                                     call_uuid=call.uuid, node=node, agent=agent)
             facts["attempt"] = {"id": attempt_id, "outcome": "prevented", "strike": False}
             log.info("outbound.prevented", number=number)
             return
@@ -151,7 +151,7 @@ class OutboundStage(Stage):
         outcome = freeze.classify(answered=answered, talk_seconds=talk, cause=cause, rules=rules)
         with self.db.begin() as session:
             result = freeze.record_attempt(session, number, outcome=outcome, rules=rules, call_uuid=call.uuid,
-                                             node=node, agent=agent, hangup_cause=cause, talk_seconds=talk)
+                                           node=node, agent=agent, hangup_cause=cause, talk_seconds=talk)
         facts["attempt"] = {**result.as_dict(), "talk_seconds": talk, "hangup_cause": cause}
         log.info("outbound.attempt", number=number, outcome=outcome, talk_seconds=talk, hangup_cause=cause,
                  strike=result.strike, strikes=result.strikes)
@@ -181,5 +181,5 @@ def _freeze_from(data: dict[str, Any]) -> freeze.Freeze:
         return datetime.fromisoformat(data[key]) if data.get(key) else None
 
     return freeze.Freeze(id=data["id"], number=data["number"], created_at=when("created_at"),  # type: ignore[arg-type]
-                           until=when("until"), source=data.get("source", ""),  # type: ignore[arg-type]
-                           reason=data.get("reason", ""), created_by=data.get("created_by", ""))
+                         until=when("until"), source=data.get("source", ""),  # type: ignore[arg-type]
+                         reason=data.get("reason", ""), created_by=data.get("created_by", ""))
