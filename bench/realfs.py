@@ -21,8 +21,11 @@ the figures need). Per target and rate:
 * calls **decided** (the b leg ran a routing application sent by the target: ``transfer``,
   ``callcenter``, ``bridge``, ``hangup``, ``respond`` after ``socket``), **fell back** (the
   dialplan's ``transfer fallback XML queues``: the target let go without deciding),
-  **stranded** (the ``socket`` application ran and nothing followed), **still up** (``show
-  channels count`` ``--settle`` seconds after the last call should have ended);
+  **abandoned** (the target challenged the caller, ``pre_answer``, and the caller hung up
+  first: fsguard's own record says ``abandoned``), **stranded** (the ``socket`` application ran
+  and nothing else accounts for the call), **still up** (``show channels count`` ``--settle``
+  seconds after the last call should have ended); each fsguard target starts from the same
+  database, its calls and counters from earlier targets deleted;
 * **decision latency** by FreeSWITCH's clock: ``Event-Date-Timestamp`` of the routing
   application's CHANNEL_EXECUTE minus that of ``socket``'s (p50 / p99 / max), and fsguard's own
   (``calls.decision_ms``);
@@ -80,6 +83,9 @@ from fsguard_testing.freeswitch import Ports, RealFreeSWITCH, find_freeswitch  #
 #: applications a target sends to decide a call (the first one after ``socket`` is the decision)
 ROUTES = frozenset({"transfer", "callcenter", "bridge", "hangup", "respond"})
 FALLBACK = "fallback XML queues"
+#: the first application of fsguard's challenge (stages/verification.py): a challenged call's
+#: route comes after the caller's answer, or never when the caller hangs up first
+CHALLENGE = "pre_answer"
 DNIS = "18005550100"
 
 
@@ -167,6 +173,8 @@ class CallSeen:
     route_us: int | None = None
     route: str | None = None
     fallback_us: int | None = None
+    #: the target challenged the caller (``pre_answer``, the challenge's first application)
+    challenged_us: int | None = None
     apps_to_route: int = 0
     apps: int = 0
     trail: list[str] = field(default_factory=list)
@@ -191,7 +199,7 @@ class Collector:
             # serialises only the events the figures need, so that watching costs it little and
             # does not cost more for a target that runs more applications.
             self.conn.command("filter Event-Name CHANNEL_HANGUP_COMPLETE")
-            self.conn.command("filter Application /^(socket|" + "|".join(sorted(ROUTES)) + ")$/")
+            self.conn.command("filter Application /^(socket|" + "|".join(sorted(ROUTES | {CHALLENGE})) + ")$/")
 
     def _event(self, body: bytes) -> None:
         self.events += 1
@@ -224,6 +232,8 @@ class Collector:
         if seen.socket_us is None or seen.route_us is not None or seen.fallback_us is not None:
             return
         seen.apps_to_route += 1
+        if app == CHALLENGE and seen.challenged_us is None:
+            seen.challenged_us = stamp
         if app in ROUTES:
             data = plain_header(body, b"Application-Data") or ""
             if app == "transfer" and data.strip() == FALLBACK:
@@ -291,6 +301,8 @@ class Phase:
     frames: dict[str, int] = field(default_factory=dict)
     still_up: int = 0
     fsguard_ms: list[float] = field(default_factory=list)
+    #: b leg -> fsguard's ``calls.outcome``, for the calls FreeSWITCH saw no route for
+    recorded_outcomes: dict[str, str] = field(default_factory=dict)
     lag_max_ms: float = 0.0
     machine_busy_pct: float = 0.0
     others_pct: float = 0.0
@@ -298,10 +310,17 @@ class Phase:
     def summary(self) -> dict[str, Any]:
         seen = list(self.seen.values())
         decided = [c for c in seen if c.route_us is not None]
-        latencies = sorted((c.route_us - c.socket_us) / 1000 for c in decided if c.socket_us)  # type: ignore[operator]
+        # a challenged call's route waits for the caller's answer: not the target's latency
+        latencies = sorted((c.route_us - c.socket_us) / 1000 for c in decided  # type: ignore[operator]
+                           if c.socket_us and c.challenged_us is None)
         fell_back = sum(1 for c in seen if c.fallback_us is not None)
         reached = sum(1 for c in seen if c.socket_us is not None)
-        stranded = sum(1 for c in seen if c.socket_us is not None and c.route_us is None and c.fallback_us is None)
+        left = [c for c in seen if c.socket_us is not None and c.route_us is None and c.fallback_us is None]
+        # the caller hung up during the challenge, and fsguard's own record says so: an outcome,
+        # not a call left without one
+        abandoned = [c for c in left if c.challenged_us is not None
+                     and self.recorded_outcomes.get(c.b_leg or "") == "abandoned"]
+        stranded = len(left) - len(abandoned)
         n = len(seen) or 1
 
         def pct(q: float, data: list[float]) -> float | None:
@@ -314,7 +333,8 @@ class Phase:
             "target": self.target, "rate": self.rate, "calls": len(seen), "hold_s": self.hold,
             "wall_s": round(self.wall, 1), "reached_socket": reached, "decided": len(decided),
             "decided_within_1s": sum(1 for v in latencies if v <= 1000), "fell_back": fell_back,
-            "stranded": stranded, "still_up_channels": self.still_up,
+            "challenged": sum(1 for c in seen if c.challenged_us is not None),
+            "abandoned_in_challenge": len(abandoned), "stranded": stranded, "still_up_channels": self.still_up,
             "not_ended": sum(1 for c in seen if not c.ended_b),
             "routes": dict(collections.Counter((c.route or "").split(" ")[0] for c in decided)),
             "latency_ms": {"p50": pct(0.5, latencies), "p99": pct(0.99, latencies),
@@ -332,8 +352,8 @@ class Phase:
                           for a, c in list(self.seen.items()) if c.route_us is None][:20],
             "originate_lag_max_ms": round(self.lag_max_ms, 1),
             "machine_busy_pct": round(self.machine_busy_pct, 1), "others_pct_of_a_core": round(self.others_pct, 1),
-            "ok": bool(seen) and len(decided) == len(seen) and stranded == 0 and self.still_up == 0
-            and all(v <= 1000 for v in latencies),
+            "ok": bool(seen) and len(decided) + len(abandoned) == len(seen) and stranded == 0
+            and self.still_up == 0 and all(v <= 1000 for v in latencies),
         }
 
 
@@ -395,9 +415,12 @@ def run_phase(fs: RealFreeSWITCH, target: Target, rate: float, calls: int, *, ho
         if target.db_url:
             gevent.sleep(1.0)  # the group-commit writer's last batch
             phase.fsguard_ms = bench.decision_ms_since(target.db_url, started_at)
+            phase.recorded_outcomes = recorded_outcomes(target.db_url, [
+                c.b_leg for c in phase.seen.values() if c.b_leg and c.route_us is None and c.fallback_us is None])
         s = phase.summary()
         log(f"  {target.name} {rate:g} cps x {calls}: decided {s['decided']} (within 1 s {s['decided_within_1s']}), "
-            f"fell back {s['fell_back']}, stranded {s['stranded']}, still up {s['still_up_channels']}; "
+            f"fell back {s['fell_back']}, abandoned in a challenge {s['abandoned_in_challenge']}, "
+            f"stranded {s['stranded']}, still up {s['still_up_channels']}; "
             f"p50 {s['latency_ms']['p50']} p99 {s['latency_ms']['p99']} ms (FreeSWITCH's clock)"
             + (f", fsguard's own p99 {s['fsguard_decision_ms']['p99']} ms" if s["fsguard_decision_ms"] else "")
             + f"; CPU per call: target {s['target_cpu_ms_per_call']} ms, FreeSWITCH {s['fs_cpu_ms_per_call']} ms; "
@@ -408,6 +431,38 @@ def run_phase(fs: RealFreeSWITCH, target: Target, rate: float, calls: int, *, ho
         originator.close()
         clear(collector.conn)
         collector.close()
+
+
+def recorded_outcomes(db_url: str, uuids: list[str]) -> dict[str, str]:
+    """fsguard's own outcome (``calls.outcome``) of these calls, by uuid."""
+    if not uuids:
+        return {}
+    from sqlalchemy import bindparam, create_engine, text
+
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            query = text("SELECT uuid, outcome FROM calls WHERE uuid IN :uuids").bindparams(
+                bindparam("uuids", expanding=True))
+            return {uuid: outcome for uuid, outcome in conn.execute(query, {"uuids": uuids})}
+    finally:
+        engine.dispose()
+
+
+def reset_call_state(db_url: str) -> None:
+    """Forget the calls an earlier target made: each fsguard target starts from the same counters
+    (the nuisance counter of a caller who rang 2-second calls through an earlier target would
+    otherwise challenge it here, and the targets would not carry the same calls)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            for table in ("review_hits", "review_results", "recording_masks", "recordings", "verdicts", "challenges",
+                          "calls", "call_counters"):
+                conn.execute(text(f"DELETE FROM {table}"))
+    finally:
+        engine.dispose()
 
 
 def channels_up(conn: Inbound) -> int:
@@ -571,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "greenswitch":
                     target = start_greenswitch(port, workdir)
                 else:
+                    reset_call_state(db_url)  # type: ignore[arg-type]
                     target = start_fsguard(port, workdir, db_url, fs, tag=name.replace(" ", "-"),  # type: ignore[arg-type]
                                            environment=variants.get(name, {}))
                 if args.held:
@@ -610,13 +666,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(report: dict[str, Any]) -> str:
     """The figures per target and rate, as docs/performance.rst shows them."""
-    head = ["target", "rate", "calls", "decided", "<=1s", "fell back", "stranded", "still up", "p50 ms", "p99 ms",
+    head = ["target", "rate", "calls", "decided", "<=1s", "fell back", "abandoned", "stranded", "still up", "p50 ms", "p99 ms",
             "own p99", "target ms/call", "FS ms/call", "apps/call", "events/call", "others %"]
     rows = [head]
     for s in report.get("phases", []):
         own = (s.get("fsguard_decision_ms") or {}).get("p99")
         rows.append([s["target"], f"{s['rate']:g}", str(s["calls"]), str(s["decided"]), str(s["decided_within_1s"]),
-                     str(s["fell_back"]), str(s["stranded"]), str(s["still_up_channels"]),
+                     str(s["fell_back"]), str(s.get("abandoned_in_challenge", 0)), str(s["stranded"]), str(s["still_up_channels"]),
                      bench.fmt(s["latency_ms"]["p50"]), bench.fmt(s["latency_ms"]["p99"]), bench.fmt(own),
                      bench.fmt(s["target_cpu_ms_per_call"]), bench.fmt(s["fs_cpu_ms_per_call"]),
                      bench.fmt(report.get("apps_per_call", {}).get(s["target"])), bench.fmt(s["events_per_call"]),
