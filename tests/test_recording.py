@@ -411,15 +411,18 @@ def test_a_channel_uuid_that_is_not_a_uuid_is_never_made_into_a_path(run, db, se
         "/r/2026/01/03/1c6f5e2a-1111-4222-8333-444455556666.wav"  # UTC date
 
 
-def test_a_file_freeswitch_did_not_write_is_reported_at_the_end_of_the_call(run, db):
+def test_a_file_freeswitch_did_not_write_is_reported_at_the_end_of_the_call(run, db, caplog):
     guard, fs = run(mode="all", start="route")
     result = fs.call(Caller(variables={"test_write_audio": "false"}))
     settle(guard)
     rec = recording_of(db, result.uuid)
     assert rec.status == "missing" and rec.sha256 is None and "did not write it" in rec.error
+    # a problem gets a warning of its own, and the call's line says it too
+    assert [e["status"] for e in logged(caplog, "recording.problem", result.uuid)] == ["missing"]
+    assert [e["recording"] for e in logged(caplog, "call", result.uuid)] == ["missing"]
 
 
-def test_from_the_bridge_freeswitch_starts_the_recording_when_the_caller_is_bridged(run, db, settings):
+def test_from_the_bridge_freeswitch_starts_the_recording_when_the_caller_is_bridged(run, db, settings, caplog):
     """recording.start = "bridge": no record_session with the route; the route's variables arm
     ``execute_on_pre_bridge_fsguard_recording``, which FreeSWITCH runs when the bridge starts."""
     settings.routing.rules = [{"name": "own agent", "dnis": "5000", "target": "bridge user/1001"}]
@@ -432,9 +435,13 @@ def test_from_the_bridge_freeswitch_starts_the_recording_when_the_caller_is_brid
     rec = recording_of(db, result.uuid)
     assert rec.status == "complete" and rec.stereo
     assert verdict_of(db, result.uuid).details["start"] == "bridge"
+    # one line per call: the recording's end is in it (its path, size and hash are in its row)
+    assert [e["recording"] for e in logged(caplog, "call", result.uuid)] == ["complete"]
+    assert [e for e in caplog.records if isinstance(e.msg, dict) and e.msg.get("event", "").startswith("recording.")
+            ] == []
 
 
-def test_from_the_bridge_a_call_that_only_waited_in_the_queue_keeps_no_recording(run, db):
+def test_from_the_bridge_a_call_that_only_waited_in_the_queue_keeps_no_recording(run, db, caplog):
     """Never bridged (FreeSWITCH's bridge_uepoch is 0 at the end): no file, and that is no fault;
     the row queued at the decision goes instead of staying as a "missing" recording."""
     guard, fs = run(mode="all", start="bridge")
@@ -443,6 +450,13 @@ def test_from_the_bridge_a_call_that_only_waited_in_the_queue_keeps_no_recording
     assert "record_session" not in names(result)
     assert result.variables["execute_on_pre_bridge_fsguard_recording"].startswith("record_session ")
     assert recording_of(db, result.uuid) is None
+    assert [e["recording"] for e in logged(caplog, "call", result.uuid)] == ["discarded (never bridged)"]
+
+
+def logged(caplog: pytest.LogCaptureFixture, event: str, uuid: str) -> list[dict[str, Any]]:
+    """fsguard's log lines named ``event`` about the call ``uuid``, as structlog handed them over."""
+    return [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == event
+            and uuid in (r.msg.get("uuid"), r.msg.get("call"))]
 
 
 def test_a_rule_may_start_the_file_with_the_route(run, db):

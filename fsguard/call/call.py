@@ -208,6 +208,9 @@ class Call:
         #: why stages asked that the caller prove they are a person (the verification stage reads them)
         self.challenges: list[ChallengeRequest] = []
         self.facts: dict[str, Any] = {}
+        #: what the stages' ``after_call`` hooks concluded, by stage (``recording: complete``), for
+        #: the call's one log line: a call leaves one line, not one per stage
+        self.end_notes: dict[str, str] = {}
         self.exports: dict[str, str] = {}
         #: the final instruction given to FreeSWITCH, e.g. transfer default XML queues
         self.final_action: Instruction | None = None

@@ -81,8 +81,8 @@ def recording_path(root: Path, uuid: str, when: datetime) -> str:
     it is the one part of the path that comes from the channel."""
     if not UUID_RE.match(uuid):
         raise ValueError(f"channel uuid {uuid!r} is not a uuid: no recording path is built from it")
-    day = when.astimezone(timezone.utc)
-    return str(root / f"{day:%Y}" / f"{day:%m}" / f"{day:%d}" / f"{uuid}.wav")
+    # one format, not four path joins: this runs on every recorded call's decision
+    return os.path.join(root, f"{when.astimezone(timezone.utc):%Y/%m/%d}", f"{uuid}.wav")
 
 
 def add_period(start: datetime, period: str) -> datetime:
@@ -259,13 +259,17 @@ def finalize(db: Database, call_uuid: str, *, ended_at: datetime | None = None, 
 
 
 def finalize_queued(writer: Writer, call_uuid: str, path: str, *, abandoned: bool = False,
-                    never_bridged: bool = False) -> None:
+                    never_bridged: bool = False) -> str:
     """:func:`finalize` at a call's hang-up, when the stage knows its recording: the file is
     inspected (in a thread) and the closing rows, keyed by the call's uuid, go to the call writer
     with the call's own end, after the row :func:`queue_recording` queued at the decision.
 
     No file is no fault when the caller hung up before the recording began (``abandoned``) or
-    the recording was to start at a bridge that never came (``never_bridged``): the row goes."""
+    the recording was to start at a bridge that never came (``never_bridged``): the row goes.
+
+    Returns what became of the recording, for the call's one log line (``complete``, ``discarded
+    (never bridged)``...): a line of its own per call cost as much as the call's. Only a problem
+    gets a line of its own (``recording.problem``, a warning)."""
     if (abandoned or never_bridged) and not os.path.lexists(path):
         # the expected case of a call that never reached anyone: no thread needed to find nothing
         facts = FileFacts("missing")
@@ -274,11 +278,12 @@ def finalize_queued(writer: Writer, call_uuid: str, path: str, *, abandoned: boo
     end = utcnow()
     if facts.status == "missing" and (abandoned or never_bridged):
         writer.submit("recording_discard", {"_key": call_uuid})
-        _log_closed(call_uuid, path, facts, discarded="abandoned" if abandoned else "never_bridged")
-        return
+        return f"discarded ({'abandoned' if abandoned else 'never bridged'})"
     writer.submit("recording_end", {"_key": call_uuid, **_closing_values(facts, end, "")})
     writer.submit("mask_end", {"_key": call_uuid, "ended_at": end})
-    _log_closed(call_uuid, path, facts)
+    if facts.status != "complete":
+        _log_closed(call_uuid, path, facts)
+    return facts.status
 
 
 def _closing_values(facts: FileFacts, end: datetime, note: str) -> dict[str, Any]:
@@ -287,8 +292,7 @@ def _closing_values(facts: FileFacts, end: datetime, note: str) -> dict[str, Any
 
 
 #: why a recording's row went with no file (recording.discarded)
-DISCARDED = {"abandoned": "the caller hung up before the recording began",
-             "never_bridged": "the call was never bridged to anyone (recording.start = bridge)"}
+DISCARDED = {"abandoned": "the caller hung up before the recording began"}
 
 
 def _log_closed(call_uuid: str, path: str, facts: FileFacts, *, discarded: str = "") -> None:

@@ -257,7 +257,7 @@ class App:
                  verdicts=[f"{v.stage}:{v.outcome.value}{'' if v.enforced else '(shadow)'}:{v.code}"
                            for v in (decision.verdicts if decision else [])],
                  risk=call.risk, hangup_cause=end.hangup_cause if end else None,
-                 billsec=end.billsec if end else None)
+                 billsec=end.billsec if end else None, **call.end_notes)
         structlog.contextvars.clear_contextvars()
 
 

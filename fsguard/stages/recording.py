@@ -221,8 +221,8 @@ class RecordingStage(Stage):
             # a file that starts at the bridge: a call that never reached anyone has none, and
             # that is no fault (FreeSWITCH's CHANNEL_HANGUP_COMPLETE says whether it was bridged)
             never_bridged = facts.get("start") == "bridge" and end.bridged is False
-            finalize_queued(self.app.writer, call.uuid, facts["path"], abandoned=abandoned,
-                            never_bridged=never_bridged)
+            call.end_notes[self.name] = finalize_queued(self.app.writer, call.uuid, facts["path"],
+                                                        abandoned=abandoned, never_bridged=never_bridged)
         elif facts.get("mode") == "on_demand":   # started (or not) by an agent: look it up
             finalize(self.db, call.uuid, abandoned=abandoned)
 
