@@ -250,7 +250,7 @@ class App:
             structlog.contextvars.clear_contextvars()
             return
         outcome = decision.outcome if decision else "failed"
-        self.metrics.calls.labels(direction=call.direction, outcome=outcome).inc()
+        self.metrics.count(self.metrics.calls, call.direction, outcome)
         self.metrics.call_action(call.direction, call.final_action)
         log.info("call", direction=call.direction, outcome=outcome, action=decision.action if decision else None,
                  decision_ms=round(decision.decision_ms, 3) if decision and decision.decision_ms else None,

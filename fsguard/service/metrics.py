@@ -78,17 +78,31 @@ class Metrics:
         self.review_backlog = Gauge("fsguard_review_backlog", "Recordings waiting for review", registry=r)
         self.info = Gauge("fsguard_info", "Always 1; labels tell the node id and fsguard version",
                           ["node", "version"], registry=r)
+        #: (metric, label values) -> its child: the per-call counters are found in one dict lookup
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+    def count(self, metric: Counter, *values: str) -> None:
+        """Add one to ``metric``'s series for ``values`` (in the order its labels were declared).
+
+        ``labels()`` checks and joins its arguments at every call: eight per call cost 90 us of
+        CPU through the switch. The label sets are bounded (see the module docstring), so the
+        children are kept."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        child.inc()
 
     def verdict(self, verdict: Verdict) -> None:
         enforced = "true" if verdict.enforced else "false"
-        self.verdicts.labels(stage=verdict.stage, outcome=verdict.outcome.value, enforced=enforced).inc()
+        outcome = verdict.outcome.value
+        self.count(self.verdicts, verdict.stage, outcome, enforced)
         if verdict.code:
-            self.rule_verdicts.labels(stage=verdict.stage, code=verdict.code, outcome=verdict.outcome.value,
-                                      enforced=enforced).inc()
+            self.count(self.rule_verdicts, verdict.stage, verdict.code, outcome, enforced)
         if verdict.stage == "verification":
-            outcome = challenge_outcome(verdict)
-            if outcome is not None:
-                self.challenges.labels(outcome=outcome).inc()
+            ended = challenge_outcome(verdict)
+            if ended is not None:
+                self.count(self.challenges, ended)
 
     def watch_policy(self, snapshot: Any) -> None:
         """fsguard_policy_age_seconds reads the snapshot's age (-1 until it is loaded)."""
@@ -110,7 +124,7 @@ class Metrics:
             label = f"hangup {action.arg.split()[0]}"
         else:
             label = action.app
-        self.call_actions.labels(direction=direction, action=label).inc()
+        self.count(self.call_actions, direction, label)
 
     def node(self, node_id: str) -> None:
         self.info.labels(node=node_id, version=__version__).set(1)
