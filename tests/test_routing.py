@@ -509,6 +509,40 @@ def test_caller_region(number, labels, label, area):
     assert region.labels() == labels and region.label == label and region.area_code == area
 
 
+def test_a_callers_area_and_place_are_what_phonenumbers_says_for_every_countrys_kinds_of_number():
+    """caller_region works the number's type out once and takes a North American area code as
+    its three first digits; phonenumbers' own functions, each working the type out again, must
+    agree on every country's example numbers and on numbers all over the North American plan."""
+    import random
+
+    import phonenumbers
+    from phonenumbers import geocoder
+
+    from fsguard.rules import regions
+
+    def as_phonenumbers_says(e164: str) -> tuple[str | None, str, str | None]:
+        parsed = phonenumbers.parse(e164, None)
+        place = geocoder.description_for_number(parsed, "en") if phonenumbers.is_valid_number(parsed) else ""
+        length = phonenumbers.length_of_geographical_area_code(parsed)
+        return (phonenumbers.region_code_for_number(parsed),
+                "" if place.lower() == regions._country_name(phonenumbers.region_code_for_number(parsed)) else place,
+                phonenumbers.national_significant_number(parsed)[:length] if length else None)
+
+    kinds = [phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE,
+             phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE, phonenumbers.PhoneNumberType.TOLL_FREE]
+    examples = [phonenumbers.example_number_for_type(r, k) for r in phonenumbers.SUPPORTED_REGIONS for k in kinds]
+    samples = [phonenumbers.format_number(e, phonenumbers.PhoneNumberFormat.E164) for e in examples if e]
+    rng = random.Random(7)
+    samples += [f"+1{rng.randint(200, 999)}{rng.randint(200, 999)}{rng.randint(0, 9999):04d}" for _ in range(3000)]
+    assert len(samples) > 3500
+    for e164 in samples:
+        region = caller_region.__wrapped__(e164)   # not the cached answer
+        country, place, area = as_phonenumbers_says(e164)
+        assert (region.country, region.place, region.area_code) == (
+            None if country in ("ZZ", "001") else country, place if region.country else "",
+            area if region.country else None), e164
+
+
 def test_business_hours():
     h = Hours.parse("mon-fri 08:00-18:00; sat 09:00-13:00", NY, frozenset({"2026-01-06", "12-25"}))
     assert h.is_open(MONDAY_10) and not h.is_open(MONDAY_20)
