@@ -101,7 +101,8 @@ def test_rows_handed_over_within_the_gather_interval_share_one_commit(db: Databa
 def test_a_statement_on_the_calls_path_commits_on_its_own_and_fails_as_a_database_error(db: Database) -> None:
     """Database.statement (the flood counter's path) bypasses SQLAlchemy's connection objects:
     its rows are committed without a transaction around them, its failures are the
-    DatabaseError the stages fail open on, and its connection always goes back to the pool."""
+    DatabaseError the stages fail open on, and no connection is left checked out of the pool
+    (SQLite keeps one of its own for these statements, reopened after the engine's dispose)."""
     from fsguard.store.db import DatabaseError
 
     upsert = text("INSERT INTO call_counters (number, dnis, bucket, calls, short_calls) VALUES (:n, '*', :b, 1, 0)"
@@ -118,3 +119,6 @@ def test_a_statement_on_the_calls_path_commits_on_its_own_and_fails_as_a_databas
         raise AssertionError("a failed statement raised nothing")
     assert db.engine.pool.checkedout() == 0
     assert db.statement(upsert, {"n": "+12125550147", "b": 300}) == [(3,)]   # the pool's connection is sound
+    db.dispose()
+    assert db.statement(upsert, {"n": "+12125550147", "b": 300}) == [(4,)]
+    assert db.engine.pool.checkedout() == 0

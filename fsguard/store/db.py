@@ -137,15 +137,6 @@ def _driver_form(stmt: TextClause, dialect: Dialect) -> tuple[str, tuple[str, ..
     return compiled.string, tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
 
 
-def _autocommit(driver: Any, on: bool) -> None:
-    """Each statement its own transaction, or back to the drivers' default (a transaction opened
-    by the first statement): a client-side switch on both drivers, no statement sent."""
-    if isinstance(driver, sqlite3.Connection):
-        driver.isolation_level = None if on else ""
-    else:
-        driver.autocommit = on
-
-
 def normalise_url(url: str) -> str:
     """``postgresql://`` means psycopg 3 here (it cooperates with gevent by itself)."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -160,6 +151,8 @@ class Database:
         self.settings = settings
         self.url = make_url(normalise_url(settings.url))
         self.checkpointer: gevent.Greenlet | None = None
+        #: SQLite: the engine's connection kept for :meth:`statement`, with the engine it came from
+        self._statements: tuple[Engine, Any] | None = None
         self.engine: Engine = self._make_engine()
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -235,19 +228,21 @@ class Database:
         The flood counter's upsert runs on every call. Through a SQLAlchemy connection it cost
         250 us on SQLite, 200 of them SQLAlchemy's own (the connection and result objects, the
         isolation level set for autocommit and reset by a PRAGMA at check-in); on the pooled
-        DB-API connection, in autocommit, it costs 45. The pool, the busy waits and the refusal
-        of files that cannot be written (GreenConnection) are the same; errors are SQLAlchemy's,
-        as from :meth:`autocommit`, and a connection PostgreSQL dropped recycles the pool as there.
+        DB-API connection, in autocommit, it costs 45 (on SQLite, one connection kept for it:
+        :meth:`_sqlite_statement`). The busy waits and the refusal of files that cannot be
+        written (GreenConnection) are the same; errors are SQLAlchemy's, as from
+        :meth:`autocommit`, and a connection PostgreSQL dropped recycles the pool as there.
         """
         sql, names = _driver_form(stmt, self.engine.dialect)
         values: Any = tuple(params[n] for n in names) if names is not None else params
+        if self.is_sqlite:
+            return self._sqlite_statement(sql, values)
         raw = self.engine.raw_connection()
         driver = raw.driver_connection
         cursor = None
         try:
-            # autocommit: the statement commits itself (PostgreSQL: one round trip, not BEGIN and
-            # COMMIT too; SQLite: no commit call, whose file checks would repeat the statement's)
-            _autocommit(driver, True)
+            # autocommit: the statement commits itself (one round trip, not BEGIN and COMMIT too)
+            driver.autocommit = True
             cursor = raw.cursor()
             cursor.execute(sql, values)
             return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
@@ -266,10 +261,49 @@ class Database:
                 if cursor is not None:
                     cursor.close()
                 if raw.is_valid:
-                    _autocommit(driver, False)   # as the pool's other users expect it
+                    driver.autocommit = False   # as the pool's other users expect it
             except Exception as exc:  # noqa: BLE001 - a broken connection: the pool must not hand it out
                 raw.invalidate(exc)
             raw.close()
+
+    def _sqlite_statement(self, sql: str, values: Any) -> list[tuple[Any, ...]]:
+        """:meth:`statement` on SQLite: on one connection of the engine's, kept out of its pool.
+
+        SQLite runs in the process, so a statement runs whole on the one thread every call
+        shares: the calls never need two such connections at once, and checking one out of the
+        pool and back cost 130 us of CPU per statement through the switch, as much as the
+        statement. It is a GreenConnection like the pool's (busy waits off the hub, refusal of
+        files that cannot be written), in autocommit; another engine (a test pointing the
+        database elsewhere) gets a connection of its own."""
+        held = self._statements
+        if held is None or held[0] is not self.engine:
+            self._close_statements()
+            raw = self.engine.raw_connection()
+            raw.detach()   # its own from now on: the pool neither counts nor resets it
+            raw.dbapi_connection.isolation_level = None
+            held = self._statements = (self.engine, raw)
+        driver = held[1].dbapi_connection
+        cursor = driver.cursor()
+        try:
+            cursor.execute(sql, values)
+            return [tuple(r) for r in cursor.fetchall()] if cursor.description else []
+        except sqlite3.Error as exc:
+            dialect = self.engine.dialect
+            gone = dialect.is_disconnect(exc, driver, cursor)
+            if gone:
+                self._close_statements()
+            raise DBAPIError.instance(sql, values, exc, sqlite3.Error, connection_invalidated=gone,
+                                      dialect=dialect) from exc
+        finally:
+            cursor.close()
+
+    def _close_statements(self) -> None:
+        held, self._statements = self._statements, None
+        if held is not None:
+            try:
+                held[1].close()
+            except Exception as exc:  # noqa: BLE001 - a connection that cannot even close is gone anyway
+                log.warning("db.close_failed", error=str(exc))
 
     def start_checkpointer(self, interval: float = 1.0) -> None:
         """SQLite only: move WAL checkpoints off the calls' way.
@@ -286,6 +320,7 @@ class Database:
             return
         self._stop_checkpoints = gevent.event.Event()
         self.checkpointer = gevent.spawn(self._checkpoint_loop, self.url.database, interval, self._stop_checkpoints)
+        self._close_statements()
         self.engine.dispose()   # pooled connections reconnect without their own checkpoints
 
     def stop_checkpointer(self) -> None:
@@ -295,6 +330,7 @@ class Database:
             self._stop_checkpoints.set()
             self.checkpointer.join(timeout=10)
             self.checkpointer = None
+            self._close_statements()
             self.engine.dispose()   # the last connection to close checkpoints what is left
 
     @staticmethod
@@ -359,4 +395,5 @@ class Database:
             return False
 
     def dispose(self) -> None:
+        self._close_statements()
         self.engine.dispose()
