@@ -41,6 +41,7 @@ every call is decided within 1 s by FreeSWITCH's clock, none stranded or left up
     python bench/realfs.py                      # both targets at 30 and 100 cps, then saturation
     python bench/realfs.py --rates 100 --calls 1000 --no-saturation
     python bench/realfs.py --variant 'fsguard recording off:FSGUARD_RECORDING_MODE=off'
+    python bench/realfs.py --targets fsguard --rates 30 --no-saturation --cpu-sections   # where its CPU goes
 
 The JSON goes to bench/results/realfs.json (``bench/run.py`` runs this module when FreeSWITCH
 is installed, and puts its figures in its report).
@@ -254,8 +255,22 @@ class Collector:
 class Target:
     """One socket target in its own process, with the counters its stats port answers."""
 
-    def __init__(self, name: str, server: bench.Server, db_url: str | None) -> None:
+    def __init__(self, name: str, server: bench.Server, db_url: str | None, *, probed: bool = False) -> None:
         self.name, self.server, self.db_url = name, server, db_url
+        #: fsguard with bench/cpuprobe.py installed (--cpu-sections)
+        self.probed = probed
+
+    def ask(self, request: str) -> dict[str, Any]:
+        """One request to the stats port (``probe-start``, ``probe-report 600``)."""
+        with socket.create_connection(("127.0.0.1", self.server.stats_port or 0), timeout=30) as s:
+            s.sendall(request.encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return json.loads(data)
 
     def frames(self) -> dict[str, int]:
         try:
@@ -277,11 +292,13 @@ def start_greenswitch(port: int, workdir: Path) -> Target:
 
 
 def start_fsguard(port: int, workdir: Path, db_url: str, fs: RealFreeSWITCH, *, tag: str,
-                  environment: dict[str, str]) -> Target:
+                  environment: dict[str, str], probed: bool = False) -> Target:
+    if probed:
+        environment = {**environment, "FSGUARD_BENCH_PROBE": "1"}
     server = bench.start_fsguard(workdir, db_url, bench.FULL_CHAIN, tag=tag, port=port,
                                  esl_extra=f'inbound = "{fs.esl_address}"\n', environment=environment,
                                  recording_dir=str(fs.recordings / tag))
-    return Target(tag, server, db_url)
+    return Target(tag, server, db_url, probed=probed)
 
 
 # ------------------------------------------------------------------------------- one phase
@@ -304,6 +321,8 @@ class Phase:
     #: b leg -> fsguard's ``calls.outcome``, for the calls FreeSWITCH saw no route for
     recorded_outcomes: dict[str, str] = field(default_factory=dict)
     lag_max_ms: float = 0.0
+    #: fsguard's CPU by greenlet and function (bench/cpuprobe.py), with --cpu-sections
+    cpu_sections: dict[str, Any] | None = None
     machine_busy_pct: float = 0.0
     others_pct: float = 0.0
 
@@ -351,6 +370,7 @@ class Phase:
             "undecided": [{"a_leg": a, "b_leg": c.b_leg, "apps": c.trail, "cause": c.cause, "ended": c.ended_b}
                           for a, c in list(self.seen.items()) if c.route_us is None][:20],
             "originate_lag_max_ms": round(self.lag_max_ms, 1),
+            "cpu_sections": self.cpu_sections,
             "machine_busy_pct": round(self.machine_busy_pct, 1), "others_pct_of_a_core": round(self.others_pct, 1),
             "ok": bool(seen) and len(decided) + len(abandoned) == len(seen) and stranded == 0
             and self.still_up == 0 and all(v <= 1000 for v in latencies),
@@ -373,6 +393,8 @@ def run_phase(fs: RealFreeSWITCH, target: Target, rate: float, calls: int, *, ho
         gevent.sleep(1.0)
         phase.fs_idle_cpu_per_s = (fs.cpu_seconds() - fs_idle0) / (time.monotonic() - t_idle0)
         frames0 = target.frames()
+        if target.probed:
+            target.ask("probe-start")
         started_at = datetime.now(timezone.utc)
         fs0, tgt0, (busy0, total0) = fs.cpu_seconds(), bench.proc_cpu(pid), bench.machine_cpu()
         t0 = time.monotonic()
@@ -403,6 +425,8 @@ def run_phase(fs: RealFreeSWITCH, target: Target, rate: float, calls: int, *, ho
             gevent.sleep(0.25)
         phase.fs_cpu = fs.cpu_seconds() - fs0
         phase.target_cpu = bench.proc_cpu(pid) - tgt0
+        if target.probed:
+            phase.cpu_sections = target.ask(f"probe-report {calls}")
         busy1, total1 = bench.machine_cpu()
         phase.machine_busy_pct = 100 * (busy1 - busy0) / max(1, total1 - total0)
         cores = os.cpu_count() or 1
@@ -426,6 +450,8 @@ def run_phase(fs: RealFreeSWITCH, target: Target, rate: float, calls: int, *, ho
             + f"; CPU per call: target {s['target_cpu_ms_per_call']} ms, FreeSWITCH {s['fs_cpu_ms_per_call']} ms; "
             + (f"apps/call {s['apps_per_call']}, " if every_application else "")
             + f"events/call {s['events_per_call']}; others {s['others_pct_of_a_core']}%")
+        if phase.cpu_sections:
+            log(sections_table(phase.cpu_sections))
         return phase
     finally:
         originator.close()
@@ -572,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held", type=int, default=0, metavar="N",
                         help="also hold N routed calls at once and measure what holding costs per second")
     parser.add_argument("--only-held", action="store_true", help="only the held-calls measurement")
+    parser.add_argument("--cpu-sections", action="store_true",
+                        help="measure fsguard's CPU per greenlet and per function in each fixed-rate phase "
+                             "(bench/cpuprobe.py; its own cost is in the figures)")
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--population", type=int, default=10_000, help="list entries and customers")
     parser.add_argument("--out", default=str(bench.RESULTS / "realfs.json"))
@@ -628,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     reset_call_state(db_url)  # type: ignore[arg-type]
                     target = start_fsguard(port, workdir, db_url, fs, tag=name.replace(" ", "-"),  # type: ignore[arg-type]
-                                           environment=variants.get(name, {}))
+                                           environment=variants.get(name, {}), probed=args.cpu_sections)
                 if args.held:
                     report.setdefault("held", []).append(held_calls(fs, target, args.held, mix=mix))
                 if args.only_held:
@@ -662,6 +691,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def sections_table(probe: dict[str, Any], lines: int = 25) -> str:
+    """bench/cpuprobe.py's figures, per call: by greenlet, then the costliest functions."""
+    out = [f"    fsguard's CPU per call by greenlet and by function (probed: the probe's own cost included; "
+           f"{probe['process_cpu_ms']} ms of process CPU in {probe['seconds']} s):"]
+    out += [f"    {g['us_per_call']:>8} us  {g['switches']:>6} switches  greenlet {g['kind']}" for g in probe["greenlets"]]
+    out += [f"    {s['us_per_call']:>8} us  {s['n']:>6} x {s['us_each']:>7} us  {s['name']}"
+            for s in probe["sections"][:lines]]
+    out += [f"    gc {gen}: {g['collections']} collections, {g['ms']} ms" for gen, g in probe["gc"].items()]
+    return "\n".join(out)
 
 
 def table(report: dict[str, Any]) -> str:

@@ -6,7 +6,9 @@ This is ``fsguard.ops.cli.main`` with one more ``SERVE_HOOKS`` entry: a tiny TCP
 127.0.0.1:$FSGUARD_BENCH_STATS that answers one JSON line about the process -- resident memory,
 open file descriptors, calls deciding / held, pooled database connections, and on request
 (``full``) the greenlets and Event Socket sessions alive (a walk over the heap: only asked for
-between phases). It costs nothing while nobody asks.
+between phases). It costs nothing while nobody asks. With ``FSGUARD_BENCH_PROBE=1`` it also answers
+``probe-start`` and ``probe-report [CALLS]``: fsguard's CPU per greenlet and per named function
+(``bench/cpuprobe.py``), for ``bench/realfs.py --cpu-sections``.
 
 ``FSGUARD_BENCH_VARIANT`` runs what-if experiments (comma-separated), never the default, always
 labelled in the report:
@@ -33,6 +35,7 @@ from typing import Any  # noqa: E402
 import gevent  # noqa: E402
 from gevent.server import StreamServer  # noqa: E402
 
+import cpuprobe  # noqa: E402 - bench/ is the script's directory
 from fsguard.ops import cli  # noqa: E402
 from fsguard.esl.session import OutboundSession  # noqa: E402
 
@@ -90,8 +93,16 @@ def stats_hook(app: Any, server: Any) -> None:
         return
 
     def answer(sock: Any, _address: Any) -> None:
-        request = sock.makefile("rb").readline().strip()
-        sock.sendall(json.dumps(stats(app, server, full=request == b"full")).encode() + b"\n")
+        request = sock.makefile("rb").readline().strip().decode()
+        if request == "probe-start":
+            cpuprobe.start()
+            data: dict[str, Any] = {"probe": "started"}
+        elif request.startswith("probe-report"):
+            calls = request.partition(" ")[2]
+            data = cpuprobe.report(int(calls) if calls.isdigit() else None)
+        else:
+            data = stats(app, server, full=request == "full")
+        sock.sendall(json.dumps(data).encode() + b"\n")
         sock.close()
 
     StreamServer(("127.0.0.1", int(port)), answer).start()
@@ -168,6 +179,8 @@ def main() -> int:
         unfolded_variant()
     if "longnix" in variants:
         longnix_variant()
+    if os.environ.get("FSGUARD_BENCH_PROBE") == "1":
+        cpuprobe.install_call_path()
     count_frames()
     cli.SERVE_HOOKS.append(stats_hook)
     return cli.main()

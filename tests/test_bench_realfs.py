@@ -74,6 +74,26 @@ def test_the_dialplans_fallback_is_not_a_decision_and_a_silent_socket_is_strande
     assert {u["a_leg"] for u in s["undecided"]} == {"a1", "a2"}
 
 
+def test_a_caller_who_hangs_up_during_the_challenge_is_abandoned_not_stranded(realfs):
+    """A challenged call (``pre_answer`` after ``socket``) whose caller hung up before the route
+    is an outcome when fsguard's own record says ``abandoned``; without that record it is still
+    counted stranded. Its route, when it comes, waits on the caller: not a latency."""
+    c = collector(realfs)
+    for a in ("a1", "a2", "a3"):
+        c.place(a)
+    for b, a in (("b1", "a1"), ("b2", "a2"), ("b3", "a3")):
+        c._event(execute(b, a, "socket", "t", 1_000_000))
+        c._event(execute(b, a, "pre_answer", "", 1_010_000))
+    c._event(execute("b3", "a3", "transfer", "default XML queues", 9_000_000))   # keyed in after 8 s
+
+    phase = realfs.Phase("t", 1, 3, 2.0, seen=c.calls, recorded_outcomes={"b1": "abandoned", "b2": "routed"})
+    s = phase.summary()
+    assert (s["challenged"], s["abandoned_in_challenge"], s["stranded"], s["decided"]) == (3, 1, 1, 1)
+    assert s["latency_ms"]["p50"] is None and not s["ok"]   # b2: fsguard says routed, FreeSWITCH saw no route
+    phase.recorded_outcomes = {"b1": "abandoned", "b2": "abandoned"}
+    assert phase.summary()["ok"]
+
+
 def test_show_channels_count_is_read_from_freeswitchs_answer(realfs):
     class Conn:
         def __init__(self, answer: str) -> None:
