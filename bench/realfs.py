@@ -262,15 +262,7 @@ class Target:
 
     def ask(self, request: str) -> dict[str, Any]:
         """One request to the stats port (``probe-start``, ``probe-report 600``)."""
-        with socket.create_connection(("127.0.0.1", self.server.stats_port or 0), timeout=30) as s:
-            s.sendall(request.encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        return json.loads(data)
+        return self.server.ask(request)
 
     def frames(self) -> dict[str, int]:
         try:

@@ -153,8 +153,12 @@ class Server:
     def stats(self, full: bool = False) -> dict[str, Any]:
         if self.stats_port is None:
             return {"rss_kb": self.rss_kb(), "fds": self.fds()}
-        with socket.create_connection(("127.0.0.1", self.stats_port), timeout=120) as s:
-            s.sendall(b"full\n" if full else b"cheap\n")
+        return self.ask("full" if full else "cheap")
+
+    def ask(self, request: str) -> dict[str, Any]:
+        """One request to the stats port (``cheap``, ``full``; fsguard's ``probe-start``...), its JSON answer."""
+        with socket.create_connection(("127.0.0.1", self.stats_port or 0), timeout=120) as s:
+            s.sendall(request.encode() + b"\n")
             data = b""
             while not data.endswith(b"\n"):
                 chunk = s.recv(65536)

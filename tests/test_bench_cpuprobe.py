@@ -3,6 +3,7 @@ whatever ran between its switches, and a function's is its own, its probed calle
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import time
@@ -16,13 +17,13 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.fixture()
-def cpuprobe():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import cpuprobe as module
-        yield module
-    finally:
-        sys.path.remove(str(BENCH))
+def cpuprobe() -> Any:
+    """bench/cpuprobe.py, loaded from its file (bench/ is no package)."""
+    spec = importlib.util.spec_from_file_location("cpuprobe", BENCH / "cpuprobe.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def spin(ms: float) -> None:
