@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,30 @@ def test_rows_handed_over_within_the_gather_interval_share_one_commit(db: Databa
     hand_over(eager)
     eager.close()
     assert eager.batches == 5 and eager.rows_written == 5
+
+
+def test_a_gathering_batch_is_written_as_soon_as_it_holds_enough_rows(db: Database) -> None:
+    """A commit runs on the thread every call shares: the gathering ends at ``gather_rows`` rows,
+    not only at the interval's end, so that a busy second's rows do not make one long commit
+    that holds every call up."""
+    import uuid as uuidlib
+
+    from fsguard.store import records
+
+    writer = records.make_writer(db, gather_seconds=1.0)
+    writer.gather_rows = 4
+    writer.submit("recording_discard", {"_key": str(uuidlib.uuid4())})   # after a quiet spell: at once
+    assert writer.wait_idle(5)
+    started = time.monotonic()
+    tickets = [writer.submit("recording_discard", {"_key": str(uuidlib.uuid4())}) for _ in range(4)]
+    assert tickets[-1].wait(5)
+    assert time.monotonic() - started < 0.5, "the batch waited for the interval's end"
+    three_more = [writer.submit("recording_discard", {"_key": str(uuidlib.uuid4())}) for _ in range(3)]
+    gevent.sleep(0.3)
+    assert not three_more[-1].done.is_set()   # fewer rows: they wait for the interval
+    assert three_more[-1].wait(5)
+    writer.close()
+    assert (writer.batches, writer.rows_written) == (3, 8)
 
 
 def test_a_statement_on_the_calls_path_commits_on_its_own_and_fails_as_a_database_error(db: Database) -> None:
