@@ -130,6 +130,14 @@ def start() -> None:
     greenlet.settrace(_trace)
 
 
+def stop() -> None:
+    """Measure no more (the tracer and the collector's callback removed)."""
+    _state["on"] = False
+    greenlet.settrace(None)
+    if _gc_callback in gc.callbacks:
+        gc.callbacks.remove(_gc_callback)
+
+
 def report(calls: int | None = None) -> dict[str, Any]:
     """What was measured since :func:`start`, in ms (and us per call when ``calls`` is given)."""
     _trace("switch", (greenlet.getcurrent(), None))   # charge the running stretch

@@ -8,22 +8,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import gevent
+import greenlet
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.fixture()
-def cpuprobe() -> Any:
+def cpuprobe() -> Iterator[Any]:
     """bench/cpuprobe.py, loaded from its file (bench/ is no package)."""
     spec = importlib.util.spec_from_file_location("cpuprobe", BENCH / "cpuprobe.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    yield module
+    module.stop()   # no tracer left on the test process's greenlets
 
 
 def spin(ms: float) -> None:
@@ -58,6 +60,8 @@ def test_a_greenlets_cpu_and_a_functions_own_cpu_leave_out_what_ran_elsewhere(cp
     cpuprobe.start()
     gevent.joinall([gevent.spawn(caller), gevent.spawn(neighbour)])
     report = cpuprobe.report(calls=1)
+    cpuprobe.stop()
+    assert greenlet.gettrace() is None
     greenlets = {g["kind"]: g["ms"] for g in report["greenlets"]}
     sections = {s["name"]: s for s in report["sections"]}
     # generous bounds: a loaded CI machine adds, it never takes away
