@@ -1,7 +1,7 @@
 """The statements that reach the database driver, for tests that count what a call costs.
 
 SQLAlchemy's ``before_cursor_execute`` event does not see the calls' hot path
-(``Database.statement`` runs on the pooled DB-API connection), so statements are watched where
+(``Database.statement`` runs on a DB-API connection of its own), so statements are watched where
 every path meets: the cursor classes of the two drivers (fsguard's ``GreenCursor`` for SQLite,
 ``psycopg.Cursor`` for PostgreSQL), patched for the duration of a ``with`` block.
 """

@@ -245,7 +245,7 @@ def finalize(db: Database, call_uuid: str, *, ended_at: datetime | None = None, 
     with db.begin() as s:
         if facts.status == "missing" and abandoned:
             s.execute(delete(Recording).where(Recording.id == rid))
-            _log_closed(call_uuid, path, facts, discarded="abandoned")
+            _log_closed(call_uuid, path, facts, abandoned=True)
             return None
         s.execute(update(Recording).where(Recording.id == rid, Recording.ended_at.is_(None)).values(
             **_closing_values(facts, end, note)))
@@ -291,13 +291,10 @@ def _closing_values(facts: FileFacts, end: datetime, note: str) -> dict[str, Any
             "duration": facts.duration, "error": "; ".join(e for e in (facts.error, note) if e)}
 
 
-#: why a recording's row went with no file (recording.discarded)
-DISCARDED = {"abandoned": "the caller hung up before the recording began"}
-
-
-def _log_closed(call_uuid: str, path: str, facts: FileFacts, *, discarded: str = "") -> None:
-    if discarded:
-        log.info("recording.discarded", call=call_uuid, reason=DISCARDED[discarded])
+def _log_closed(call_uuid: str, path: str, facts: FileFacts, *, abandoned: bool = False) -> None:
+    """A recording finished outside a call's own line (an operator's stop, one found late, on demand)."""
+    if abandoned:
+        log.info("recording.discarded", call=call_uuid, reason="the caller hung up before the recording began")
     elif facts.status == "complete":
         log.info("recording.complete", call=call_uuid, path=path, size_bytes=facts.size_bytes,
                  duration=facts.duration, sha256=facts.sha256)
