@@ -116,6 +116,19 @@ def test_a_path_or_database_fsguard_cannot_use_is_refused_by_config_check(run, t
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_stage_no_one_has_stops_serve_and_config_check_with_one_line(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FSGUARD_DATABASE_URL", f"sqlite:///{tmp_path / 'fsguard.db'}")
+    monkeypatch.setenv("FSGUARD_POLICY_STAGES", "screening,screnning,routing")
+    code, out, err = run("serve", "--listen", "127.0.0.1:0")
+    assert code == 1 and out == ""   # as config check says it: the stages are the code's, not a value's form
+    one_line_error(err, "configuration error: policy.stages: unknown stage 'screnning' (known: screening, ")
+    assert list(tmp_path.iterdir()) == []   # stopped before the database was looked for
+    code, out, err = run("config", "check")
+    assert code == 1 and out == ""
+    assert one_line_error(err).count("policy.stages") == 1
+
+
 def test_make_run_keeps_the_checkouts_state_in_var(tmp_path):
     """``make run`` with a stand-in ``fsguard`` that prints what it was given."""
     fake = tmp_path / "fsguard"

@@ -18,6 +18,7 @@ from fsguard.call.failopen import on_failure
 from fsguard.call.ports import AppPort
 from fsguard.call.results import CallEnd
 from fsguard.call.verdict import FINAL, Outcome, Verdict
+from fsguard.config import ConfigError
 from fsguard.esl.session import CallGone, ESLError
 from fsguard.store.db import DatabaseError
 
@@ -65,10 +66,12 @@ STAGES: dict[str, str] = {
 
 
 def load_stage(name: str) -> type[Stage]:
+    """The stage class ``policy.stages`` names; a name no stage has is a ConfigError (one line
+    from ``fsguard serve`` and ``config check``, not a traceback at start-up)."""
     try:
         module, _, cls = STAGES[name].partition(":")
     except KeyError:
-        raise ValueError(f"policy.stages: unknown stage {name!r} (known: {', '.join(STAGES)})") from None
+        raise ConfigError(f"policy.stages: unknown stage {name!r} (known: {', '.join(STAGES)})") from None
     return getattr(import_module(module), cls)  # type: ignore[no-any-return]
 
 

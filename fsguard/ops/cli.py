@@ -44,6 +44,7 @@ def command_modules() -> list[str]:
 def cmd_serve(ctx: Context) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
+    from fsguard.call.pipeline import load_stage
     from fsguard.service import logs
     from fsguard.service.app import App
     from fsguard.service.server import CallServer
@@ -57,6 +58,11 @@ def cmd_serve(ctx: Context) -> int:
     for var in unknown_variables():
         structlog.get_logger("fsguard.config").warning("config.unknown_variable", variable=var,
                                                        note="names no setting; ignored")
+    try:
+        for name in settings.policy.stages:
+            load_stage(name)   # before the database is opened; exit 1, as ``config check`` says it
+    except ConfigError as exc:
+        raise CLIError(f"configuration error: {exc}") from None
     ctx.require_schema()
     app = App(settings, db=ctx.db)
     try:

@@ -257,8 +257,10 @@ def _check(ctx: Context) -> int:
         for name in settings.policy.stages:
             try:
                 load_stage(name)
-            except (ValueError, ImportError) as exc:
-                problems.append(f"policy.stages: {exc}")
+            except ConfigError as exc:   # an unknown stage: the message names the key
+                problems += exc.problems
+            except ImportError as exc:
+                problems.append(f"policy.stages: {name}: {exc}")
     source = str(settings.source) if settings and settings.source else \
         (ctx.args.config or os.environ.get("FSGUARD_CONFIG") or "defaults and environment")
     stages = settings.policy.stages if settings else []
