@@ -176,6 +176,60 @@ def test_an_unsolicited_reply_is_dropped_and_the_session_goes_on(pair):
     assert session.reply().text == "+OK will linger"
 
 
+def _connect_reply(uuid: str = "u1") -> bytes:
+    return (b"Content-Type: command/reply\nReply-Text: +OK\nSocket-Mode: async\nControl: full\nUnique-ID: "
+            + uuid.encode() + b"\nCaller-Caller-ID-Number: 15551234567\nvariable_socket_resume: true\n\n")
+
+
+class _Said:
+    """A log that keeps what the session said."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict]] = []
+
+    def __getattr__(self, level: str):
+        return lambda event, **kw: self.lines.append((event, kw))
+
+
+def test_start_returns_with_the_connect_reply_and_the_others_are_checked_before_the_next_reply():
+    ours, theirs = socket.socketpair()
+    said = _Said()
+    session = OutboundSession(ours, command_timeout=0.5, log=said, resume=False)
+    theirs.sendall(_connect_reply())
+    channel = gevent.spawn(session.start).get(timeout=0.3)   # the subscription's and linger's replies never came
+    assert channel["Unique-ID"] == "u1"
+    unread = [str(c).split()[0] for c in session.unread]
+    assert unread == ["myevents", "nixevent", "event", "linger"]
+    # they come late, linger refused, then the reply to the next command
+    theirs.sendall(b"".join(command_reply("+OK") for _ in unread[:-1]) + command_reply("-ERR not now")
+                   + command_reply("+OK will linger"))
+    session.send(Linger())
+    assert session.reply().text == "+OK will linger"   # not one of the earlier commands' replies
+    assert [(e, kw["command"].split()[0]) for e, kw in said.lines] == [("esl.command_refused", "linger")]
+    assert session.unread == []
+    ours.close()
+    theirs.close()
+
+
+def test_a_connection_that_sent_garbage_is_sent_nothing_more_and_closed_without_exit(pair):
+    session, theirs = pair
+    theirs.sendall(_connect_reply())
+    session.start()
+    theirs.sendall(b"Content-Type: text/event-plain\nContent-Length: \xc2\xb2\n\n")
+    gevent.sleep(0.01)
+    with pytest.raises(ProtocolError):
+        session.execute("playback", "x.wav")
+    with pytest.raises(ProtocolError):
+        session.send_apps([("transfer", "default XML queues")])
+    session.close()
+    theirs.settimeout(1)
+    written = b""
+    while chunk := theirs.recv(65536):
+        written += chunk
+    assert written.startswith(b"connect\n\n") and b"playback" not in written and b"transfer" not in written
+    assert b"exit" not in written
+
+
 def test_completion_is_matched_on_application_uuid_not_on_the_application_name(pair):
     """greenswitch matches completions by name: an earlier playback's completion ends the wait."""
     session, theirs = pair

@@ -76,12 +76,19 @@ class OutboundSession(OutboundChannel):
         self.running: str | None = None
         #: channel variables FreeSWITCH's listener confirmed it set (send_apps' ``then_set``)
         self.listener_set: dict[str, str] = {}
+        #: commands whose replies are still to be read and checked, before any other reply
+        self.unread: list[Command] = []
+        #: why the peer's bytes could not be read as the Event Socket: from then on nothing more
+        #: is read or sent, and the socket is closed without ``exit`` (the dialplan takes the call back)
+        self.garbled: str | None = None
 
     # ------------------------------------------------------------------- I/O
 
     def _write(self, data: bytes) -> None:
         if self.eof or self.closed:
             raise CallGone("socket closed")
+        if self.garbled:
+            raise ProtocolError(f"nothing more is sent on a connection that sent garbage ({self.garbled})")
         self.sock.settimeout(self.command_timeout)
         try:
             self.sock.sendall(data)
@@ -93,6 +100,8 @@ class OutboundSession(OutboundChannel):
         """Read once from the socket (waiting up to ``timeout``; 0 = only what is there)."""
         if self.eof:
             raise CallGone("socket closed by FreeSWITCH")
+        if self.garbled:
+            raise ProtocolError(self.garbled)
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(65536)
@@ -109,7 +118,11 @@ class OutboundSession(OutboundChannel):
             if unfinished:
                 self.log.warning("esl.truncated_frame", buffered=len(unfinished))
             raise CallGone("socket closed by FreeSWITCH")
-        self.receive(data)
+        try:
+            self.receive(data)
+        except ProtocolError as exc:
+            self.garbled = str(exc)
+            raise
 
     def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -134,7 +147,17 @@ class OutboundSession(OutboundChannel):
         self._write(self.protocol.send(*commands))
 
     def reply(self, timeout: float | None = None) -> Reply:
-        """The next reply, in the order the commands were sent."""
+        """The next reply, in the order the commands were sent (the replies :meth:`start` left
+        unread are read and checked first)."""
+        self._read_unread()
+        return self._next_reply(timeout)
+
+    def _read_unread(self) -> None:
+        if self.unread:
+            commands, self.unread = self.unread, []
+            self._check_replies(commands)
+
+    def _next_reply(self, timeout: float | None = None) -> Reply:
         self._wait(lambda: bool(self.replies), timeout or self.command_timeout, "a command reply")
         return self.replies.popleft()
 
@@ -147,9 +170,10 @@ class OutboundSession(OutboundChannel):
 
         Every reply is read, even after a refusal: one left unread would answer the next command.
         """
+        self._read_unread()
         refused: list[str] = []
         for command in commands:
-            reply = self.reply()
+            reply = self._next_reply()
             if reply.ok:
                 continue
             if isinstance(command, Execute):
@@ -168,14 +192,19 @@ class OutboundSession(OutboundChannel):
         the channel events fsguard never reads from what ``myevents`` subscribed to: most of the
         bytes FreeSWITCH would write about a call are events nobody here looks at. A bare
         ``linger``: the socket stays until the final events are read.
+
+        Only ``connect``'s reply is waited for. FreeSWITCH acts on each command as it reads it, and
+        none of the others changes what the call's decision starts from, so their replies are read
+        and checked with the next reply fsguard waits for (:attr:`unread`): by then they are
+        there, and the call's greenlet does not wake once more for each of them.
         """
         commands = [*((Resume(),) if self.resume else ()), *self.subscription(), Linger()]
         self.send(Connect(), *commands)
-        connect = self.reply(self.connect_timeout)
+        connect = self._next_reply(self.connect_timeout)
         if not isinstance(connect, CommandReply) or "Unique-ID" not in connect.headers:
             raise ProtocolError("connect reply carries no channel data")
         self.channel = connect.headers
-        self._check_replies(commands)
+        self.unread = commands
         self.resume_sent = self.resume
         if not self.resume_sent and self.channel.get("variable_socket_resume") != "true":
             self.command(Resume())   # the dialplan did not set it: the same safety net, one round trip
@@ -284,7 +313,7 @@ class OutboundSession(OutboundChannel):
         if self.closed:
             return
         try:
-            if say_exit and not self.eof:
+            if say_exit and not self.eof and not self.garbled:
                 self.send(Exit())
                 try:
                     self._wait(lambda: self.exited, min(self.command_timeout, 1.0), "exit")
