@@ -6,9 +6,11 @@ It speaks as mod_event_socket does:
 * ``auth <password>``: ``command/reply`` ``+OK accepted``, or ``-ERR invalid`` then a disconnect
   notice and the socket closed;
 * ``api <command>``: ``Content-Type: api/response`` + ``Content-Length`` + the body;
-* ``event plain <names>`` / ``filter <header> <value>``: ``+OK ...``, and from then on every event
-  the test sends with :meth:`emit` whose name is subscribed to (or ``ALL``) and that matches a
-  filter (any, when there are some) reaches that connection as ``text/event-plain``;
+* ``event plain|json <names>`` / ``filter <header> <value>``: ``+OK ...``, and from then on every
+  event the test sends with :meth:`emit` whose name is subscribed to (or ``ALL``) and that matches
+  a filter (any, when there are some) reaches that connection as ``text/event-plain`` or
+  ``text/event-json`` (the format of the connection's last ``event`` command, as in
+  mod_event_socket);
 * ``exit``: ``+OK bye``, a disconnect notice, close.
 
 ``uuid_record`` behaves like mod_commands on a FreeSWITCH whose channels and running recordings
@@ -48,6 +50,8 @@ class Listener:
     sock: Any
     names: set[str] = field(default_factory=set)
     filters: list[tuple[str, str]] = field(default_factory=list)
+    #: plain or json: the connection's last ``event`` command says
+    fmt: str = "plain"
     #: a connection's frames are written whole, one at a time (an event never splits a reply)
     lock: gevent.lock.Semaphore = field(default_factory=gevent.lock.Semaphore)
 
@@ -110,11 +114,13 @@ class FakeInboundESL:
 
     def emit(self, headers: Mapping[str, str]) -> int:
         """Send an event to every connection that subscribed to it; how many got it."""
-        frame = event_frame(dict(headers))
+        frames: dict[str, bytes] = {}
         sent = 0
         for listener in [lst for lst in self.listeners if lst.wants(headers)]:
             try:
-                listener.send(frame)
+                if listener.fmt not in frames:
+                    frames[listener.fmt] = event_frame(dict(headers), listener.fmt)
+                listener.send(frames[listener.fmt])
                 sent += 1
             except OSError:
                 pass
@@ -171,9 +177,10 @@ class FakeInboundESL:
                     conn.send(f"Content-Type: api/response\nContent-Length: {len(body.encode())}\n\n{body}".encode())
                     continue
                 words = line.split()
-                if words[0] == "event" and len(words) > 2 and words[1] == "plain":
+                if words[0] == "event" and len(words) > 2 and words[1] in ("plain", "json"):
                     conn.names.update(words[2:])
-                    conn.reply("+OK event listener enabled plain")
+                    conn.fmt = words[1]
+                    conn.reply(f"+OK event listener enabled {words[1]}")
                     continue
                 if words[0] == "filter" and len(words) == 3:
                     conn.filters.append((words[1], words[2]))

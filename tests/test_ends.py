@@ -63,7 +63,7 @@ def test_routed_call_is_let_go_of_after_the_route_and_its_end_comes_from_the_inb
     assert commands.index(commands[-1]) > commands.index("sendmsg")
     assert result.variables["socket_resume"] == "false" and result.variables["fsguard_node"] == "test-node"
     assert not result.late_commands
-    assert inbound.commands[1:3] == ["filter variable_fsguard_node test-node", "event plain CHANNEL_HANGUP_COMPLETE"]
+    assert inbound.commands[1:3] == ["filter variable_fsguard_node test-node", "event json CHANNEL_HANGUP_COMPLETE"]
     settle(guard)
     row = records.find_call(db, result.uuid)
     assert row is not None and row.hangup_cause == result.hangup_cause == "NORMAL_CLEARING"

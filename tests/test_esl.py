@@ -6,6 +6,7 @@ Each test named after a greenswitch 0.0.19 defect proves fsguard does not inheri
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import socket
@@ -403,6 +404,15 @@ def test_greeting_rejection_and_notices_come_as_values():
 def test_a_json_event_comes_as_its_headers():
     (event,) = Connection().receive(event_frame({"Event-Name": "DTMF", "DTMF-Digit": "5"}, "json"))
     assert event == {"Event-Name": "DTMF", "DTMF-Digit": "5"}
+
+
+def test_a_json_events_arrays_and_numbers_read_as_the_plain_events_strings():
+    body = json.dumps({"Event-Name": "CHANNEL_HANGUP_COMPLETE", "variable_sip_h_X": ["a", "b"], "odd": 5,
+                       "Caller-Caller-ID-Name": "x\nUnique-ID: forged"}).encode()
+    (event,) = Connection().receive(b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(body) + body)
+    assert event == {"Event-Name": "CHANNEL_HANGUP_COMPLETE", "variable_sip_h_X": "ARRAY::a|:b", "odd": "5",
+                     "Caller-Caller-ID-Name": "x\nUnique-ID: forged"}
+    assert "Unique-ID" not in event
 
 
 def test_the_linger_notice_is_recognised_even_in_the_same_read_as_the_connect_reply():

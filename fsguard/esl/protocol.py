@@ -183,14 +183,11 @@ def parse_event_json(body: bytes) -> Headers:
         raise ProtocolError(f"event-json body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("event-json body is not an object")
-    headers: Headers = {}
-    for key, value in data.items():
-        if isinstance(value, list):
-            value = "ARRAY::" + "|:".join(str(v) for v in value)
-        elif not isinstance(value, str):
-            value = str(value)
-        headers[key] = value
-    return headers
+    # FreeSWITCH writes every value as a string but an array's: only those are rewritten, in place
+    for key in [key for key, value in data.items() if value.__class__ is not str]:
+        value = data[key]
+        data[key] = "ARRAY::" + "|:".join(str(v) for v in value) if isinstance(value, list) else str(value)
+    return data
 
 
 #: mod_event_socket formats the linger notice into ``char disco_buf[512]`` with snprintf: a notice

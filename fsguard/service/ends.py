@@ -6,7 +6,7 @@ listener thread polls it every 20 ms, and every event fired is checked against e
 fsguard only held it to read the final CHANNEL_HANGUP_COMPLETE (cause, billsec, bridge times,
 ``record_*`` variables) for the stages' ``after_call`` hooks and the end row. Here that event
 comes instead over ONE inbound connection (``esl.inbound``) subscribed to
-``event plain CHANNEL_HANGUP_COMPLETE`` with ``filter variable_fsguard_node <node id>``: the
+``event json CHANNEL_HANGUP_COMPLETE`` with ``filter variable_fsguard_node <node id>``: the
 variable is set with the route, so each node receives its own calls' ends only.
 
 Letting go is safe only when FreeSWITCH will not reset the channel when the socket goes away.
@@ -230,7 +230,9 @@ class EndWatcher:
         fs.connect()
         # the filter before the subscription: no other node's end is ever serialised for us
         fs.filter(f"variable_{NODE_VARIABLE}", self.node)
-        fs.subscribe("CHANNEL_HANGUP_COMPLETE")
+        # JSON: the call's last event is the largest frame fsguard reads per call (160-odd
+        # headers, 6 KB), and C's JSON parser reads it in a third of the time the plain parser takes
+        fs.subscribe("CHANNEL_HANGUP_COMPLETE", fmt="json")
         self.connections += 1
         self.connected = True
         log.info("ends.connected", address=self.address, node=self.node, calls_waiting=len(self.waiting))
