@@ -42,6 +42,7 @@ every call is decided within 1 s by FreeSWITCH's clock, none stranded or left up
     python bench/realfs.py --rates 100 --calls 1000 --no-saturation
     python bench/realfs.py --variant 'fsguard recording off:FSGUARD_RECORDING_MODE=off'
     python bench/realfs.py --targets fsguard --rates 30 --no-saturation --cpu-sections   # where its CPU goes
+    python bench/realfs.py --rounds 3 --rates 30,100 --no-saturation   # CPU ratios within rounds, and their median
 
 The JSON goes to bench/results/realfs.json (``bench/run.py`` runs this module when FreeSWITCH
 is installed, and puts its figures in its report).
@@ -58,6 +59,7 @@ import collections  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
+import statistics  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
@@ -583,6 +585,10 @@ def main(argv: list[str] | None = None) -> int:
                              "'fsguard recording off:FSGUARD_RECORDING_MODE=off'")
     parser.add_argument("--hold", type=float, default=2.0, help="seconds a routed call lasts (the a leg's sleep)")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds allowed after that for calls to end")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the fixed rates this many times, the targets taking turns (anchor, fsguard, "
+                             "anchor, fsguard, ...), and give each round's CPU ratio and their median: this kind "
+                             "of machine changes speed by a third within minutes, between one target and the next")
     parser.add_argument("--no-saturation", action="store_true")
     parser.add_argument("--ladder", default="30,50,75,100,130,170,220,290",
                         help="saturation search rates, climbed until one fails")
@@ -630,18 +636,20 @@ def main(argv: list[str] | None = None) -> int:
             mix = bench.caller_mix(pop)
         rates = [float(r) for r in args.rates.split(",") if r.strip()]
         ladder = [float(r) for r in args.ladder.split(",") if r.strip()]
-        for index, name in enumerate(targets):
+        turns = [(r, index, name) for r in range(1, max(1, args.rounds) + 1) for index, name in enumerate(targets)]
+        for round_no, index, name in turns:
+            first = round_no == 1
             # a FreeSWITCH of its own for each target: one that has carried a target's calls costs
             # more per call for the next (seen: 1-3 ms per call more for whichever target came second)
-            fs = RealFreeSWITCH(binary, workdir / f"freeswitch-{index}", Ports.pick(nodes=1))
+            fs = RealFreeSWITCH(binary, workdir / f"freeswitch-{round_no}-{index}", Ports.pick(nodes=1))
             fs.start()
             control = Inbound(fs.esl_address)
             # the shipped 1,000 sessions cap a saturation search (two legs per call, held for --hold s)
             control.api("fsctl max_sessions 10000")
             report["freeswitch"] = {"version": control.api("version").strip(), "binary": binary}
             port = fs.ports.targets[0]
-            log(f"target: {name}; a new FreeSWITCH {report['freeswitch']['version']} on {fs.esl_address}, "
-                f"socket target 127.0.0.1:{port}")
+            log(f"target: {name}{f' (round {round_no})' if args.rounds > 1 else ''}; a new FreeSWITCH "
+                f"{report['freeswitch']['version']} on {fs.esl_address}, socket target 127.0.0.1:{port}")
             target: Any = None
             try:
                 if name == "greenswitch":
@@ -650,19 +658,20 @@ def main(argv: list[str] | None = None) -> int:
                     reset_call_state(db_url)  # type: ignore[arg-type]
                     target = start_fsguard(port, workdir, db_url, fs, tag=name.replace(" ", "-"),  # type: ignore[arg-type]
                                            environment=variants.get(name, {}), probed=args.cpu_sections)
-                if args.held:
+                if args.held and first:
                     report.setdefault("held", []).append(held_calls(fs, target, args.held, mix=mix))
                 if args.only_held:
                     continue
                 warm = run_phase(fs, target, 20, 100, hold=args.hold, settle=args.settle, mix=mix, seed=1,
-                                 every_application=True).summary()
-                report.setdefault("apps_per_call", {})[name] = warm["apps_per_call"]
+                                 every_application=first).summary()
+                if first:
+                    report.setdefault("apps_per_call", {})[name] = warm["apps_per_call"]
                 for rate in rates:
                     calls = args.calls or max(300, int(rate * 10))
                     phase = run_phase(fs, target, rate, calls, hold=args.hold, settle=args.settle, mix=mix,
                                       seed=int(rate))
-                    report["phases"].append(phase.summary())
-                if not args.no_saturation:
+                    report["phases"].append({**phase.summary(), "round": round_no})
+                if not args.no_saturation and first:
                     report["saturation"][name] = saturation(fs, target, ladder, args.ladder_seconds, hold=args.hold,
                                                             settle=args.settle, mix=mix)
                     log(f"  {name}: saturation rate {report['saturation'][name]['rate']} cps")
@@ -696,14 +705,41 @@ def sections_table(probe: dict[str, Any], lines: int = 25) -> str:
     return "\n".join(out)
 
 
+def cpu_ratios(phases: list[dict[str, Any]], anchor: str = "greenswitch") -> list[str]:
+    """Each target's CPU per call over the anchor's at the same rate in the same round, fsguard's
+    own and FreeSWITCH's, with the median over rounds: what compares when the machine's speed
+    drifts between one target and the next."""
+    by = {(p.get("round", 1), p["target"], p["rate"]): p for p in phases}
+    lines = []
+    for target in dict.fromkeys(p["target"] for p in phases if p["target"] != anchor):
+        for rate in dict.fromkeys(p["rate"] for p in phases if p["target"] == target):
+            own, fs = [], []
+            for (round_no, name, r), phase in sorted(by.items()):
+                base = by.get((round_no, anchor, rate))
+                if name != target or r != rate or base is None:
+                    continue
+                if phase["target_cpu_ms_per_call"] and base["target_cpu_ms_per_call"]:
+                    own.append(phase["target_cpu_ms_per_call"] / base["target_cpu_ms_per_call"])
+                if phase["fs_cpu_ms_per_call"] and base["fs_cpu_ms_per_call"]:
+                    fs.append(phase["fs_cpu_ms_per_call"] / base["fs_cpu_ms_per_call"])
+            if own:
+                lines.append(f"CPU per call, {target} / {anchor} at {rate:g} cps: own "
+                             f"{statistics.median(own):.2f}x [{', '.join(f'{x:.2f}' for x in own)}], FreeSWITCH "
+                             f"{statistics.median(fs):.2f}x [{', '.join(f'{x:.2f}' for x in fs)}]")
+    return lines
+
+
 def table(report: dict[str, Any]) -> str:
     """The figures per target and rate, as docs/performance.rst shows them."""
     head = ["target", "rate", "calls", "decided", "<=1s", "fell back", "abandoned", "stranded", "still up", "p50 ms", "p99 ms",
             "own p99", "target ms/call", "FS ms/call", "apps/call", "events/call", "others %"]
+    rounds = any(s.get("round", 1) > 1 for s in report.get("phases", []))
+    if rounds:
+        head.insert(1, "round")
     rows = [head]
     for s in report.get("phases", []):
         own = (s.get("fsguard_decision_ms") or {}).get("p99")
-        rows.append([s["target"], f"{s['rate']:g}", str(s["calls"]), str(s["decided"]), str(s["decided_within_1s"]),
+        rows.append([s["target"], *([str(s.get("round", 1))] if rounds else []), f"{s['rate']:g}", str(s["calls"]), str(s["decided"]), str(s["decided_within_1s"]),
                      str(s["fell_back"]), str(s.get("abandoned_in_challenge", 0)), str(s["stranded"]), str(s["still_up_channels"]),
                      bench.fmt(s["latency_ms"]["p50"]), bench.fmt(s["latency_ms"]["p99"]), bench.fmt(own),
                      bench.fmt(s["target_cpu_ms_per_call"]), bench.fmt(s["fs_cpu_ms_per_call"]),
@@ -712,6 +748,7 @@ def table(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += cpu_ratios(report.get("phases", []))
     for name, sat in report.get("saturation", {}).items():
         steps = ", ".join(f"{s['rate']:g} cps {'ok' if s['ok'] else 'FAILED'} (p99 {bench.fmt(s['latency_ms']['p99'])}"
                           f" ms, FS {s['fs_cpu_ms_per_call']} ms/call)" for s in sat["steps"])

@@ -107,3 +107,21 @@ def test_show_channels_count_is_read_from_freeswitchs_answer(realfs):
     assert realfs.channels_up(Conn("\n1222 total.\n")) == 1222
     with pytest.raises(RuntimeError):
         realfs.channels_up(Conn("-ERR no reply\n"))
+
+
+def test_each_rounds_cpu_ratio_is_taken_against_the_anchor_of_the_same_round_and_rate(realfs):
+    def phase(target: str, rnd: int, rate: float, own: float, fs: float) -> dict:
+        return {"target": target, "round": rnd, "rate": rate, "target_cpu_ms_per_call": own, "fs_cpu_ms_per_call": fs}
+
+    phases = [phase("greenswitch", 1, 30, 0.5, 10.0), phase("fsguard", 1, 30, 2.0, 11.0),
+              phase("greenswitch", 2, 30, 1.0, 20.0), phase("fsguard", 2, 30, 3.0, 20.0),
+              phase("greenswitch", 3, 30, 0.4, 10.0), phase("fsguard", 3, 30, 2.0, 12.0),
+              phase("fsguard", 4, 30, 9.0, 90.0)]   # no anchor in round 4: not a ratio
+    assert realfs.cpu_ratios(phases) == [
+        "CPU per call, fsguard / greenswitch at 30 cps: own 4.00x [4.00, 3.00, 5.00], "
+        "FreeSWITCH 1.10x [1.10, 1.00, 1.20]"]
+    table = realfs.table({"phases": [{**p, "calls": 1, "decided": 1, "decided_within_1s": 1, "fell_back": 0,
+                                      "stranded": 0, "still_up_channels": 0, "latency_ms": {"p50": 1, "p99": 2},
+                                      "events_per_call": 0, "others_pct_of_a_core": 0} for p in phases[:2]]})
+    assert table.splitlines()[0].split()[:2] == ["target", "rate"]   # one round: no round column
+    assert table.splitlines()[-1].startswith("CPU per call, fsguard / greenswitch at 30 cps: own 4.00x")
